@@ -1,0 +1,19 @@
+# Switchyard: slim, non-root, with a health check.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --create-home --home-dir /app switchyard
+COPY --from=build /install /usr/local
+WORKDIR /app
+COPY proxy.yaml ./proxy.yaml
+COPY config ./config
+USER switchyard
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+ENTRYPOINT ["switchyard", "serve"]
+CMD ["--config", "/app/proxy.yaml", "--host", "0.0.0.0", "--port", "8080"]

@@ -1,0 +1,43 @@
+# Switchyard: `make run` serves proxy.yaml on 127.0.0.1:8080, `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test check clean redis bench bench-cache
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/switchyard serve --config proxy.yaml
+
+# Tests use the real Redis at $$SWITCHYARD_TEST_REDIS_URL (default redis://127.0.0.1:6379/0);
+# start a local one when none answers and redis-server is installed.
+redis: install
+	@$(BIN)/python -c "import os, redis; redis.Redis.from_url(os.environ.get('SWITCHYARD_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0'), socket_connect_timeout=1).ping()" 2>/dev/null \
+	  || { command -v redis-server >/dev/null \
+	       && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+	       && sleep 1 && echo "started redis-server on 127.0.0.1:6379"; } \
+	  || echo "no Redis answers and redis-server is not installed: Redis tests will fail"
+
+test: install redis
+	$(BIN)/python -m pytest -q
+
+# Load tests (need wrk: apt-get install wrk); tables go to stdout and loadtest/results/.
+bench: install
+	$(BIN)/python loadtest/bench.py --suite core
+
+bench-cache: install redis
+	$(BIN)/python loadtest/bench.py --suite cache
+
+check: install
+	$(BIN)/switchyard check proxy.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,0 +1,52 @@
+-- wrk script: a two-message chat completion.
+-- Environment: MODEL (default "bench"), API_KEY (default "sk-bench"), STREAM=1 for SSE,
+-- USAGE=1 to ask for the usage chunk, UNIQUE=1 to make every request's prompt differ
+-- (so a cache can never hit), HEADER="name: value" for one extra header.
+local model = os.getenv("MODEL") or "bench"
+local key = os.getenv("API_KEY") or "sk-bench"
+local stream = os.getenv("STREAM") == "1"
+local usage = os.getenv("USAGE") == "1"
+local unique = os.getenv("UNIQUE") == "1"
+local extra = os.getenv("HEADER")
+
+local function body(n)
+  local prompt = "Say hello and tell me a short fact about the ocean."
+  if n then prompt = prompt .. " #" .. n end
+  local b = '{"model":"' .. model .. '","messages":['
+    .. '{"role":"system","content":"You are a helpful assistant."},'
+    .. '{"role":"user","content":"' .. prompt .. '"}],"max_tokens":64,"temperature":0.2'
+  if stream then
+    b = b .. ',"stream":true'
+    if usage then b = b .. ',"stream_options":{"include_usage":true}' end
+  end
+  return b .. '}'
+end
+
+wrk.method = "POST"
+wrk.body = body(nil)
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. key
+if extra then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+
+if unique then
+  local counter = 0
+  local id = tostring(math.random(1, 1e9))
+  request = function()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, body(id .. "-" .. counter))
+  end
+end
+
+-- CHECK=1 prints the first non-200 answer (off by default: the hook costs wrk CPU)
+if os.getenv("CHECK") == "1" then
+  local bad = 0
+  function response(status, headers, b)
+    if status ~= 200 and bad < 1 then
+      bad = bad + 1
+      io.stderr:write("non-200 status " .. status .. ": " .. string.sub(b or "", 1, 200) .. "\n")
+    end
+  end
+end

@@ -1,0 +1,145 @@
+"""A fast mock OpenAI upstream for load tests: raw asyncio + httptools, keep-alive.
+
+POST .../chat/completions answers JSON, or SSE when the body asks for `"stream":true`
+(`--chunks` events, `--chunk-interval-ms` apart, then `[DONE]`). Faults, each drawn
+per request: `--error-rate` (HTTP 500), `--hang-rate` (never answers), `--cut-rate`
+(closes the connection halfway through a stream). `--latency-ms` delays every answer.
+
+    python loadtest/mock_upstream.py --port 18000 --chunks 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+import httptools
+import orjson
+
+ARGS: argparse.Namespace
+
+
+def _completion() -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-load",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "mock-gpt",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Hello! The ocean covers 71% of Earth."},
+                 "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37},
+        }
+    )
+
+
+def _chunk(delta: dict, finish: str | None = None) -> bytes:
+    body = {"id": "chatcmpl-load", "object": "chat.completion.chunk", "created": 0, "model": "mock-gpt",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _events(chunks: int, usage: bool) -> list[bytes]:
+    events = [_chunk({"role": "assistant", "content": ""})]
+    events += [_chunk({"content": f"tok{i} "}) for i in range(max(chunks - 2, 1))]
+    events.append(_chunk({}, "stop"))
+    if usage:
+        events.append(b'data: {"id":"chatcmpl-load","object":"chat.completion.chunk","choices":[],'
+                      b'"usage":{"prompt_tokens":25,"completion_tokens":20,"total_tokens":45}}\n\n')
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _head(status: int, content_type: bytes, length: int | None) -> bytes:
+    reason = {200: b"OK", 500: b"Internal Server Error", 404: b"Not Found"}.get(status, b"OK")
+    framing = b"transfer-encoding: chunked\r\n" if length is None else b"content-length: %d\r\n" % length
+    return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n%s\r\n" % (status, reason, content_type, framing)
+
+
+class Handler(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.body = bytearray()
+        self.url = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        body, self.body = bytes(self.body), bytearray()
+        asyncio.get_running_loop().create_task(self.answer(self.url, body))
+
+    async def answer(self, url: bytes, body: bytes) -> None:
+        t = self.transport
+        assert t is not None
+        if ARGS.latency_ms:
+            await asyncio.sleep(ARGS.latency_ms / 1000)
+        if ARGS.hang_rate and random.random() < ARGS.hang_rate:
+            return
+        if ARGS.error_rate and random.random() < ARGS.error_rate:
+            payload = b'{"error":{"message":"injected failure","type":"server_error","param":null,"code":null}}'
+            t.write(_head(500, b"application/json", len(payload)) + payload)
+            return
+        if not url.endswith(b"/chat/completions"):
+            t.write(_head(404, b"application/json", 2) + b"{}")
+            return
+        if b'"stream":true' not in body.replace(b" ", b""):
+            payload = _completion()
+            t.write(_head(200, b"application/json", len(payload)) + payload)
+            return
+        events = _events(ARGS.chunks, b"include_usage" in body)
+        cut = len(events) // 2 if ARGS.cut_rate and random.random() < ARGS.cut_rate else None
+        t.write(_head(200, b"text/event-stream", None))
+        for i, event in enumerate(events):
+            if cut is not None and i == cut:
+                t.close()
+                return
+            t.write(b"%x\r\n%s\r\n" % (len(event), event))
+            if ARGS.chunk_interval_ms:
+                await asyncio.sleep(ARGS.chunk_interval_ms / 1000)
+        t.write(b"0\r\n\r\n")
+
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Handler, "127.0.0.1", ARGS.port, backlog=1024)
+    print(f"mock upstream on http://127.0.0.1:{ARGS.port}/v1 chunks={ARGS.chunks}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=18000)
+    parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--chunk-interval-ms", type=float, default=0)
+    parser.add_argument("--error-rate", type=float, default=0)
+    parser.add_argument("--hang-rate", type=float, default=0)
+    parser.add_argument("--cut-rate", type=float, default=0)
+    ARGS = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Accounting: prices and cost (more to come: ledger, budgets, limits)."""

@@ -1,0 +1,117 @@
+"""Prices and cost: USD per 1M tokens, from `config/pricing.yaml` overlaid by `pricing:`.
+
+A target is priced by the first entry found among: the exact `provider/model`; the
+`vendor/model` a router names (`openrouter/openai/gpt-4o` → `openai/gpt-4o`); the bare
+model name under any vendor (`mock/gpt-4o-mini` → `openai/gpt-4o-mini`); and each of
+those again without a trailing date (`gpt-4o-2024-08-06` → `gpt-4o`). An unknown price
+gives cost None, never an exception; the caller warns once per target.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+log = logging.getLogger("switchyard.pricing")
+
+_DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, usage: Mapping[str, Any]) -> float:
+        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+        completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+        details = usage.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        cached = min(cached, prompt)
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1_000_000
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class PriceTable:
+    def __init__(self, prices: Mapping[str, Price]) -> None:
+        self._exact = MappingProxyType(dict(prices))
+        by_model: dict[str, Price] = {}
+        for name, price in prices.items():
+            by_model.setdefault(name.split("/", 1)[1] if "/" in name else name, price)
+        self._by_model = MappingProxyType(by_model)
+
+    def __len__(self) -> int:
+        return len(self._exact)
+
+    def price(self, target: str) -> Price | None:
+        provider, _, model = target.partition("/")
+        for name in (target, model):
+            for candidate in (name, _DATE_SUFFIX.sub("", name)):
+                found = self._exact.get(candidate) or self._by_model.get(candidate)
+                if found is not None:
+                    return found
+        return None
+
+    def cost(self, target: str, usage: Mapping[str, Any] | None) -> float | None:
+        if not usage:
+            return None
+        price = self.price(target)
+        return None if price is None else price.cost(usage)
+
+
+def shipped_pricing_path(config_path: str | None = None) -> str | None:
+    """Where config/pricing.yaml is: $SWITCHYARD_PRICING, beside the policy file, or in the source tree."""
+    candidates = [os.environ.get("SWITCHYARD_PRICING")]
+    if config_path:
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(config_path)), "config", "pricing.yaml"))
+    candidates.append(os.path.join(_REPO_ROOT, "config", "pricing.yaml"))
+    for path in candidates:
+        if path and os.path.isfile(path):
+            return path
+    return None
+
+
+def load_prices(path: str | None) -> dict[str, Price]:
+    """The shipped price list; each entry is checked by the same schema as `pricing:`."""
+    from proxy.config import ConfigError, PriceConfig
+
+    if path is None:
+        log.warning("no config/pricing.yaml found; only proxy.yaml's pricing: applies")
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([(path, f"cannot read the price list: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([(path, "the price list must be a mapping of vendor/model to prices")])
+    prices = {}
+    for name, fields in raw.items():
+        try:
+            p = PriceConfig.model_validate(fields)
+        except ValueError as exc:
+            raise ConfigError([(f"{path}: {name}", str(exc).splitlines()[-1].strip())]) from None
+        prices[name] = Price(p.input, p.output, p.cached_input)
+    return prices
+
+
+_warned: set[str] = set()
+
+
+def warn_unpriced(target: str) -> None:
+    """Log once per target that its cost is unknown."""
+    if target not in _warned:
+        _warned.add(target)
+        log.warning("no price for %s: its cost is recorded as unknown (add it under pricing: in proxy.yaml)", target)

@@ -1,0 +1,229 @@
+"""The Starlette application: routes to handlers, and the lifespan that owns clients and watchers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy.auth import authenticate, authenticate_admin
+from proxy.endpoint import Active, ProxyEndpoint
+from proxy.errors import NoHealthyUpstream, NotFound, ProxyError, error_body
+from proxy.cache import ResponseCache, build_cache
+from proxy.providers import AdapterFactory, ProviderPool, build_adapter
+from proxy.providers.base import spawn
+from proxy.reload import ConfigWatcher, install_sighup, reload_now
+from proxy.snapshot import Snapshot, SnapshotHolder
+
+log = logging.getLogger("switchyard")
+
+DEFAULT_CONFIG = "proxy.yaml"
+
+
+class Runtime:
+    """The serving state: the snapshot holder and the adapters built for its snapshot."""
+
+    def __init__(self, holder: SnapshotHolder, pool: ProviderPool) -> None:
+        self.holder = holder
+        self.pool = pool
+        self.started_at = time.time()
+        self._active: Active | None = None
+        self.cache: ResponseCache | None = None
+        holder.listeners.append(self._install)
+
+    def _install(self, snapshot: Snapshot) -> None:
+        settings = snapshot.config.cache
+        if self.cache is None or self.cache.settings != settings:
+            old, self.cache = self.cache, build_cache(settings)
+            if old is not None:
+                spawn(old.aclose())
+        self._active = Active(snapshot, self.pool.sync(snapshot), self.cache)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+
+    def active(self) -> Active:
+        assert self._active is not None, "no config loaded"
+        return self._active
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def _error(exc: ProxyError) -> Response:
+    return Response(exc.body(), exc.status, media_type="application/json")
+
+
+def create_app(
+    config_path: str | None = None,
+    *,
+    adapter_factory: AdapterFactory = build_adapter,
+    watch: bool | None = None,
+) -> Starlette:
+    path = config_path or os.environ.get("SWITCHYARD_CONFIG") or DEFAULT_CONFIG
+    holder = SnapshotHolder(path)
+    runtime = Runtime(holder, ProviderPool(adapter_factory))
+    if reload_now(holder, "startup") != "ok":
+        failure = holder.last_failure
+        problems = "; ".join(f"{p or '<file>'}: {r}" for p, r in failure.problems) if failure else "unknown"
+        raise SystemExit(f"switchyard: cannot start, {path} is invalid: {problems}")
+
+    async def models(request: Request) -> Response:
+        snapshot = runtime.active().snapshot
+        team = authenticate(snapshot, request.headers)
+        return json_response({"object": "list", "data": [_model(n) for n in snapshot.model_names(team)]})
+
+    async def model(request: Request) -> Response:
+        snapshot = runtime.active().snapshot
+        team = authenticate(snapshot, request.headers)
+        name = request.path_params["name"]
+        if name not in snapshot.model_names(team):
+            raise NotFound(f"The model {name!r} does not exist or you do not have access to it.")
+        return json_response(_model(name))
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        active = runtime.active()
+        snapshot = active.snapshot
+        return json_response(
+            {
+                "status": "ready",
+                "generation": snapshot.generation,
+                "providers": sorted(snapshot.providers),
+                "disabled_providers": dict(snapshot.disabled_providers),
+                "cache": active.cache.state() if active.cache is not None else {"backend": "off"},
+            }
+        )
+
+    async def admin_config(request: Request) -> Response:
+        snapshot = runtime.active().snapshot
+        authenticate_admin(snapshot, request.headers)
+        return json_response(config_report(holder, snapshot))
+
+    async def admin_reload(request: Request) -> Response:
+        authenticate_admin(runtime.active().snapshot, request.headers)
+        result = reload_now(holder, "admin API", force=True)
+        report = config_report(holder, runtime.active().snapshot)
+        return json_response({"result": result, **report}, 200 if result != "error" else 422)
+
+    async def admin_cache_purge(request: Request) -> Response:
+        active = runtime.active()
+        authenticate_admin(active.snapshot, request.headers)
+        team = request.query_params.get("team") or None
+        model = request.query_params.get("model") or None
+        if active.cache is None:
+            return json_response({"deleted": 0, "cache": "off"})
+        try:
+            deleted = await active.cache.purge(team=team, model=model)
+        except Exception as exc:  # Redis down: say so instead of pretending
+            log.warning("cache purge failed: %s", exc)
+            raise NoHealthyUpstream("the cache backend did not answer; nothing was purged") from None
+        log.info("cache purge team=%s model=%s deleted=%d", team or "*", model or "*", deleted)
+        return json_response({"deleted": deleted, "team": team, "model": model})
+
+    async def on_proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        return _error(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            body = error_body(f"method {request.method} is not allowed on {request.url.path}",
+                              "invalid_request_error", "method_not_allowed")
+        elif exc.status_code == 404:
+            body = error_body(f"unknown path {request.url.path}", "invalid_request_error", "not_found")
+        else:
+            body = error_body(str(exc.detail), "invalid_request_error", None)
+        return Response(body, exc.status_code, media_type="application/json", headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return Response(
+            error_body("internal error in the proxy; it has been logged", "api_error", "internal_error"),
+            500,
+            media_type="application/json",
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        watching = runtime.active().snapshot.config.server.watch if watch is None else watch
+        watcher = ConfigWatcher(holder)
+        if watching:
+            watcher.start()
+        install_sighup(holder)
+        try:
+            yield
+        finally:
+            await watcher.stop()
+            await runtime.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", ProxyEndpoint(runtime.active, "chat/completions"), methods=["POST"]),
+        Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings"), methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{name:path}", model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/admin/config", admin_config, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
+        Route("/admin/cache", admin_cache_purge, methods=["DELETE"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_unexpected},
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "switchyard"}
+
+
+def config_report(holder: SnapshotHolder, snapshot: Snapshot) -> dict[str, Any]:
+    failure = holder.last_failure
+    return {
+        "generation": snapshot.generation,
+        "source": snapshot.source,
+        "digest": snapshot.digest,
+        "loaded_at": snapshot.loaded_at,
+        "warnings": list(snapshot.warnings),
+        "disabled_providers": dict(snapshot.disabled_providers),
+        "reloads": dict(holder.reloads),
+        "last_error": None
+        if failure is None
+        else {
+            "at": failure.at,
+            "digest": failure.digest,
+            "problems": [{"path": p, "reason": r} for p, r in failure.problems],
+        },
+        "config": redacted(snapshot),
+    }
+
+
+def redacted(snapshot: Snapshot) -> dict[str, Any]:
+    """The serving config with every secret replaced: provider keys and headers, team and admin keys."""
+    data = snapshot.config.model_dump(mode="json")
+    for provider in data.get("providers", {}).values():
+        if provider.get("api_key"):
+            provider["api_key"] = "<redacted>"
+        provider["headers"] = {k: "<redacted>" for k in provider.get("headers", {})}
+    for team in data.get("teams", {}).values():
+        team["keys"] = [f"<key {i + 1}>" for i in range(len(team.get("keys", [])))]
+    data["server"]["admin_keys"] = [f"<key {i + 1}>" for i in range(len(data["server"].get("admin_keys", [])))]
+    return data

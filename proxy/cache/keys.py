@@ -1,0 +1,57 @@
+"""Cache keys: a hash of the canonical request after routing.
+
+Two requests share a key exactly when they would get the same answer: the same
+resolved `provider/model`, endpoint, scope, and every body field that can change the
+answer. Fields that only change delivery or bookkeeping are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+# fields that never change the answer: how it is delivered, and who is billed or tagged
+IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
+
+PREFIX = "sy:c:"
+
+
+def cache_key(*, scope: str, target: str, endpoint: str, body: dict[str, Any]) -> str:
+    """`sy:c:<scope>:<target>:<sha256>`; scope and target in clear so purges can match them."""
+    canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    digest = hashlib.sha256(
+        orjson.dumps([endpoint, target, canonical], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    return f"{PREFIX}{_safe(scope)}:{_safe(target)}:{digest}"
+
+
+def purge_pattern(*, scope: str | None, model: str | None) -> str:
+    """A Redis glob for the keys of one scope and/or one model (None: any).
+
+    `model` is a target (`openai/gpt-4o`) or a bare upstream model name (`gpt-4o`,
+    matching it under every provider).
+    """
+    scope_part = "*" if scope is None else _glob_escape(_safe(scope))
+    if model is None:
+        target_part = "*"
+    elif "/" in model:
+        target_part = _glob_escape(_safe(model))
+    else:
+        target_part = "*/" + _glob_escape(_safe(model))
+    return f"{PREFIX}{scope_part}:{target_part}:*"
+
+
+def _safe(text: str) -> str:
+    # ':' separates key parts; model names may contain it (llama3:8b)
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+def _glob_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in "*?[]\\":
+            out.append("\\")
+        out.append(ch)
+    return "".join(out)

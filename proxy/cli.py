@@ -1,0 +1,210 @@
+"""The `switchyard` command: serve, check, route, keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+from datetime import datetime, timezone
+
+from proxy.config import ConfigError
+from proxy.errors import ProxyError
+from proxy.routing import RouteRequest, Step, decide
+from proxy.snapshot import Route, Snapshot, Team, compile_snapshot, hash_key, load_file
+
+DEFAULT_CONFIG = "proxy.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command not in (None, "serve"):
+        # print-and-exit commands: a closed pipe (`| head`) ends them quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(args.run(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchyard", description="An OpenAI-compatible LLM gateway.")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", default=None, help="policy file (default: proxy.yaml, or $SWITCHYARD_CONFIG)")
+    serve.add_argument("--host", default=None, help="default: server.host from the config")
+    serve.add_argument("--port", type=int, default=None, help="default: server.port from the config")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
+
+    check = sub.add_parser("check", help="validate a config and print its route table")
+    check.add_argument("config", nargs="?", default=None)
+    check.set_defaults(run=_check)
+
+    route = sub.add_parser("route", help="dry run: which target the policy picks, and why")
+    route.add_argument("--config", default=None)
+    route.add_argument("--model", default=None, help="the model name a client would send")
+    route.add_argument("--team", default=None, help="team name (default: the only team, if there is one)")
+    route.add_argument("--user", default=None)
+    route.add_argument("--stream", action="store_true")
+    route.add_argument("--at", default=None, help="evaluate at this ISO time instead of now")
+    route.add_argument("--rand", type=float, default=None, help="fix the split draw (0..1)")
+    route.set_defaults(run=_route)
+
+    keys = sub.add_parser("keys", help="manage team keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="print a fresh key and the line to put in proxy.yaml")
+    new.add_argument("--team", required=True)
+    new.set_defaults(run=_keys_new)
+    return parser
+
+
+def _config_path(given: str | None) -> str:
+    return given or os.environ.get("SWITCHYARD_CONFIG") or DEFAULT_CONFIG
+
+
+def _load(path: str) -> Snapshot:
+    return compile_snapshot(load_file(path), source=path, digest="", generation=1)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    path = _config_path(args.config)
+    try:
+        snapshot = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return 1
+    os.environ["SWITCHYARD_CONFIG"] = path  # the app factory reads it in every worker
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = snapshot.config.server
+    uvicorn.run(
+        "proxy.app:create_app",
+        factory=True,
+        host=args.host or server.host,
+        port=args.port or server.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _print_problems(path: str, exc: ConfigError) -> None:
+    print(f"{path}: invalid", file=sys.stderr)
+    for where, reason in exc.problems:
+        print(f"  {where or '<file>'}: {reason}", file=sys.stderr)
+
+
+def _check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        snapshot = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return 1
+    print(f"{path}: ok")
+    for warning in snapshot.warnings:
+        print(f"  warning: {warning}")
+    print("\nproviders:")
+    for name, spec in snapshot.providers.items():
+        print(f"  {name:<16} {spec.type:<8} {spec.base_url or ''}")
+    for name, reason in snapshot.disabled_providers.items():
+        print(f"  {name:<16} disabled: {reason}")
+    print("\nteams:")
+    for name, team in snapshot.teams.items():
+        cfg = snapshot.config.teams[name]
+        models = ", ".join(cfg.models) if cfg.models is not None else "all"
+        print(f"  {name:<16} keys={len(cfg.keys)} default={team.default_model or '-'} models={models}")
+    print("\nroutes (first match wins):")
+    rows = [("#", "name", "match", "action")]
+    for route in snapshot.routes:
+        rows.append((str(route.index), route.name, _describe_match(snapshot, route.index), _describe_action(route)))
+    _table(rows)
+    return 0
+
+
+def _describe_match(snapshot: Snapshot, index: int) -> str:
+    m = snapshot.config.routes[index].match
+    parts = [f"{k}={v}" for k, v in m.model_dump(exclude_none=True, mode="json").items()]
+    return " ".join(parts) or "(any)"
+
+
+def _describe_action(route: Route) -> str:
+    if route.to is not None:
+        action = f"to {route.to}"
+    else:
+        action = "split " + ", ".join(f"{t}:{w:g}" for t, w in route.split or ())
+    if route.fallbacks:
+        action += " fallbacks " + ", ".join(route.fallbacks)
+    return action
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _route(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        snapshot = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return 1
+    team = _pick_team(snapshot, args.team)
+    if team is None:
+        known = ", ".join(snapshot.teams) or "none"
+        print(f"name a team with --team (known: {known})", file=sys.stderr)
+        return 2
+    now = datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    rand = args.rand if args.rand is not None else secrets.randbelow(10**6) / 10**6
+    request = RouteRequest(args.model, team, args.user, args.stream, now, rand)
+    trace: list[Step] = []
+    print(f"model={args.model or '(team default: ' + str(team.default_model) + ')'} team={team.name} "
+          f"user={args.user or '-'} stream={str(args.stream).lower()} at={now.isoformat()}")
+    try:
+        decision = decide(snapshot, request, trace)
+    except ProxyError as exc:
+        _print_trace(trace)
+        print(f"\n=> {exc.status} {exc.code or exc.type}: {exc.message}")
+        return 1
+    _print_trace(trace)
+    print(f"\n=> route {decision.route}: {decision.target}")
+    if decision.fallbacks:
+        print(f"   then: {', '.join(map(str, decision.fallbacks))}")
+    return 0
+
+
+def _print_trace(trace: list[Step]) -> None:
+    for step in trace:
+        print(f"  {step.route:<20} {step.outcome:<8} {step.reason}")
+
+
+def _pick_team(snapshot: Snapshot, name: str | None) -> Team | None:
+    if name is not None:
+        return snapshot.teams.get(name)
+    if len(snapshot.teams) == 1:
+        return next(iter(snapshot.teams.values()))
+    return None
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    key = "sk-sy-" + secrets.token_urlsafe(32)
+    print(f"key for team {args.team} (shown once, give it to the team):")
+    print(f"  {key}")
+    print("\nadd this line under the team's keys in proxy.yaml:")
+    print(f'  teams:\n    {args.team}:\n      keys: ["sha256:{hash_key(key)}"]')
+    return 0

@@ -1,0 +1,421 @@
+"""The `proxy.yaml` schema, YAML loading and `${VAR}` interpolation.
+
+Validation is pydantic's: every model forbids unknown keys, and every failure is
+reported as `path: reason` (`routes[3].split: weights must be > 0`). Checks that
+need the whole document (targets naming known providers, unique route names, a key
+used by one team only) run after the schema and report paths the same way.
+
+`${VAR}` (or `${VAR:-default}`) is replaced from the environment before validation.
+A missing variable is not an empty string: the list item holding it is dropped, and a
+provider using it is disabled with a reason that `switchyard check` and startup print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PROVIDER_TYPES = ("openai", "mock")
+COMPLEXITY_LEVELS = ("simple", "medium", "complex")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` are `(path, reason)` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {r}" if p else r for p, r in problems))
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"path": p, "reason": r} for p, r in self.problems]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_mb: float = Field(8, gt=0, le=1024)
+    admin_keys: list[NonEmpty] = []
+    watch: bool = True  # reload proxy.yaml when it changes on disk
+
+
+class ProviderConfig(_Strict):
+    type: Literal["openai", "mock"]
+    base_url: str | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    timeout_s: float = Field(600, gt=0)  # read timeout between bytes of the answer
+    connect_timeout_s: float = Field(10, gt=0)
+    max_connections: int = Field(200, ge=1)
+    max_keepalive: int = Field(100, ge=0)
+    # mock only: time before the answer and between streamed chunks
+    latency_ms: float = Field(0, ge=0)
+    chunk_interval_ms: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_type_fields(self) -> ProviderConfig:
+        if self.type != "mock" and (self.latency_ms or self.chunk_interval_ms):
+            raise ValueError("latency_ms and chunk_interval_ms apply to type: mock only")
+        if self.base_url is not None and not re.match(r"^https?://", self.base_url):
+            raise ValueError("base_url must start with http:// or https://")
+        return self
+
+
+def _off_is_false(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as false; accept it as the word it was meant to be
+    return "off" if value is False else value
+
+
+class CacheConfig(_Strict):
+    backend: Annotated[Literal["redis", "memory", "off"], BeforeValidator(_off_is_false)] = "off"
+    url: str = "redis://127.0.0.1:6379/0"
+    ttl_s: int = Field(3600, ge=1)
+    scope: Literal["team", "shared"] = "team"
+    max_entries: int = Field(10_000, ge=1)  # memory backend, and the local fallback while Redis is down
+    timeout_ms: float = Field(10, gt=0)  # every Redis call is cut off after this
+    failures: int = Field(3, ge=1)  # consecutive Redis failures before it is skipped ...
+    cooldown_s: float = Field(5, gt=0)  # ... for this long, then tried again
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", url):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class RouteCacheConfig(_Strict):
+    ttl_s: int = Field(ge=1)
+
+
+class PriceConfig(_Strict):
+    input: float = Field(ge=0)  # USD per 1M input tokens
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+
+
+class TeamConfig(_Strict):
+    keys: list[NonEmpty] = []
+    default_model: NonEmpty | None = None
+    models: list[NonEmpty] | None = None  # globs of requestable names; None = all
+
+
+class MatchConfig(_Strict):
+    model: NonEmpty | list[NonEmpty] | None = None
+    teams: list[NonEmpty] | None = None
+    users: list[NonEmpty] | None = None
+    exclude_users: list[NonEmpty] | None = None
+    percent: float | None = Field(None, ge=0, le=100)
+    after: datetime | None = None
+    before: datetime | None = None
+    stream: bool | None = None
+
+    @field_validator("after", "before")
+    @classmethod
+    def _timezone_required(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a timezone, e.g. 2026-12-01T00:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _window_ordered(self) -> MatchConfig:
+        if self.after and self.before and self.after >= self.before:
+            raise ValueError("after must be earlier than before")
+        return self
+
+
+class RouteConfig(_Strict):
+    name: NonEmpty
+    match: MatchConfig = MatchConfig()
+    to: NonEmpty | None = None
+    split: dict[str, float] | None = None
+    fallbacks: list[NonEmpty] = []
+    cache: RouteCacheConfig | bool = True  # false (or off): never cache this route
+
+    @field_validator("split")
+    @classmethod
+    def _weights_positive(cls, split: dict[str, float] | None) -> dict[str, float] | None:
+        if split is not None:
+            if not split:
+                raise ValueError("needs at least one target")
+            if any(w <= 0 for w in split.values()):
+                raise ValueError("weights must be > 0")
+        return split
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RouteConfig:
+        if (self.to is None) == (self.split is None):
+            raise ValueError("needs exactly one action: to or split")
+        return self
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
+    providers: dict[str, ProviderConfig] = {}
+    pricing: dict[str, PriceConfig] = {}
+    teams: dict[str, TeamConfig] = {}
+    routes: list[RouteConfig] = []
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config plus what interpolation found missing."""
+
+    config: Config
+    disabled_providers: dict[str, str] = field(default_factory=dict)  # name -> reason
+    warnings: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- interpolation
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Missing:
+    __slots__ = ("var",)
+
+    def __init__(self, var: str) -> None:
+        self.var = var
+
+
+def interpolate(
+    node: Any, env: dict[str, str], path: str = "", missing: list[tuple[str, str]] | None = None
+) -> Any:
+    """Replace `${VAR}` in strings; a value naming an unset variable becomes `_Missing`.
+
+    Missing list items are dropped; missing mapping values stay as `_Missing` markers so
+    the caller can decide what they disable. `missing` collects `(path, VAR)` pairs.
+    """
+    if missing is None:
+        missing = []
+    if isinstance(node, str):
+        absent: list[str] = []
+
+        def substitute(m: re.Match[str]) -> str:
+            value = env.get(m.group(1))
+            if value is None or value == "":
+                if m.group(2) is not None:
+                    return m.group(2)
+                absent.append(m.group(1))
+                return ""
+            return value
+
+        result = _VAR.sub(substitute, node)
+        if absent:
+            missing.append((path, absent[0]))
+            return _Missing(absent[0])
+        return result
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, _join(path, k), missing) for k, v in node.items()}
+    if isinstance(node, list):
+        items = [interpolate(v, env, f"{path}[{i}]", missing) for i, v in enumerate(node)]
+        return [v for v in items if not isinstance(v, _Missing)]
+    return node
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _strip_missing(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_missing(v) for k, v in node.items() if not isinstance(v, _Missing)}
+    return node
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
+
+
+def load_text(text: str, env: dict[str, str] | None = None) -> LoadedConfig:
+    raw = parse_yaml(text)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the top level must be a mapping")])
+    missing: list[tuple[str, str]] = []
+    data = interpolate(raw, dict(os.environ) if env is None else env, "", missing)
+    disabled: dict[str, str] = {}
+    warnings: list[str] = []
+    for path, var in missing:
+        parts = path.split(".")
+        if parts[0] == "providers" and len(parts) >= 3:
+            disabled.setdefault(parts[1], f"{var} is not set ({path})")
+        else:
+            warnings.append(f"{path}: {var} is not set; ignored")
+    data = _strip_missing_deep(data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([(_loc(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError(problems)
+    for name, reason in disabled.items():
+        warnings.append(f"provider {name} disabled: {reason}")
+    return LoadedConfig(config, disabled, tuple(warnings))
+
+
+def load_file(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read config: {exc.strerror}")]) from None
+    return load_text(text, env)
+
+
+def _strip_missing_deep(node: Any) -> Any:
+    node = _strip_missing(node)
+    if isinstance(node, dict):
+        return {k: _strip_missing_deep(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_strip_missing_deep(v) for v in node]
+    return node
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and not _is_union_tag(part):
+            out = _join(out, part)
+    return out
+
+
+def _is_union_tag(part: str) -> bool:
+    # pydantic names union members in locations (`str`, `list[str]`, `function-after[...]`)
+    return part in ("str", "list[str]", "float", "int", "bool") or part.startswith(
+        ("function-", "list[", "constrained-")
+    )
+
+
+def _reason(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+# ---------------------------------------------------------------- cross checks
+
+
+def target_provider(target: str) -> str | None:
+    """The provider part of a literal target, or None when it is a template."""
+    head = target.split("/", 1)[0]
+    return None if "{" in head else head
+
+
+def cross_check(config: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    providers = config.providers
+    seen_routes: dict[str, int] = {}
+    for i, route in enumerate(config.routes):
+        where = f"routes[{i}]"
+        if route.name in seen_routes:
+            problems.append(
+                (f"{where}.name", f"duplicate route name {route.name!r} (also routes[{seen_routes[route.name]}])")
+            )
+        seen_routes.setdefault(route.name, i)
+        targets: list[tuple[str, str]] = []
+        if route.to is not None:
+            targets.append((f"{where}.to", route.to))
+        for target in route.split or {}:
+            targets.append((f"{where}.split.{target}", target))
+        for j, target in enumerate(route.fallbacks):
+            targets.append((f"{where}.fallbacks[{j}]", target))
+        for path, target in targets:
+            problems.extend(_check_target(path, target, providers))
+            problems.extend(_check_placeholders(path, target, route.match.model))
+        for team in route.match.teams or []:
+            if team not in config.teams:
+                problems.append((f"{where}.match.teams", f"unknown team {team!r}"))
+    key_owner: dict[str, str] = {}
+    for team_name, team in config.teams.items():
+        for k, key in enumerate(team.keys):
+            path = f"teams.{team_name}.keys[{k}]"
+            if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
+                problems.append((path, "a sha256: key needs 64 hex digits"))
+            normal = key.lower() if key.startswith("sha256:") else key
+            owner = key_owner.get(normal)
+            if owner is not None and owner != team_name:
+                problems.append((path, f"key also belongs to team {owner!r}"))
+            elif owner == team_name:
+                problems.append((path, "duplicate key"))
+            key_owner[normal] = team_name
+    for k, key in enumerate(config.server.admin_keys):
+        if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
+            problems.append((f"server.admin_keys[{k}]", "a sha256: key needs 64 hex digits"))
+    return problems
+
+
+_PLACEHOLDER = re.compile(r"\{([^}]*)\}")
+
+
+def _check_placeholders(path: str, target: str, model: str | list[str] | None) -> list[tuple[str, str]]:
+    """`{N}` must name a wildcard every model pattern of the rule has; `{model}` always works."""
+    patterns = [model] if isinstance(model, str) else (model or [])
+    wildcards = min((p.count("*") + p.count("?") for p in patterns), default=0)
+    for name in _PLACEHOLDER.findall(target):
+        if name == "model":
+            continue
+        if not name.isdigit() or int(name) < 1:
+            return [(path, f"unknown placeholder {{{name}}}; use {{model}} or {{1}}, {{2}}, ...")]
+        if int(name) > wildcards:
+            return [(path, f"{{{name}}} needs a wildcard in every match.model pattern ({wildcards} available)")]
+    return []
+
+
+def _check_target(path: str, target: str, providers: dict[str, ProviderConfig]) -> list[tuple[str, str]]:
+    if target in ("{model}",):
+        return []
+    if "/" not in target:
+        return [(path, f"target {target!r} must be provider/model")]
+    provider = target_provider(target)
+    if provider is not None and provider not in providers:
+        known = ", ".join(sorted(providers)) or "none"
+        return [(path, f"unknown provider {provider!r} (known: {known})")]
+    model = target.split("/", 1)[1]
+    if not model:
+        return [(path, f"target {target!r} names no model")]
+    return []

@@ -1,0 +1,87 @@
+"""The provider adapter interface and the values that cross it.
+
+An adapter takes an OpenAI-shaped request (model already rewritten by the policy) and
+returns an `UpstreamResponse`: the status, the headers worth relaying, and either the
+whole body or an async iterator of body chunks for a stream. Transport failures are
+raised as `UpstreamError` / `UpstreamTimeout`, before or during a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+
+from proxy.snapshot import ProviderSpec
+
+Endpoint = str  # "chat/completions" | "embeddings"
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    endpoint: Endpoint
+    body: dict
+    stream: bool
+    request_id: str
+    headers: list[tuple[str, str]] = field(default_factory=list)  # client headers safe to forward
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine in the background, holding a reference so it is not collected."""
+    try:
+        task = asyncio.get_running_loop().create_task(coro)
+    except RuntimeError:  # no loop (CLI, tests): nothing can be in flight, run it now
+        asyncio.run(coro)
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None  # set for a successful stream
+    close: Callable[[], Awaitable[None]] = _nothing
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class Adapter(ABC):
+    """One configured provider. Counts requests in flight so a retired one closes when idle."""
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.spec = spec
+        self.inflight = 0
+        self._retired = False
+
+    @abstractmethod
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None:
+        return None
+
+    def acquire(self) -> None:
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self._retired and self.inflight == 0:
+            spawn(self.aclose())
+
+    async def retire(self) -> None:
+        """No new requests will come; close once the last one in flight is done."""
+        self._retired = True
+        if self.inflight == 0:
+            await self.aclose()

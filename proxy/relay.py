@@ -1,0 +1,156 @@
+"""Relaying an upstream answer to the client, as plain ASGI responses.
+
+Non-streaming answers go back as one body. Streams go back event by event as the
+upstream produces them: every chunk is sent the moment it arrives, a client disconnect
+cancels the pump (which closes the upstream connection), and an upstream failure in the
+middle of a stream ends it with an OpenAI-shaped `error` event the SDKs understand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import orjson
+
+from proxy import sse
+from proxy.errors import ProxyError, UpstreamError
+from proxy.providers.base import UpstreamResponse
+
+log = logging.getLogger("switchyard.relay")
+
+Headers = list[tuple[bytes, bytes]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# upstream response headers worth passing on; the rest describe the provider's account
+# or connection (its own rate limits, cookies, framing) and stay here
+_RELAYED = frozenset({"openai-processing-ms", "openai-version", "retry-after"})
+
+
+def upstream_headers(upstream: UpstreamResponse) -> Headers:
+    out: Headers = []
+    for name, value in upstream.headers:
+        lower = name.lower()
+        if lower in _RELAYED:
+            out.append((lower.encode(), value.encode("latin-1", "replace")))
+        elif lower == "x-request-id":
+            out.append((b"x-switchyard-upstream-request-id", value.encode("latin-1", "replace")))
+    return out
+
+
+class BytesResponse:
+    """A complete response body with the given status and headers."""
+
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: Headers, content_type: bytes = b"application/json") -> None:
+        self.status = status
+        self.body = body
+        self.headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def error_response(error: ProxyError, headers: Headers) -> BytesResponse:
+    return BytesResponse(error.status, error.body(), headers)
+
+
+def upstream_failure(provider: str, upstream: UpstreamResponse) -> ProxyError | None:
+    """Map an upstream 5xx to our 502; 4xx answers pass through as they are (None)."""
+    if upstream.status < 500:
+        return None
+    detail = _upstream_message(upstream.body)
+    suffix = f": {detail}" if detail else ""
+    return UpstreamError(f"provider {provider} answered {upstream.status}{suffix}")
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message[:300] if isinstance(message, str) else ""
+
+
+class StreamRelay:
+    """Sends an upstream SSE stream on to the client as it arrives.
+
+    `on_done(outcome)` runs exactly once at the end with one of
+    `complete`, `client_disconnected` or `upstream_failed`.
+    """
+
+    def __init__(
+        self,
+        upstream: UpstreamResponse,
+        headers: Headers,
+        on_done: Callable[[str], None],
+        observe: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.observe = observe
+        self.headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *headers,
+        ]
+        self.on_done = on_done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        outcome = "client_disconnected"
+        try:
+            done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if pump in done:
+                outcome = pump.result()
+        finally:
+            for task in (pump, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+            await self.upstream.close()
+            self.on_done(outcome)
+
+    async def _pump(self, send: Send) -> str:
+        await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
+        assert self.upstream.chunks is not None
+        outcome = "complete"
+        try:
+            observe = self.observe
+            async for chunk in self.upstream.chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if observe is not None:
+                        observe(chunk)
+        except ProxyError as exc:
+            log.warning("stream broken: %s", exc.message)
+            await send({"type": "http.response.body", "body": sse.encode(_error_event(exc)), "more_body": True})
+            outcome = "upstream_failed"
+        except OSError:  # the client went away while we were writing
+            return "client_disconnected"
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+
+async def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _error_event(exc: ProxyError) -> dict[str, Any]:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,209 @@
+"""The routing policy: a pure function of a snapshot and a request.
+
+`decide(snapshot, request)` walks the routes in order; the first whose every condition
+holds picks the target. Nothing here does I/O or reads a clock or a random source:
+the time and a uniform random number come in with the request, so a decision can be
+replayed and tested exactly. Pass `trace=[]` to collect why each rule did or did not
+apply (`switchyard route` prints it); the hot path passes nothing and builds no text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from proxy.errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NoHealthyUpstream
+from proxy.snapshot import Route, Snapshot, Team
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    model: str | None  # as the client sent it; None or "" means the team's default
+    team: Team
+    user: str | None
+    stream: bool
+    now: datetime
+    rand: float  # uniform in [0, 1): picks among weighted split targets
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    requested: str  # the model name the policy was asked for
+    route: str
+    route_index: int
+    target: Target
+    fallbacks: tuple[Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    route: str
+    outcome: str  # "matched", "skipped"
+    reason: str
+
+
+_PLACEHOLDER = re.compile(r"\{(model|\d+)\}")
+
+
+def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = None) -> Decision:
+    model = req.model or req.team.default_model
+    if not model:
+        raise InvalidRequest("you must provide a model parameter (this team has no default_model)", param="model")
+    if not req.team.allows(model):
+        raise ModelNotAllowed(
+            f"team {req.team.name!r} may not use model {model!r}; allowed: {_allowed_text(snapshot, req.team)}",
+            param="model",
+        )
+    for route in snapshot.routes:
+        groups = _match(route, model, req, trace)
+        if groups is None:
+            continue
+        targets = _resolve_all(route, model, groups, req.rand)
+        if isinstance(targets, str):
+            _note(trace, route.name, "skipped", targets)
+            continue
+        primary, fallbacks = targets
+        if primary.provider not in snapshot.providers and primary.provider not in snapshot.disabled_providers:
+            # only a templated target can name an unknown provider: the name is not for this rule
+            _note(trace, route.name, "skipped", f"target {primary} names unknown provider {primary.provider!r}")
+            continue
+        usable = [t for t in (primary, *fallbacks) if t.provider in snapshot.providers]
+        if not usable:
+            reasons = "; ".join(
+                f"{t}: provider {t.provider} {_why_unavailable(snapshot, t.provider)}" for t in (primary, *fallbacks)
+            )
+            _note(trace, route.name, "matched", f"no usable target ({reasons})")
+            raise NoHealthyUpstream(f"route {route.name!r} has no available target: {reasons}")
+        if trace is not None:
+            skipped = [str(t) for t in (primary, *fallbacks) if t not in usable]
+            extra = f"; skipped disabled {', '.join(skipped)}" if skipped else ""
+            _note(trace, route.name, "matched", f"target {usable[0]}{extra}")
+        return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]))
+    raise ModelNotFound(
+        f"model {model!r} does not exist or is not routed for team {req.team.name!r}; "
+        f"allowed: {_allowed_text(snapshot, req.team)}",
+        param="model",
+    )
+
+
+def _allowed_text(snapshot: Snapshot, team: Team) -> str:
+    names = snapshot.model_names(team) + snapshot.model_patterns(team)
+    return ", ".join(names) if names else "none"
+
+
+def _why_unavailable(snapshot: Snapshot, provider: str) -> str:
+    reason = snapshot.disabled_providers.get(provider)
+    return f"is disabled: {reason}" if reason else "is not configured"
+
+
+def _note(trace: list[Step] | None, route: str, outcome: str, reason: str) -> None:
+    if trace is not None:
+        trace.append(Step(route, outcome, reason))
+
+
+def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None) -> tuple[str, ...] | None:
+    """The wildcard captures if every condition holds, else None."""
+    m = route.match
+    groups: tuple[str, ...] = ()
+    if m.models is not None:
+        for glob in m.models:
+            found = glob.match(model)
+            if found is not None:
+                groups = found
+                break
+        else:
+            return _fail(trace, route, f"model {model!r} does not match {', '.join(g.pattern for g in m.models)}")
+    if m.teams is not None and req.team.name not in m.teams:
+        return _fail(trace, route, f"team {req.team.name!r} not in teams")
+    if m.users is not None and req.user not in m.users:
+        return _fail(trace, route, f"user {req.user!r} not in users")
+    if m.exclude_users is not None and req.user in m.exclude_users:
+        return _fail(trace, route, f"user {req.user!r} is excluded")
+    if m.stream is not None and req.stream != m.stream:
+        return _fail(trace, route, f"stream is {str(req.stream).lower()}, rule wants {str(m.stream).lower()}")
+    if m.after is not None and req.now < m.after:
+        return _fail(trace, route, f"before the rule's start {m.after.isoformat()}")
+    if m.before is not None and req.now >= m.before:
+        return _fail(trace, route, f"after the rule's end {m.before.isoformat()}")
+    if m.percent is not None:
+        subject = req.user or req.team.name
+        bucket = percent_bucket(route.name, subject)
+        if bucket >= m.percent:
+            return _fail(trace, route, f"{subject!r} is in bucket {bucket:.2f}, outside the first {m.percent:g}%")
+    return groups
+
+
+def _fail(trace: list[Step] | None, route: Route, reason: str) -> None:
+    _note(trace, route.name, "skipped", reason)
+    return None
+
+
+def percent_bucket(route_name: str, subject: str) -> float:
+    """A stable position in [0, 100) for this subject on this rule."""
+    digest = hashlib.blake2b(f"{route_name}\x00{subject}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") * 100.0 / 2**64
+
+
+def pick_weighted(choices: tuple[tuple[str, float], ...], rand: float) -> str:
+    total = sum(w for _, w in choices)
+    point = rand * total
+    for target, weight in choices:
+        point -= weight
+        if point < 0:
+            return target
+    return choices[-1][0]
+
+
+def _resolve_all(
+    route: Route, model: str, groups: tuple[str, ...], rand: float
+) -> tuple[Target, tuple[Target, ...]] | str:
+    """Primary and fallback targets, or the reason the rule cannot serve this name."""
+    if route.split is not None:
+        chosen = pick_weighted(route.split, rand)
+        # the other split targets follow the configured fallbacks as spares
+        spares = [t for t, _ in route.split if t != chosen]
+        templates = (chosen, *route.fallbacks, *spares)
+    else:
+        assert route.to is not None
+        templates = (route.to, *route.fallbacks)
+    resolved: list[Target] = []
+    for template in templates:
+        target = resolve_target(template, model, groups)
+        if isinstance(target, str):
+            return target
+        if target not in resolved:
+            resolved.append(target)
+    return resolved[0], tuple(resolved[1:])
+
+
+def resolve_target(template: str, model: str, groups: tuple[str, ...]) -> Target | str:
+    """Fill `{model}` and `{N}` into a target template; a str result is the reason it failed."""
+
+    def fill(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "model":
+            return model
+        index = int(key) - 1
+        if not 0 <= index < len(groups):
+            raise LookupError(key)
+        return groups[index]
+
+    try:
+        text = _PLACEHOLDER.sub(fill, template)
+    except LookupError as exc:
+        return f"target {template!r} uses {{{exc.args[0]}}} but the pattern captured {len(groups)} part(s)"
+    provider, sep, upstream_model = text.partition("/")
+    if not sep or not provider or not upstream_model:
+        return f"target {text!r} is not provider/model"
+    return Target(provider, upstream_model)

@@ -1,0 +1,367 @@
+"""Compiling a validated config into the immutable `Snapshot`, and the holder that swaps it.
+
+A request reads `holder.current` once and uses that snapshot to the end, so a reload
+never changes the rules under a request in flight. Compilation either succeeds whole
+or raises `ConfigError`; a failed reload leaves the serving snapshot untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Mapping
+
+from proxy.accounting.pricing import Price, PriceTable, load_prices, shipped_pricing_path
+from proxy.config import (
+    Config,
+    ConfigError,
+    LoadedConfig,
+    ProviderConfig,
+    RouteCacheConfig,
+    RouteConfig,
+    load_file,
+    load_text,
+)
+
+# ---------------------------------------------------------------- globs
+
+
+@dataclass(frozen=True, slots=True)
+class Glob:
+    """A model-name pattern: `*` matches any run of characters, `?` one character.
+
+    The text each wildcard matched is available as `{1}`, `{2}`, ... in targets.
+    """
+
+    pattern: str
+    regex: re.Pattern[str]
+    literal: bool
+
+    @classmethod
+    def compile(cls, pattern: str) -> Glob:
+        parts = []
+        for ch in pattern:
+            if ch == "*":
+                parts.append("(.*)")
+            elif ch == "?":
+                parts.append("(.)")
+            else:
+                parts.append(re.escape(ch))
+        literal = "*" not in pattern and "?" not in pattern
+        return cls(pattern, re.compile("".join(parts) + r"\Z", re.DOTALL), literal)
+
+    def match(self, name: str) -> tuple[str, ...] | None:
+        if self.literal:
+            return () if name == self.pattern else None
+        m = self.regex.match(name)
+        return m.groups() if m else None
+
+
+def any_glob(globs: tuple[Glob, ...], name: str) -> bool:
+    return any(g.match(name) is not None for g in globs)
+
+
+# ---------------------------------------------------------------- compiled pieces
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    default_model: str | None
+    models: tuple[Glob, ...] | None  # None: every name is allowed
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or any_glob(self.models, model)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    models: tuple[Glob, ...] | None
+    teams: frozenset[str] | None
+    users: frozenset[str] | None
+    exclude_users: frozenset[str] | None
+    percent: float | None
+    after: datetime | None
+    before: datetime | None
+    stream: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    index: int
+    name: str
+    match: Match
+    to: str | None  # a target template
+    split: tuple[tuple[str, float], ...] | None  # (target template, weight)
+    fallbacks: tuple[str, ...]
+    cache_enabled: bool = True
+    cache_ttl_s: int | None = None  # None: the cache section's ttl_s
+
+    def targets(self) -> tuple[str, ...]:
+        if self.to is not None:
+            return (self.to,)
+        return tuple(t for t, _ in self.split or ())
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """What it takes to build a provider adapter; equal specs share one adapter."""
+
+    name: str
+    type: str
+    base_url: str | None
+    api_key: str | None
+    headers: tuple[tuple[str, str], ...]
+    timeout_s: float
+    connect_timeout_s: float
+    max_connections: int
+    max_keepalive: int
+    latency_ms: float
+    chunk_interval_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generation: int
+    source: str
+    digest: str
+    loaded_at: float
+    config: Config
+    teams: Mapping[str, Team]
+    key_index: Mapping[str, str]  # sha256 hex of a key -> team name
+    admin_key_hashes: frozenset[str]
+    routes: tuple[Route, ...]
+    providers: Mapping[str, ProviderSpec]  # enabled providers only
+    disabled_providers: Mapping[str, str]  # name -> reason
+    max_body_bytes: int
+    prices: PriceTable
+    warnings: tuple[str, ...] = ()
+
+    def team_for_key(self, key: str) -> Team | None:
+        name = self.key_index.get(hash_key(key))
+        return None if name is None else self.teams[name]
+
+    def is_admin_key(self, key: str) -> bool:
+        return hash_key(key) in self.admin_key_hashes
+
+    def model_names(self, team: Team) -> list[str]:
+        """Concrete model names this team may request (route names and aliases)."""
+        names = set()
+        for route in self.routes:
+            if route.match.teams is not None and team.name not in route.match.teams:
+                continue
+            for g in route.match.models or ():
+                if g.literal and team.allows(g.pattern):
+                    names.add(g.pattern)
+        for g in team.models or ():
+            if g.literal:
+                names.add(g.pattern)
+        return sorted(names)
+
+    def model_patterns(self, team: Team) -> list[str]:
+        """Wildcard names this team may request (shown in 404 messages)."""
+        patterns = set()
+        source = team.models if team.models is not None else ()
+        for g in source:
+            if not g.literal:
+                patterns.add(g.pattern)
+        if team.models is None:
+            for route in self.routes:
+                if route.match.teams is not None and team.name not in route.match.teams:
+                    continue
+                for g in route.match.models or ():
+                    if not g.literal:
+                        patterns.add(g.pattern)
+        return sorted(patterns)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _stored_key_hash(key: str) -> str:
+    if key.startswith("sha256:"):
+        return key[7:].lower()
+    return hash_key(key)
+
+
+# ---------------------------------------------------------------- compile
+
+
+def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generation: int) -> Snapshot:
+    config = loaded.config
+    teams = {
+        name: Team(
+            name=name,
+            default_model=t.default_model,
+            models=None if t.models is None else tuple(Glob.compile(m) for m in t.models),
+        )
+        for name, t in config.teams.items()
+    }
+    key_index = {_stored_key_hash(k): name for name, t in config.teams.items() for k in t.keys}
+    admin = frozenset(_stored_key_hash(k) for k in config.server.admin_keys)
+    routes = tuple(_compile_route(i, r) for i, r in enumerate(config.routes))
+    providers = {
+        name: _provider_spec(name, p)
+        for name, p in config.providers.items()
+        if name not in loaded.disabled_providers
+    }
+    warnings = list(loaded.warnings)
+    for name, team in config.teams.items():
+        if not team.keys:
+            warnings.append(f"team {name} has no usable key")
+    return Snapshot(
+        generation=generation,
+        source=source,
+        digest=digest,
+        loaded_at=time.time(),
+        config=config,
+        teams=MappingProxyType(teams),
+        key_index=MappingProxyType(key_index),
+        admin_key_hashes=admin,
+        routes=routes,
+        providers=MappingProxyType(providers),
+        disabled_providers=MappingProxyType(dict(loaded.disabled_providers)),
+        max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
+        prices=_price_table(config, source),
+        warnings=tuple(warnings),
+    )
+
+
+def _compile_route(index: int, r: RouteConfig) -> Route:
+    m = r.match
+    models = m.model if isinstance(m.model, list) else ([m.model] if m.model else None)
+    match = Match(
+        models=None if models is None else tuple(Glob.compile(x) for x in models),
+        teams=None if m.teams is None else frozenset(m.teams),
+        users=None if m.users is None else frozenset(m.users),
+        exclude_users=None if m.exclude_users is None else frozenset(m.exclude_users),
+        percent=m.percent,
+        after=m.after,
+        before=m.before,
+        stream=m.stream,
+    )
+    split = None if r.split is None else tuple(r.split.items())
+    enabled = r.cache is not False
+    ttl = r.cache.ttl_s if isinstance(r.cache, RouteCacheConfig) else None
+    return Route(index, r.name, match, r.to, split, tuple(r.fallbacks), enabled, ttl)
+
+
+def _price_table(config: Config, source: str) -> PriceTable:
+    prices = load_prices(shipped_pricing_path(None if source.startswith("<") else source))
+    prices.update({name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()})
+    return PriceTable(prices)
+
+
+def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
+    base_url = p.base_url
+    if base_url is None and p.type == "openai":
+        base_url = "https://api.openai.com/v1"
+    return ProviderSpec(
+        name=name,
+        type=p.type,
+        base_url=base_url.rstrip("/") if base_url else None,
+        api_key=p.api_key,
+        headers=tuple(sorted(p.headers.items())),
+        timeout_s=p.timeout_s,
+        connect_timeout_s=p.connect_timeout_s,
+        max_connections=p.max_connections,
+        max_keepalive=p.max_keepalive,
+        latency_ms=p.latency_ms,
+        chunk_interval_ms=p.chunk_interval_ms,
+    )
+
+
+def snapshot_from_text(text: str, *, source: str = "<text>", generation: int = 1, env: dict[str, str] | None = None) -> Snapshot:
+    loaded = load_text(text, env)
+    return compile_snapshot(loaded, source=source, digest=_digest(text.encode()), generation=generation)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- holder
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailure:
+    at: float
+    digest: str
+    problems: tuple[tuple[str, str], ...]
+
+
+class SnapshotHolder:
+    """Owns the serving snapshot; `load()` builds a new one and swaps it in if it compiles.
+
+    `listeners` are called with each new snapshot after the swap (the provider pool
+    uses this to build clients for new providers and retire unused ones).
+    """
+
+    def __init__(self, path: str, env: dict[str, str] | None = None) -> None:
+        self.path = path
+        self._env = env
+        self._current: Snapshot | None = None
+        self.last_failure: ReloadFailure | None = None
+        self.listeners: list = []
+        self.reloads = {"ok": 0, "error": 0, "unchanged": 0}
+
+    @property
+    def current(self) -> Snapshot:
+        assert self._current is not None, "no config loaded"
+        return self._current
+
+    def load(self, *, force: bool = False) -> str:
+        """Read the file and swap in its snapshot. Returns ok, unchanged or error."""
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            return self._fail("", [("", f"cannot read {self.path}: {exc.strerror}")])
+        digest = _digest(data)
+        if not force and self._current is not None and digest == self._current.digest:
+            self.reloads["unchanged"] += 1
+            return "unchanged"
+        try:
+            text = data.decode("utf-8")
+            loaded = load_text(text, self._env)
+            generation = 1 if self._current is None else self._current.generation + 1
+            snapshot = compile_snapshot(loaded, source=self.path, digest=digest, generation=generation)
+        except UnicodeDecodeError:
+            return self._fail(digest, [("", "config is not UTF-8 text")])
+        except ConfigError as exc:
+            return self._fail(digest, exc.problems)
+        self.install(snapshot)
+        return "ok"
+
+    def install(self, snapshot: Snapshot) -> None:
+        self._current = snapshot
+        self.last_failure = None
+        self.reloads["ok"] += 1
+        for listener in self.listeners:
+            listener(snapshot)
+
+    def _fail(self, digest: str, problems: list[tuple[str, str]]) -> str:
+        self.last_failure = ReloadFailure(time.time(), digest, tuple(problems))
+        self.reloads["error"] += 1
+        return "error"
+
+
+__all__ = [
+    "ConfigError",
+    "Glob",
+    "ProviderSpec",
+    "ReloadFailure",
+    "Route",
+    "Snapshot",
+    "SnapshotHolder",
+    "Team",
+    "compile_snapshot",
+    "hash_key",
+    "load_file",
+    "snapshot_from_text",
+]

@@ -1,0 +1,129 @@
+"""Checks on OpenAI request bodies: only the fields the proxy itself relies on or that
+are cheap to get right here; the provider validates the rest and its 4xx passes through.
+Each failure names the offending field in `param`, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from proxy.errors import InvalidRequest
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send valid JSON with 'Content-Type: application/json'."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {_kind(body)}")
+    return body
+
+
+def check_chat(body: dict[str, Any]) -> None:
+    _check_model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest(f"'messages' must be an array, not {_kind(messages)}.", param="messages")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'{where}' must be an object, not {_kind(message)}.", param=where)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise InvalidRequest(
+                f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}.", param=f"{where}.role"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequest(
+                f"'{where}.content' must be a string or an array of parts, not {_kind(content)}.",
+                param=f"{where}.content",
+            )
+    _check_type(body, "stream", bool, "a boolean")
+    _check_type(body, "stream_options", dict, "an object")
+    _check_type(body, "user", str, "a string")
+    _check_number(body, "temperature", 0, 2)
+    _check_number(body, "top_p", 0, 1)
+    for field in ("max_tokens", "max_completion_tokens", "n"):
+        _check_int(body, field, 1)
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
+def check_embeddings(body: dict[str, Any]) -> None:
+    _check_model(body)
+    if "input" not in body:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    value = body["input"]
+    ok = isinstance(value, str) or (
+        isinstance(value, list)
+        and value
+        and (
+            all(isinstance(v, str) for v in value)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
+        )
+    )
+    if not ok or value == "":
+        raise InvalidRequest(
+            "'input' must be a non-empty string, array of strings, or array of token arrays.", param="input"
+        )
+    _check_type(body, "user", str, "a string")
+    _check_int(body, "dimensions", 1)
+
+
+def _check_model(body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest(f"'model' must be a string, not {_kind(model)}.", param="model")
+
+
+def _check_type(body: dict[str, Any], field: str, kind: type, name: str) -> None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, kind):
+        raise InvalidRequest(f"'{field}' must be {name}, not {_kind(value)}.", param=field)
+
+
+def _check_number(body: dict[str, Any], field: str, low: float, high: float) -> None:
+    value = body.get(field)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"'{field}' must be a number, not {_kind(value)}.", param=field)
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{field}' must be between {low} and {high}, got {value}.", param=field)
+
+
+def _check_int(body: dict[str, Any], field: str, low: int) -> None:
+    value = body.get(field)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"'{field}' must be an integer, not {_kind(value)}.", param=field)
+    if value < low:
+        raise InvalidRequest(f"'{field}' must be at least {low}, got {value}.", param=field)
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

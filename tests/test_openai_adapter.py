@@ -1,0 +1,510 @@
+"""OpenAIAdapter against a respx-mocked upstream, and ProviderPool adapter reuse/retirement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import respx
+
+from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.providers import ProviderPool, build_adapter
+from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
+from proxy.providers.openai import OpenAIAdapter
+from proxy.snapshot import ProviderSpec, snapshot_from_text
+
+BASE = "https://up.example/v1"
+
+
+def make_spec(**overrides) -> ProviderSpec:
+    values = dict(
+        name="up",
+        type="openai",
+        base_url=BASE,
+        api_key="sk-upstream",
+        headers=(("openai-organization", "org-42"), ("x-extra", "extra-value")),
+        timeout_s=30.0,
+        connect_timeout_s=5.0,
+        max_connections=10,
+        max_keepalive=5,
+        latency_ms=0.0,
+        chunk_interval_ms=0.0,
+    )
+    values.update(overrides)
+    return ProviderSpec(**values)
+
+
+def chat_request(stream: bool = False, headers: list[tuple[str, str]] | None = None, **body) -> UpstreamRequest:
+    payload = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.3,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "metadata": {"nested": [1, 2, {"deep": None}]},
+        **body,
+    }
+    if stream:
+        payload["stream"] = True
+    return UpstreamRequest("chat/completions", payload, stream, "req_test", headers or [])
+
+
+@pytest.fixture
+async def adapter() -> AsyncIterator[OpenAIAdapter]:
+    a = OpenAIAdapter(make_spec())
+    try:
+        yield a
+    finally:
+        await a.aclose()
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+# ---------------------------------------------------------------- request shape
+
+
+async def test_chat_goes_to_chat_completions_with_body_intact(adapter, upstream):
+    route = upstream.post("/chat/completions").respond(200, json={"ok": True})
+    request = chat_request()
+    await adapter.send(request)
+    assert route.call_count == 1
+    sent = route.calls.last.request
+    assert str(sent.url) == f"{BASE}/chat/completions"
+    assert sent.method == "POST"
+    assert json.loads(sent.content) == request.body
+    assert sent.headers["content-type"] == "application/json"
+
+
+async def test_rewritten_model_is_sent_and_other_fields_untouched(adapter, upstream):
+    route = upstream.post("/chat/completions").respond(200, json={})
+    request = chat_request(model="upstream-model-7", max_tokens=12, logit_bias={"50256": -100}, seed=7)
+    await adapter.send(request)
+    body = json.loads(route.calls.last.request.content)
+    assert body["model"] == "upstream-model-7"
+    assert body["max_tokens"] == 12
+    assert body["logit_bias"] == {"50256": -100}
+    assert body["seed"] == 7
+    assert body["metadata"] == {"nested": [1, 2, {"deep": None}]}
+    assert body["tools"][0]["function"]["name"] == "f"
+    assert set(body) == set(request.body)
+
+
+async def test_embeddings_go_to_embeddings(adapter, upstream):
+    route = upstream.post("/embeddings").respond(200, json={"object": "list", "data": []})
+    body = {"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 8}
+    response = await adapter.send(UpstreamRequest("embeddings", body, False, "req_e"))
+    assert response.status == 200
+    sent = route.calls.last.request
+    assert str(sent.url) == f"{BASE}/embeddings"
+    assert json.loads(sent.content) == body
+
+
+async def test_provider_key_sent_as_bearer(adapter, upstream):
+    route = upstream.post("/chat/completions").respond(200, json={})
+    await adapter.send(chat_request())
+    assert route.calls.last.request.headers.get_list("authorization") == ["Bearer sk-upstream"]
+
+
+async def test_configured_provider_headers_sent(adapter, upstream):
+    route = upstream.post("/chat/completions").respond(200, json={})
+    await adapter.send(chat_request())
+    sent = route.calls.last.request.headers
+    assert sent["openai-organization"] == "org-42"
+    assert sent["x-extra"] == "extra-value"
+
+
+async def test_no_authorization_when_provider_has_no_key(upstream):
+    a = OpenAIAdapter(make_spec(api_key=None, headers=()))
+    try:
+        route = upstream.post("/chat/completions").respond(200, json={})
+        await a.send(chat_request())
+        assert "authorization" not in route.calls.last.request.headers
+    finally:
+        await a.aclose()
+
+
+async def test_forwarded_client_headers_arrive(adapter, upstream):
+    route = upstream.post("/chat/completions").respond(200, json={})
+    await adapter.send(chat_request(headers=[("x-custom", "abc"), ("user-agent", "my-sdk/1.0")]))
+    sent = route.calls.last.request.headers
+    assert sent["x-custom"] == "abc"
+    assert sent["user-agent"] == "my-sdk/1.0"
+
+
+@pytest.mark.parametrize("name", ["authorization", "Authorization", "AUTHORIZATION"])
+async def test_client_authorization_never_overrides_provider_key(adapter, upstream, name):
+    route = upstream.post("/chat/completions").respond(200, json={})
+    await adapter.send(chat_request(headers=[(name, "Bearer client-secret"), ("x-custom", "kept")]))
+    sent = route.calls.last.request.headers
+    assert sent.get_list("authorization") == ["Bearer sk-upstream"]
+    assert "client-secret" not in str(sent.raw)
+    assert sent["x-custom"] == "kept"
+
+
+async def test_client_cannot_override_configured_provider_headers(adapter, upstream):
+    route = upstream.post("/chat/completions").respond(200, json={})
+    await adapter.send(chat_request(headers=[("openai-organization", "org-client"), ("content-type", "text/plain")]))
+    sent = route.calls.last.request.headers
+    assert sent.get_list("openai-organization") == ["org-42"]
+    assert sent.get_list("content-type") == ["application/json"]
+
+
+# ---------------------------------------------------------------- non-stream answers
+
+
+async def test_non_stream_body_returned_byte_identical(adapter, upstream):
+    raw = b'{"id": "chatcmpl-1",   "choices":[{"index":0,"message":{"role":"assistant","content":"h\\u00e9"}}] ,"z":1}\n'
+    upstream.post("/chat/completions").respond(
+        200, content=raw, headers={"content-type": "application/json", "openai-processing-ms": "12"}
+    )
+    response = await adapter.send(chat_request())
+    assert response.status == 200
+    assert response.ok
+    assert response.body == raw
+    assert response.chunks is None
+    headers = dict(response.headers)
+    assert headers["content-type"] == "application/json"
+    assert headers["openai-processing-ms"] == "12"
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422, 429])
+async def test_4xx_returned_with_status_and_body(adapter, upstream, status):
+    raw = json.dumps({"error": {"message": f"nope {status}", "type": "invalid_request_error", "param": "x", "code": "c"}}).encode()
+    upstream.post("/chat/completions").respond(status, content=raw, headers={"content-type": "application/json"})
+    response = await adapter.send(chat_request())
+    assert response.status == status
+    assert not response.ok
+    assert response.body == raw
+    assert response.chunks is None
+
+
+async def test_5xx_returned_as_response_not_raised(adapter, upstream):
+    upstream.post("/chat/completions").respond(503, json={"error": {"message": "overloaded"}})
+    response = await adapter.send(chat_request())
+    assert response.status == 503
+    assert json.loads(response.body) == {"error": {"message": "overloaded"}}
+
+
+# ---------------------------------------------------------------- transport failures
+
+
+async def test_connect_error_becomes_upstream_error(adapter, upstream):
+    upstream.post("/chat/completions").mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(UpstreamError) as info:
+        await adapter.send(chat_request())
+    assert type(info.value) is UpstreamError
+    assert info.value.status == 502
+    assert info.value.code == "upstream_error"
+    assert "up" in info.value.message
+
+
+async def test_read_timeout_becomes_upstream_timeout(adapter, upstream):
+    upstream.post("/chat/completions").mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(UpstreamTimeout) as info:
+        await adapter.send(chat_request())
+    assert info.value.status == 504
+    assert info.value.code == "upstream_timeout"
+    assert "waiting for data" in info.value.message
+
+
+async def test_connect_timeout_becomes_upstream_timeout(adapter, upstream):
+    upstream.post("/chat/completions").mock(side_effect=httpx.ConnectTimeout("slow connect"))
+    with pytest.raises(UpstreamTimeout) as info:
+        await adapter.send(chat_request())
+    assert info.value.status == 504
+    assert "connecting" in info.value.message
+
+
+async def test_remote_protocol_error_before_answer_becomes_upstream_error(adapter, upstream):
+    upstream.post("/chat/completions").mock(side_effect=httpx.RemoteProtocolError("closed"))
+    with pytest.raises(UpstreamError) as info:
+        await adapter.send(chat_request())
+    assert info.value.status == 502
+
+
+# ---------------------------------------------------------------- streams
+
+
+SSE_EVENTS = [
+    b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n',
+    b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n',
+    b'data: {"choices":[{"delta":{"content":"lo"}}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+class ChunkStream(httpx.AsyncByteStream):
+    """Yields the given chunks, then optionally raises an exception."""
+
+    def __init__(self, chunks: list[bytes], error: Exception | None = None) -> None:
+        self.chunks = chunks
+        self.error = error
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def collect(response: UpstreamResponse) -> list[bytes]:
+    assert response.chunks is not None
+    out = []
+    try:
+        async for chunk in response.chunks:
+            out.append(chunk)
+    finally:
+        await response.close()
+    return out
+
+
+async def test_stream_yields_chunks(adapter, upstream):
+    route = upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(
+            200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=ChunkStream(SSE_EVENTS)
+        )
+    )
+    response = await adapter.send(chat_request(stream=True))
+    assert response.status == 200
+    assert response.chunks is not None
+    assert response.body == b""
+    chunks = await collect(response)
+    assert b"".join(chunks) == b"".join(SSE_EVENTS)
+    assert json.loads(route.calls.last.request.content)["stream"] is True
+
+
+async def test_stream_request_answered_with_json_comes_back_as_body(adapter, upstream):
+    raw = b'{"id":"x","object":"chat.completion"}'
+    upstream.post("/chat/completions").respond(200, content=raw, headers={"content-type": "application/json"})
+    response = await adapter.send(chat_request(stream=True))
+    assert response.chunks is None
+    assert response.status == 200
+    assert response.body == raw
+
+
+async def test_stream_request_answered_with_error_comes_back_as_body(adapter, upstream):
+    raw = b'{"error":{"message":"bad stream request"}}'
+    upstream.post("/chat/completions").respond(
+        400, content=raw, headers={"content-type": "text/event-stream"}
+    )
+    response = await adapter.send(chat_request(stream=True))
+    assert response.chunks is None
+    assert response.status == 400
+    assert response.body == raw
+
+
+async def test_non_stream_request_answered_with_event_stream_is_read_whole(adapter, upstream):
+    upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(SSE_EVENTS))
+    )
+    response = await adapter.send(chat_request(stream=False))
+    assert response.chunks is None
+    assert response.body == b"".join(SSE_EVENTS)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.ReadError("connection reset"), httpx.RemoteProtocolError("peer closed connection")],
+    ids=["read-error", "protocol-error"],
+)
+async def test_error_mid_stream_becomes_upstream_error(adapter, upstream, error):
+    upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(SSE_EVENTS[:2], error)
+        )
+    )
+    response = await adapter.send(chat_request(stream=True))
+    assert response.chunks is not None
+    received: list[bytes] = []
+    with pytest.raises(UpstreamError) as info:
+        async for chunk in response.chunks:
+            received.append(chunk)
+    await response.close()
+    assert type(info.value) is UpstreamError
+    assert info.value.status == 502
+    assert b"".join(received) == b"".join(SSE_EVENTS[:2])
+    assert "stream" in info.value.message
+
+
+async def test_timeout_mid_stream_becomes_upstream_timeout(adapter, upstream):
+    upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(SSE_EVENTS[:1], httpx.ReadTimeout("idle"))
+        )
+    )
+    response = await adapter.send(chat_request(stream=True))
+    with pytest.raises(UpstreamTimeout):
+        await collect(response)
+
+
+async def test_error_while_reading_non_stream_body_becomes_upstream_error(adapter, upstream):
+    upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(
+            200, headers={"content-type": "application/json"}, stream=ChunkStream([b'{"id":'], httpx.ReadError("reset"))
+        )
+    )
+    with pytest.raises(UpstreamError) as info:
+        await adapter.send(chat_request())
+    assert info.value.status == 502
+
+
+async def test_build_adapter_picks_openai_for_openai_type():
+    a = build_adapter(make_spec())
+    try:
+        assert isinstance(a, OpenAIAdapter)
+        assert str(a.client.base_url).rstrip("/") == BASE
+    finally:
+        await a.aclose()
+
+
+# ---------------------------------------------------------------- ProviderPool
+
+
+class RecordingAdapter(Adapter):
+    def __init__(self, spec: ProviderSpec) -> None:
+        super().__init__(spec)
+        self.closed = 0
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:  # pragma: no cover - unused
+        return UpstreamResponse(200, [])
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+class RecordingFactory:
+    def __init__(self) -> None:
+        self.built: list[RecordingAdapter] = []
+
+    def __call__(self, spec: ProviderSpec) -> RecordingAdapter:
+        adapter = RecordingAdapter(spec)
+        self.built.append(adapter)
+        return adapter
+
+
+def snap(up_timeout: float = 30, extra: str = "", generation: int = 1):
+    return snapshot_from_text(
+        f"""
+providers:
+  mock: {{type: mock}}
+  up: {{type: openai, base_url: "{BASE}", api_key: sk-upstream, timeout_s: {up_timeout}}}
+{extra}
+routes:
+  - {{name: a, match: {{model: a}}, to: mock/a}}
+""",
+        generation=generation,
+    )
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_pool_reuses_adapter_when_spec_unchanged():
+    factory = RecordingFactory()
+    pool = ProviderPool(factory)
+    first = pool.sync(snap())
+    assert set(first) == {"mock", "up"}
+    assert len(factory.built) == 2
+    second = pool.sync(snap(generation=2))
+    await settle()
+    assert second["mock"] is first["mock"]
+    assert second["up"] is first["up"]
+    assert len(factory.built) == 2
+    assert all(a.closed == 0 for a in factory.built)
+    await pool.aclose()
+
+
+async def test_pool_builds_new_adapter_when_spec_changes_and_retires_old():
+    factory = RecordingFactory()
+    pool = ProviderPool(factory)
+    first = pool.sync(snap(up_timeout=30))
+    second = pool.sync(snap(up_timeout=60, generation=2))
+    await settle()
+    assert second["mock"] is first["mock"]
+    assert second["up"] is not first["up"]
+    assert second["up"].spec.timeout_s == 60
+    assert len(factory.built) == 3
+    assert first["up"].closed == 1
+    assert second["up"].closed == 0
+    assert first["mock"].closed == 0
+    await pool.aclose()
+
+
+async def test_pool_retires_removed_provider():
+    factory = RecordingFactory()
+    pool = ProviderPool(factory)
+    first = pool.sync(snap())
+    second = pool.sync(
+        snapshot_from_text("providers: {mock: {type: mock}}\nroutes: [{name: a, match: {model: a}, to: mock/a}]")
+    )
+    await settle()
+    assert set(second) == {"mock"}
+    assert first["up"].closed == 1
+    assert first["mock"].closed == 0
+    await pool.aclose()
+
+
+async def test_pool_mapping_is_read_only():
+    pool = ProviderPool(RecordingFactory())
+    adapters = pool.sync(snap())
+    with pytest.raises(TypeError):
+        adapters["x"] = adapters["mock"]  # type: ignore[index]
+    await pool.aclose()
+
+
+async def test_pool_delays_close_while_request_in_flight():
+    factory = RecordingFactory()
+    pool = ProviderPool(factory)
+    first = pool.sync(snap(up_timeout=30))
+    old = first["up"]
+    old.acquire()
+    old.acquire()
+    pool.sync(snap(up_timeout=45, generation=2))
+    await settle()
+    assert old.inflight == 2
+    assert old.closed == 0
+    old.release()
+    await settle()
+    assert old.closed == 0
+    old.release()
+    await settle()
+    assert old.inflight == 0
+    assert old.closed == 1
+    await pool.aclose()
+
+
+async def test_pool_retires_real_openai_adapter_closing_its_client():
+    pool = ProviderPool()
+    first = pool.sync(snap(up_timeout=30))
+    old = first["up"]
+    assert isinstance(old, OpenAIAdapter)
+    old.acquire()
+    second = pool.sync(snap(up_timeout=31, generation=2))
+    await settle()
+    assert not old.client.is_closed
+    old.release()
+    await settle()
+    assert old.client.is_closed
+    assert not second["up"].client.is_closed
+    await pool.aclose()
+    assert second["up"].client.is_closed
+
+
+async def test_pool_aclose_closes_everything():
+    factory = RecordingFactory()
+    pool = ProviderPool(factory)
+    pool.sync(snap())
+    await pool.aclose()
+    assert [a.closed for a in factory.built] == [1, 1]
