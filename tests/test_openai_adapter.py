@@ -1,4 +1,4 @@
-"""OpenAIAdapter against a respx-mocked upstream, and ProviderPool adapter reuse/retirement."""
+"""OpenAIAdapter against a real local upstream (tests/support.py), and ProviderPool reuse/retirement."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import asyncio
 import json
 from typing import AsyncIterator, Iterator
 
-import httpx
+import aiohttp
 import pytest
-import respx
+from aiohttp import web
 
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.providers import ProviderPool, build_adapter
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai import OpenAIAdapter
 from proxy.snapshot import ProviderSpec, snapshot_from_text
+from support import FakeUpstream, free_port
 
-BASE = "https://up.example/v1"
+BASE = "https://up.example/v1"  # for specs that are never sent to
 
 
 def make_spec(**overrides) -> ProviderSpec:
@@ -52,18 +53,18 @@ def chat_request(stream: bool = False, headers: list[tuple[str, str]] | None = N
 
 
 @pytest.fixture
-async def adapter() -> AsyncIterator[OpenAIAdapter]:
-    a = OpenAIAdapter(make_spec())
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+async def adapter(upstream) -> AsyncIterator[OpenAIAdapter]:
+    a = OpenAIAdapter(make_spec(base_url=upstream.base_url))
     try:
         yield a
     finally:
         await a.aclose()
-
-
-@pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE, assert_all_called=False) as router:
-        yield router
 
 
 # ---------------------------------------------------------------- request shape
@@ -75,7 +76,7 @@ async def test_chat_goes_to_chat_completions_with_body_intact(adapter, upstream)
     await adapter.send(request)
     assert route.call_count == 1
     sent = route.calls.last.request
-    assert str(sent.url) == f"{BASE}/chat/completions"
+    assert sent.url == f"{upstream.base_url}/chat/completions"
     assert sent.method == "POST"
     assert json.loads(sent.content) == request.body
     assert sent.headers["content-type"] == "application/json"
@@ -101,14 +102,14 @@ async def test_embeddings_go_to_embeddings(adapter, upstream):
     response = await adapter.send(UpstreamRequest("embeddings", body, False, "req_e"))
     assert response.status == 200
     sent = route.calls.last.request
-    assert str(sent.url) == f"{BASE}/embeddings"
+    assert sent.url == f"{upstream.base_url}/embeddings"
     assert json.loads(sent.content) == body
 
 
 async def test_provider_key_sent_as_bearer(adapter, upstream):
     route = upstream.post("/chat/completions").respond(200, json={})
     await adapter.send(chat_request())
-    assert route.calls.last.request.headers.get_list("authorization") == ["Bearer sk-upstream"]
+    assert route.calls.last.request.headers.getall("authorization") == ["Bearer sk-upstream"]
 
 
 async def test_configured_provider_headers_sent(adapter, upstream):
@@ -120,7 +121,7 @@ async def test_configured_provider_headers_sent(adapter, upstream):
 
 
 async def test_no_authorization_when_provider_has_no_key(upstream):
-    a = OpenAIAdapter(make_spec(api_key=None, headers=()))
+    a = OpenAIAdapter(make_spec(base_url=upstream.base_url, api_key=None, headers=()))
     try:
         route = upstream.post("/chat/completions").respond(200, json={})
         await a.send(chat_request())
@@ -142,8 +143,8 @@ async def test_client_authorization_never_overrides_provider_key(adapter, upstre
     route = upstream.post("/chat/completions").respond(200, json={})
     await adapter.send(chat_request(headers=[(name, "Bearer client-secret"), ("x-custom", "kept")]))
     sent = route.calls.last.request.headers
-    assert sent.get_list("authorization") == ["Bearer sk-upstream"]
-    assert "client-secret" not in str(sent.raw)
+    assert sent.getall("authorization") == ["Bearer sk-upstream"]
+    assert "client-secret" not in str(list(sent.values()))
     assert sent["x-custom"] == "kept"
 
 
@@ -151,8 +152,8 @@ async def test_client_cannot_override_configured_provider_headers(adapter, upstr
     route = upstream.post("/chat/completions").respond(200, json={})
     await adapter.send(chat_request(headers=[("openai-organization", "org-client"), ("content-type", "text/plain")]))
     sent = route.calls.last.request.headers
-    assert sent.get_list("openai-organization") == ["org-42"]
-    assert sent.get_list("content-type") == ["application/json"]
+    assert sent.getall("openai-organization") == ["org-42"]
+    assert sent.getall("content-type") == ["application/json"]
 
 
 # ---------------------------------------------------------------- non-stream answers
@@ -168,7 +169,7 @@ async def test_non_stream_body_returned_byte_identical(adapter, upstream):
     assert response.ok
     assert response.body == raw
     assert response.chunks is None
-    headers = dict(response.headers)
+    headers = {name.lower(): value for name, value in response.headers}
     assert headers["content-type"] == "application/json"
     assert headers["openai-processing-ms"] == "12"
 
@@ -194,38 +195,53 @@ async def test_5xx_returned_as_response_not_raised(adapter, upstream):
 # ---------------------------------------------------------------- transport failures
 
 
-async def test_connect_error_becomes_upstream_error(adapter, upstream):
-    upstream.post("/chat/completions").mock(side_effect=httpx.ConnectError("refused"))
-    with pytest.raises(UpstreamError) as info:
-        await adapter.send(chat_request())
+async def test_connect_error_becomes_upstream_error():
+    a = OpenAIAdapter(make_spec(base_url=f"http://127.0.0.1:{free_port()}/v1"))  # nothing listens
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await a.send(chat_request())
+    finally:
+        await a.aclose()
     assert type(info.value) is UpstreamError
     assert info.value.status == 502
     assert info.value.code == "upstream_error"
     assert "up" in info.value.message
+    assert "refused" in info.value.message
 
 
-async def test_read_timeout_becomes_upstream_timeout(adapter, upstream):
-    upstream.post("/chat/completions").mock(side_effect=httpx.ReadTimeout("slow"))
-    with pytest.raises(UpstreamTimeout) as info:
-        await adapter.send(chat_request())
+async def test_read_timeout_becomes_upstream_timeout(upstream):
+    upstream.post("/chat/completions").fault("hang", seconds=5)
+    a = OpenAIAdapter(make_spec(base_url=upstream.base_url, timeout_s=0.2))
+    try:
+        with pytest.raises(UpstreamTimeout) as info:
+            await a.send(chat_request())
+    finally:
+        await a.aclose()
     assert info.value.status == 504
     assert info.value.code == "upstream_timeout"
     assert "waiting for data" in info.value.message
 
 
-async def test_connect_timeout_becomes_upstream_timeout(adapter, upstream):
-    upstream.post("/chat/completions").mock(side_effect=httpx.ConnectTimeout("slow connect"))
+async def test_connect_timeout_becomes_upstream_timeout(adapter, monkeypatch):
+    # a connect that never completes cannot be staged on loopback; the session raises
+    # exactly what aiohttp raises for it
+    async def slow_connect(*args, **kwargs):
+        raise aiohttp.ConnectionTimeoutError("Connection timeout to host")
+
+    monkeypatch.setattr(adapter._client(), "post", slow_connect)
     with pytest.raises(UpstreamTimeout) as info:
         await adapter.send(chat_request())
     assert info.value.status == 504
     assert "connecting" in info.value.message
 
 
-async def test_remote_protocol_error_before_answer_becomes_upstream_error(adapter, upstream):
-    upstream.post("/chat/completions").mock(side_effect=httpx.RemoteProtocolError("closed"))
+async def test_connection_closed_before_answer_becomes_upstream_error(adapter, upstream):
+    upstream.post("/chat/completions").fault("close")
     with pytest.raises(UpstreamError) as info:
         await adapter.send(chat_request())
+    assert type(info.value) is UpstreamError
     assert info.value.status == 502
+    assert "closed" in info.value.message
 
 
 # ---------------------------------------------------------------- streams
@@ -237,24 +253,6 @@ SSE_EVENTS = [
     b'data: {"choices":[{"delta":{"content":"lo"}}]}\n\n',
     b"data: [DONE]\n\n",
 ]
-
-
-class ChunkStream(httpx.AsyncByteStream):
-    """Yields the given chunks, then optionally raises an exception."""
-
-    def __init__(self, chunks: list[bytes], error: Exception | None = None) -> None:
-        self.chunks = chunks
-        self.error = error
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-        if self.error is not None:
-            raise self.error
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 async def collect(response: UpstreamResponse) -> list[bytes]:
@@ -269,10 +267,8 @@ async def collect(response: UpstreamResponse) -> list[bytes]:
 
 
 async def test_stream_yields_chunks(adapter, upstream):
-    route = upstream.post("/chat/completions").mock(
-        return_value=httpx.Response(
-            200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=ChunkStream(SSE_EVENTS)
-        )
+    route = upstream.post("/chat/completions").stream(
+        SSE_EVENTS, headers={"content-type": "text/event-stream; charset=utf-8"}
     )
     response = await adapter.send(chat_request(stream=True))
     assert response.status == 200
@@ -281,6 +277,17 @@ async def test_stream_yields_chunks(adapter, upstream):
     chunks = await collect(response)
     assert b"".join(chunks) == b"".join(SSE_EVENTS)
     assert json.loads(route.calls.last.request.content)["stream"] is True
+
+
+async def test_stream_chunks_arrive_as_sent(adapter, upstream):
+    # the first event must be readable while the upstream is still pausing
+    upstream.post("/chat/completions").stream(SSE_EVENTS, pause_after=1, pause_s=0.5)
+    response = await adapter.send(chat_request(stream=True))
+    assert response.chunks is not None
+    first = await asyncio.wait_for(response.chunks.__anext__(), timeout=0.4)
+    assert first == SSE_EVENTS[0]
+    rest = await collect(response)
+    assert first + b"".join(rest) == b"".join(SSE_EVENTS)
 
 
 async def test_stream_request_answered_with_json_comes_back_as_body(adapter, upstream):
@@ -304,25 +311,14 @@ async def test_stream_request_answered_with_error_comes_back_as_body(adapter, up
 
 
 async def test_non_stream_request_answered_with_event_stream_is_read_whole(adapter, upstream):
-    upstream.post("/chat/completions").mock(
-        return_value=httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(SSE_EVENTS))
-    )
+    upstream.post("/chat/completions").stream(SSE_EVENTS)
     response = await adapter.send(chat_request(stream=False))
     assert response.chunks is None
     assert response.body == b"".join(SSE_EVENTS)
 
 
-@pytest.mark.parametrize(
-    "error",
-    [httpx.ReadError("connection reset"), httpx.RemoteProtocolError("peer closed connection")],
-    ids=["read-error", "protocol-error"],
-)
-async def test_error_mid_stream_becomes_upstream_error(adapter, upstream, error):
-    upstream.post("/chat/completions").mock(
-        return_value=httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(SSE_EVENTS[:2], error)
-        )
-    )
+async def test_connection_cut_mid_stream_becomes_upstream_error(adapter, upstream):
+    upstream.post("/chat/completions").stream(SSE_EVENTS, cut_after=2, interval_s=0.05)
     response = await adapter.send(chat_request(stream=True))
     assert response.chunks is not None
     received: list[bytes] = []
@@ -336,33 +332,60 @@ async def test_error_mid_stream_becomes_upstream_error(adapter, upstream, error)
     assert "stream" in info.value.message
 
 
-async def test_timeout_mid_stream_becomes_upstream_timeout(adapter, upstream):
-    upstream.post("/chat/completions").mock(
-        return_value=httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=ChunkStream(SSE_EVENTS[:1], httpx.ReadTimeout("idle"))
-        )
-    )
-    response = await adapter.send(chat_request(stream=True))
-    with pytest.raises(UpstreamTimeout):
-        await collect(response)
+async def test_timeout_mid_stream_becomes_upstream_timeout(upstream):
+    upstream.post("/chat/completions").stream(SSE_EVENTS, pause_after=1, pause_s=3)
+    a = OpenAIAdapter(make_spec(base_url=upstream.base_url, timeout_s=0.2))
+    try:
+        response = await a.send(chat_request(stream=True))
+        with pytest.raises(UpstreamTimeout):
+            await collect(response)
+    finally:
+        await a.aclose()
 
 
-async def test_error_while_reading_non_stream_body_becomes_upstream_error(adapter, upstream):
-    upstream.post("/chat/completions").mock(
-        return_value=httpx.Response(
-            200, headers={"content-type": "application/json"}, stream=ChunkStream([b'{"id":'], httpx.ReadError("reset"))
-        )
-    )
+async def test_connection_cut_while_reading_non_stream_body_becomes_upstream_error(adapter, upstream):
+    async def half_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "application/json", "content-length": "100"})
+        await response.prepare(request)
+        await response.write(b'{"id":')
+        await asyncio.sleep(0.05)
+        request.transport.abort()
+        return response
+
+    upstream.post("/chat/completions").handler(half_body)
     with pytest.raises(UpstreamError) as info:
         await adapter.send(chat_request())
     assert info.value.status == 502
+
+
+async def test_stream_closed_early_frees_the_upstream(adapter, upstream):
+    # a client that goes away mid-stream must not leave the upstream generating
+    gone = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(SSE_EVENTS[1])
+                await asyncio.sleep(0.02)
+        except (ConnectionError, asyncio.CancelledError):
+            gone.set()
+            raise
+
+    upstream.post("/chat/completions").handler(endless)
+    response = await adapter.send(chat_request(stream=True))
+    assert response.chunks is not None
+    await response.chunks.__anext__()
+    await response.close()
+    await asyncio.wait_for(gone.wait(), timeout=2)
 
 
 async def test_build_adapter_picks_openai_for_openai_type():
     a = build_adapter(make_spec())
     try:
         assert isinstance(a, OpenAIAdapter)
-        assert str(a.client.base_url).rstrip("/") == BASE
+        assert a._base == BASE + "/"
     finally:
         await a.aclose()
 
@@ -490,16 +513,19 @@ async def test_pool_retires_real_openai_adapter_closing_its_client():
     first = pool.sync(snap(up_timeout=30))
     old = first["up"]
     assert isinstance(old, OpenAIAdapter)
+    old_session = old._client()
+    new_session = None
     old.acquire()
     second = pool.sync(snap(up_timeout=31, generation=2))
     await settle()
-    assert not old.client.is_closed
+    assert not old_session.closed
+    new_session = second["up"]._client()
     old.release()
     await settle()
-    assert old.client.is_closed
-    assert not second["up"].client.is_closed
+    assert old_session.closed
+    assert not new_session.closed
     await pool.aclose()
-    assert second["up"].client.is_closed
+    assert new_session.closed
 
 
 async def test_pool_aclose_closes_everything():

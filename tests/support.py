@@ -1,0 +1,349 @@
+"""Test doubles that are real network peers: a scriptable upstream and a proxy subprocess.
+
+`FakeUpstream` is an aiohttp server on a free loopback port. Tests script each path
+with a respx-like API (`upstream.post("/chat/completions").respond(...)`) and read back
+what the proxy sent (`route.calls.last.request`). Run it inside the test's event loop
+(`async with FakeUpstream() as up`) or in a thread of its own (`FakeUpstream.threaded()`)
+for a proxy started as a subprocess.
+
+`ServerProcess` runs `python -m proxy serve` on a free port and waits until /healthz
+answers; its log goes to a file the test can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import httpx
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------ fake upstream
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    url: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    content: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+@dataclass
+class Calls:
+    items: list[RecordedRequest] = field(default_factory=list)
+
+    @property
+    def last(self) -> "Call":
+        return Call(self.items[-1])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class Call:
+    request: RecordedRequest
+
+
+Behaviour = Callable[[web.Request], Any]  # an aiohttp handler
+
+
+class FakeRoute:
+    """What one path answers. The last `respond`/`stream`/`fault`/`handler` call wins."""
+
+    def __init__(self) -> None:
+        self.calls = Calls()
+        self._handler: Behaviour = _not_scripted
+
+    @property
+    def call_count(self) -> int:
+        return len(self.calls)
+
+    @property
+    def called(self) -> bool:
+        return bool(self.calls.items)
+
+    def respond(
+        self,
+        status: int = 200,
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        delay_s: float = 0.0,
+    ) -> "FakeRoute":
+        if json is not None:
+            body = orjson.dumps(json)
+            base = {"content-type": "application/json"}
+        else:
+            body = content.encode() if isinstance(content, str) else (content or b"")
+            base = {}
+        all_headers = {**base, **(headers or {})}
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            return web.Response(status=status, body=body, headers=all_headers)
+
+        self._handler = handler
+        return self
+
+    def stream(
+        self,
+        events: Iterable[bytes],
+        *,
+        status: int = 200,
+        interval_s: float = 0.0,
+        pause_after: int | None = None,
+        pause_s: float = 0.0,
+        cut_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> "FakeRoute":
+        """Send `events` one write each. `pause_after=N` sleeps `pause_s` after the N-th;
+        `cut_after=N` drops the connection after N events (no terminating chunk)."""
+        events = list(events)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(
+                status=status, headers={"content-type": "text/event-stream", **(headers or {})}
+            )
+            await response.prepare(request)
+            for n, event in enumerate(events, start=1):
+                await response.write(event)
+                if cut_after is not None and n >= cut_after:
+                    _cut(request)
+                    return response
+                if pause_after is not None and n == pause_after:
+                    await asyncio.sleep(pause_s)
+                elif interval_s:
+                    await asyncio.sleep(interval_s)
+            await response.write_eof()
+            return response
+
+        self._handler = handler
+        return self
+
+    def fault(self, kind: str, *, seconds: float = 30.0) -> "FakeRoute":
+        """`hang`: never answer (for `seconds`); `close`: drop the connection with no answer."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if kind == "hang":
+                await asyncio.sleep(seconds)
+                return web.Response(status=504)
+            if kind == "close":
+                _cut(request)
+                return web.Response(status=500)  # never sent: the socket is gone
+            raise AssertionError(f"unknown fault {kind!r}")
+
+        self._handler = handler
+        return self
+
+    def handler(self, fn: Behaviour) -> "FakeRoute":
+        self._handler = fn
+        return self
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.calls.items.append(
+            RecordedRequest(
+                request.method, str(request.url), request.path,
+                CIMultiDictProxy(CIMultiDict(request.headers)), body,
+            )
+        )
+        return await self._handler(request)
+
+
+def _cut(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def _not_scripted(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"error": {"message": f"fake upstream: {request.path} not scripted"}}, status=599)
+
+
+class FakeUpstream:
+    """A scriptable OpenAI-compatible upstream on 127.0.0.1; `base_url` ends in /v1."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.routes: dict[tuple[str, str], FakeRoute] = {}
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def post(self, path: str) -> FakeRoute:
+        return self._route("POST", path)
+
+    def get(self, path: str) -> FakeRoute:
+        return self._route("GET", path)
+
+    def _route(self, method: str, path: str) -> FakeRoute:
+        return self.routes.setdefault((method, "/v1" + path), FakeRoute())
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        route = self.routes.get((request.method, request.path))
+        if route is None:
+            return web.json_response({"error": {"message": f"no route {request.path}"}}, status=404)
+        return await route._serve(request)
+
+    async def start(self) -> "FakeUpstream":
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> "FakeUpstream":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- in a thread, for a proxy in another process
+
+    def start_threaded(self) -> "FakeUpstream":
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake upstream did not start")
+        return self
+
+    def stop_threaded(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+# ------------------------------------------------------------------ SSE helpers
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def chunk_events(words: list[str], *, model: str = "up-model", usage: dict | None = None) -> list[bytes]:
+    """A well-formed OpenAI chat stream of `words`, with an optional usage chunk, then [DONE]."""
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
+    events = [sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    events += [sse({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in words]
+    events.append(sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if usage is not None:
+        events.append(sse({**base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def completion(content: str = "hi there", *, model: str = "up-model", usage: dict | None = None) -> dict:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": usage or {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+
+
+# ------------------------------------------------------------------ proxy subprocess
+
+
+class ServerProcess:
+    """`python -m proxy serve --config PATH` on a free port; `stop()` sends SIGTERM."""
+
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        self.config = config
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log or config.with_suffix(".log")
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 20.0) -> "ServerProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"proxy did not become healthy in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
