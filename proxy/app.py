@@ -23,6 +23,8 @@ from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.providers.base import spawn
 from proxy.reload import ConfigWatcher, install_sighup, reload_now
 from proxy.snapshot import Snapshot, SnapshotHolder
+from proxy.telemetry import Telemetry
+from proxy.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("switchyard")
 
@@ -38,9 +40,13 @@ class Runtime:
         self.started_at = time.time()
         self._active: Active | None = None
         self.cache: ResponseCache | None = None
+        self.telemetry = Telemetry()
         holder.listeners.append(self._install)
+        holder.observers.append(self.telemetry.metrics.reload_result)
 
     def _install(self, snapshot: Snapshot) -> None:
+        self.telemetry.configure(snapshot.config.telemetry)
+        self.telemetry.metrics.config_loaded(snapshot.generation, snapshot.digest)
         settings = snapshot.config.cache
         if self.cache is None or self.cache.settings != settings:
             old, self.cache = self.cache, build_cache(settings)
@@ -52,6 +58,7 @@ class Runtime:
         await self.pool.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        await self.telemetry.aclose()
 
     def active(self) -> Active:
         assert self._active is not None, "no config loaded"
@@ -92,6 +99,9 @@ def create_app(
         if name not in snapshot.model_names(team):
             raise NotFound(f"The model {name!r} does not exist or you do not have access to it.")
         return json_response(_model(name))
+
+    async def metrics(request: Request) -> Response:
+        return Response(runtime.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -172,10 +182,12 @@ def create_app(
             await runtime.aclose()
 
     routes = [
-        Route("/v1/chat/completions", ProxyEndpoint(runtime.active, "chat/completions"), methods=["POST"]),
-        Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings"), methods=["POST"]),
+        Route("/v1/chat/completions", ProxyEndpoint(runtime.active, "chat/completions", runtime.telemetry),
+              methods=["POST"]),
+        Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings", runtime.telemetry), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{name:path}", model, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/admin/config", admin_config, methods=["GET"]),

@@ -8,12 +8,15 @@ import os
 import secrets
 import signal
 import sys
+import tempfile
 from datetime import datetime, timezone
 
 from proxy.config import ConfigError
 from proxy.errors import ProxyError
 from proxy.routing import RouteRequest, Step, decide
 from proxy.snapshot import Route, Snapshot, Team, compile_snapshot, hash_key, load_file
+from proxy.telemetry.logs import setup_logging
+from proxy.telemetry.metrics import multiprocess_dir
 
 DEFAULT_CONFIG = "proxy.yaml"
 
@@ -82,7 +85,14 @@ def _serve(args: argparse.Namespace) -> int:
         _print_problems(path, exc)
         return 1
     os.environ["SWITCHYARD_CONFIG"] = path  # the app factory reads it in every worker
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # every worker process sets its logging up from these (see telemetry/logs.py)
+    os.environ["SWITCHYARD_LOG_LEVEL"] = args.log_level
+    os.environ["SWITCHYARD_LOG_FORMAT"] = snapshot.config.telemetry.log_format
+    os.environ["SWITCHYARD_MANAGE_LOGGING"] = "1"
+    setup_logging()
+    if args.workers > 1 and not multiprocess_dir():
+        # prometheus-client's multiprocess mode: workers write to files /metrics merges
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchyard-metrics-")
     server = snapshot.config.server
     uvicorn.run(
         "proxy.app:create_app",
@@ -92,7 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         loop="uvloop",
         http="httptools",
-        access_log=False,
+        access_log=False,  # ours is richer: telemetry/access_log.py
+        log_config=None,
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
     )

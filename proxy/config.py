@@ -111,6 +111,24 @@ class CacheConfig(_Strict):
         return url
 
 
+class TelemetryConfig(_Strict):
+    # OTLP/HTTP collector, e.g. http://otel-collector:4318; null: $OTEL_EXPORTER_OTLP_ENDPOINT
+    # (or $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) if set, else no tracing at all
+    otlp_endpoint: str | None = None
+    service_name: str = "switchyard"  # $OTEL_SERVICE_NAME wins when set
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of traces started here; a client's sampled flag wins
+    capture_content: bool = False  # put prompt and completion text on spans
+    access_log: bool = True  # one line per request on the switchyard.access logger
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_endpoint(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://", url):
+            raise ValueError("must start with http:// or https:// (OTLP over HTTP)")
+        return url
+
+
 class RouteCacheConfig(_Strict):
     ttl_s: int = Field(ge=1)
 
@@ -179,6 +197,7 @@ class RouteConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     providers: dict[str, ProviderConfig] = {}
     pricing: dict[str, PriceConfig] = {}
     teams: dict[str, TeamConfig] = {}

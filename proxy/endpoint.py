@@ -39,6 +39,8 @@ from proxy.relay import (
 )
 from proxy.routing import RouteRequest, decide
 from proxy.snapshot import Snapshot
+from proxy.telemetry import TRACE_HEADERS, RequestRecord, Telemetry
+from proxy.usage import UsageTap
 from proxy.validation import check_chat, check_embeddings, parse_json_object
 
 log = logging.getLogger("switchyard.proxy")
@@ -80,32 +82,52 @@ _NOT_FORWARDED = frozenset(
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _CHECKS = {"chat/completions": check_chat, "embeddings": check_embeddings}
+_OPERATIONS = {"chat/completions": "chat", "embeddings": "embeddings"}
 
 
 class ProxyEndpoint:
-    def __init__(self, active: Callable[[], Active], endpoint: str) -> None:
+    def __init__(self, active: Callable[[], Active], endpoint: str, telemetry: Telemetry) -> None:
         self._active = active
         self.endpoint = endpoint
         self._check = _CHECKS[endpoint]
+        self._operation = _OPERATIONS[endpoint]
+        self._telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         request_id = _request_id(headers)
+        record = self._telemetry.begin(request_id, self._operation, headers)
         out: Headers = [(b"x-request-id", request_id.encode())]
         try:
-            response = await self._handle(headers, receive, request_id, out)
-        except ProxyError as exc:
-            response = error_response(exc, out)
-        await response(scope, receive, send)
+            try:
+                response = await self._handle(headers, receive, record, out)
+            except ProxyError as exc:
+                _failed(record, exc)
+                response = error_response(exc, out)
+            await response(scope, receive, send)
+            if isinstance(response, StreamRelay):
+                _stream_ended(record, response)
+        except BaseException:
+            if record.status < 500:
+                record.status = 500
+            raise
+        finally:
+            record.finished = time.perf_counter()
+            self._telemetry.end(record)
 
-    async def _handle(self, headers: dict[str, str], receive: Receive, request_id: str, out: Headers) -> Any:
+    async def _handle(self, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers) -> Any:
         active = self._active()
         snapshot = active.snapshot
         team = authenticate(snapshot, headers)
+        record.team = team.name
         body = parse_json_object(await read_body(headers, receive, snapshot.max_body_bytes))
         self._check(body)
         stream = body.get("stream") is True
         user = headers.get("x-switchyard-user") or body.get("user")
+        record.stream = stream
+        record.user = user if isinstance(user, str) else None
+        model = body.get("model")
+        record.requested_model = model if isinstance(model, str) else None
         decision = decide(
             snapshot,
             RouteRequest(
@@ -119,6 +141,10 @@ class ProxyEndpoint:
         )
         target = decision.target
         target_name = str(target)
+        record.route = decision.route
+        record.provider = target.provider
+        record.model = target.model
+        record.known_model = target_name in snapshot.known_targets
         out += [
             (b"x-switchyard-route", decision.route.encode()),
             (b"x-switchyard-provider", target.provider.encode()),
@@ -135,54 +161,84 @@ class ProxyEndpoint:
             if policy.lookup:
                 entry = await cache.lookup(key, policy.max_age)
                 if entry is not None:
-                    return _cache_hit(entry, snapshot, body, stream, out)
-        out.append((b"x-switchyard-cache", b"miss" if policy.used else b"bypass"))
+                    record.cache = "hit"
+                    return _cache_hit(entry, snapshot, body, stream, out, record)
+        record.cache = "miss" if policy.used else "bypass"
+        out.append((b"x-switchyard-cache", record.cache.encode()))
 
         body["model"] = target.model
         adapter = active.adapters[target.provider]
-        request = UpstreamRequest(self.endpoint, body, stream, request_id, _forwarded(headers))
+        forwarded = _forwarded(headers)
+        trace_headers = self._telemetry.upstream_trace_headers(record)
+        if trace_headers:  # our attempt span becomes the upstream's parent
+            forwarded = [h for h in forwarded if h[0] not in TRACE_HEADERS] + trace_headers
+        if self._telemetry.settings.capture_content:
+            record.prompt = body.get("messages", body.get("input"))
+        request = UpstreamRequest(self.endpoint, body, stream, record.request_id, forwarded)
         adapter.acquire()
+        record.upstream_started = time.perf_counter()
         try:
             upstream = await adapter.send(request)
         except BaseException:
             adapter.release()
             raise
+        finally:
+            record.upstream_answered = time.perf_counter()
         if upstream.chunks is not None:
             capture = StreamCapture() if policy.store else None
+            tap = UsageTap()
 
             def finished(outcome: str) -> None:
                 adapter.release()
+                record.usage = tap.usage
+                if tap.usage is not None:
+                    record.cost_usd = snapshot.prices.cost(target_name, tap.usage)
+                    if record.cost_usd is None:
+                        warn_unpriced(target_name)
                 if capture is not None and outcome == "complete" and cache is not None:
                     answer = capture.assembler.completion()
                     if answer is not None and choices_identical(answer):
                         entry = Entry(target_name, time.time(), answer.get("usage"), orjson.dumps(answer))
                         spawn(cache.store(key, entry, policy.ttl_s))
 
-            observe = capture.feed if capture is not None else None
+            observe = tap.feed if capture is None else _both(tap.feed, capture.feed)
             return StreamRelay(upstream, out + upstream_headers(upstream), finished, observe)
         adapter.release()
         failure = upstream_failure(target.provider, upstream)
         if failure is not None:
             raise failure
+        if upstream.status == 429:
+            record.error_kind = "status_429"
         if upstream.ok:
             answer = _parse_answer(upstream.body)
+            if answer is None:
+                record.error_kind = "invalid_response"
             usage = answer.get("usage") if answer is not None else None
+            record.usage = usage if isinstance(usage, dict) else None
             cost = snapshot.prices.cost(target_name, usage)
+            record.cost_usd = cost
             if cost is not None:
                 out.append((b"x-switchyard-cost-usd", _usd(cost)))
             elif usage:
                 warn_unpriced(target_name)
+            if record.prompt is not None and answer is not None:
+                record.completion = answer.get("choices")
             if cache is not None and policy.store and answer is not None and choices_identical(answer):
                 spawn(cache.store(key, Entry(target_name, time.time(), usage, upstream.body), policy.ttl_s))
+        record.status = upstream.status
         return BytesResponse(
             upstream.status, upstream.body, out + upstream_headers(upstream), _content_type(upstream.headers)
         )
 
 
-def _cache_hit(entry: Entry, snapshot: Snapshot, body: dict[str, Any], stream: bool, out: Headers) -> Any:
+def _cache_hit(
+    entry: Entry, snapshot: Snapshot, body: dict[str, Any], stream: bool, out: Headers, record: RequestRecord
+) -> Any:
     """Answer from a stored entry: the body as stored, or replayed as a stream."""
     out += [(b"x-switchyard-cache", b"hit"), (b"x-switchyard-cache-age", str(int(entry.age())).encode())]
     saved = snapshot.prices.cost(entry.target, entry.usage)
+    record.saved_usd = saved
+    record.cost_usd = 0.0
     if saved is not None:
         out.append((b"x-switchyard-saved-usd", _usd(saved)))
     if not stream:
@@ -196,6 +252,30 @@ def _cache_hit(entry: Entry, snapshot: Snapshot, body: dict[str, Any], stream: b
 
 def _ignore(outcome: str) -> None:
     return None
+
+
+def _both(first: Callable[[bytes], None], second: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    def observe(chunk: bytes) -> None:
+        first(chunk)
+        second(chunk)
+
+    return observe
+
+
+def _failed(record: RequestRecord, exc: ProxyError) -> None:
+    record.status = exc.status
+    record.error_message = exc.message
+    if exc.kind is not None:
+        record.error_kind = exc.kind
+
+
+def _stream_ended(record: RequestRecord, relay: StreamRelay) -> None:
+    record.outcome = relay.outcome
+    record.response_started = relay.started_at
+    record.first_token_at = relay.first_chunk_at
+    if relay.error is not None:
+        record.error_kind = relay.error.kind
+        record.error_message = relay.error.message
 
 
 def _parse_answer(raw: bytes) -> dict[str, Any] | None:

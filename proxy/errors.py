@@ -26,11 +26,14 @@ class ProxyError(Exception):
     status = 500
     type = "api_error"
     code: str | None = "internal_error"
+    kind: str | None = None  # provider errors: what failed, for metrics (never shown to clients)
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if kind is not None:
+            self.kind = kind
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
@@ -88,6 +91,7 @@ class UpstreamError(ProxyError):
     status = 502
     type = "api_error"
     code = "upstream_error"
+    kind = "connection"  # or status_5xx, stream_cut, invalid_response
 
 
 class NoHealthyUpstream(ProxyError):
@@ -100,6 +104,7 @@ class UpstreamTimeout(ProxyError):
     status = 504
     type = "api_error"
     code = "upstream_timeout"
+    kind = "timeout"
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:

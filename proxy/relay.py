@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -66,7 +67,7 @@ def upstream_failure(provider: str, upstream: UpstreamResponse) -> ProxyError | 
         return None
     detail = _upstream_message(upstream.body)
     suffix = f": {detail}" if detail else ""
-    return UpstreamError(f"provider {provider} answered {upstream.status}{suffix}")
+    return UpstreamError(f"provider {provider} answered {upstream.status}{suffix}", kind="status_5xx")
 
 
 def _upstream_message(body: bytes) -> str:
@@ -83,8 +84,11 @@ class StreamRelay:
     """Sends an upstream SSE stream on to the client as it arrives.
 
     `on_done(outcome)` runs exactly once at the end with one of
-    `complete`, `client_disconnected` or `upstream_failed`.
+    `complete`, `client_disconnected` or `upstream_failed`. Afterwards `outcome`,
+    `error`, `started_at` and `first_chunk_at` (perf_counter times) say how it went.
     """
+
+    __slots__ = ("upstream", "observe", "headers", "on_done", "outcome", "error", "started_at", "first_chunk_at")
 
     def __init__(
         self,
@@ -102,6 +106,10 @@ class StreamRelay:
             *headers,
         ]
         self.on_done = on_done
+        self.outcome = "client_disconnected"
+        self.error: ProxyError | None = None
+        self.started_at: float | None = None
+        self.first_chunk_at: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -117,10 +125,12 @@ class StreamRelay:
                     task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
             await self.upstream.close()
+            self.outcome = outcome
             self.on_done(outcome)
 
     async def _pump(self, send: Send) -> str:
         await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
+        self.started_at = time.perf_counter()
         assert self.upstream.chunks is not None
         outcome = "complete"
         try:
@@ -128,10 +138,13 @@ class StreamRelay:
             async for chunk in self.upstream.chunks:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if self.first_chunk_at is None:
+                        self.first_chunk_at = time.perf_counter()
                     if observe is not None:
                         observe(chunk)
         except ProxyError as exc:
             log.warning("stream broken: %s", exc.message)
+            self.error = exc
             await send({"type": "http.response.body", "body": sse.encode(_error_event(exc)), "more_body": True})
             outcome = "upstream_failed"
         except OSError:  # the client went away while we were writing

@@ -59,8 +59,8 @@ class ConfigWatcher:
         while not self._stop.is_set():
             try:
                 async for _changes in watchfiles.awatch(
-                    directory, debounce=self.debounce_ms, step=25, stop_event=self._stop,
-                    recursive=False, rust_timeout=1000,
+                    directory, watch_filter=_ConfigFilter(self.holder.path), debounce=self.debounce_ms,
+                    step=25, stop_event=self._stop, recursive=False, rust_timeout=1000,
                 ):
                     reload_now(self.holder, "file changed")
             except asyncio.CancelledError:
@@ -68,6 +68,19 @@ class ConfigWatcher:
             except Exception as exc:  # a vanished directory or an inotify limit must not end watching
                 log.warning("config watch failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1)
+
+
+class _ConfigFilter:
+    """Only changes that can alter what the config path reads: the file itself (written
+    in place or renamed over) and a ConfigMap's `..data` links. Other files in the same
+    directory (logs, say) must not cause reloads."""
+
+    def __init__(self, path: str) -> None:
+        self.name = os.path.basename(path)
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        name = os.path.basename(path)
+        return name == self.name or name.startswith("..")
 
 
 def install_sighup(holder: SnapshotHolder) -> bool:

@@ -140,6 +140,9 @@ class Snapshot:
     max_body_bytes: int
     prices: PriceTable
     warnings: tuple[str, ...] = ()
+    # provider/model names written literally in the config (targets, fallbacks, prices):
+    # the only upstream model names used as metric labels, so their number is bounded
+    known_targets: frozenset[str] = frozenset()
 
     def team_for_key(self, key: str) -> Team | None:
         name = self.key_index.get(hash_key(key))
@@ -210,6 +213,7 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         for name, p in config.providers.items()
         if name not in loaded.disabled_providers
     }
+    prices = _price_table(config, source)
     warnings = list(loaded.warnings)
     for name, team in config.teams.items():
         if not team.keys:
@@ -227,8 +231,9 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         providers=MappingProxyType(providers),
         disabled_providers=MappingProxyType(dict(loaded.disabled_providers)),
         max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
-        prices=_price_table(config, source),
+        prices=prices,
         warnings=tuple(warnings),
+        known_targets=_known_targets(routes, prices),
     )
 
 
@@ -249,6 +254,11 @@ def _compile_route(index: int, r: RouteConfig) -> Route:
     enabled = r.cache is not False
     ttl = r.cache.ttl_s if isinstance(r.cache, RouteCacheConfig) else None
     return Route(index, r.name, match, r.to, split, tuple(r.fallbacks), enabled, ttl)
+
+
+def _known_targets(routes: tuple[Route, ...], prices: PriceTable) -> frozenset[str]:
+    literal = {t for r in routes for t in (*r.targets(), *r.fallbacks) if "{" not in t}
+    return frozenset(literal | set(prices.names()))
 
 
 def _price_table(config: Config, source: str) -> PriceTable:
@@ -307,7 +317,8 @@ class SnapshotHolder:
         self._env = env
         self._current: Snapshot | None = None
         self.last_failure: ReloadFailure | None = None
-        self.listeners: list = []
+        self.listeners: list = []  # called with each snapshot swapped in
+        self.observers: list = []  # called with each load's result: ok, unchanged or error
         self.reloads = {"ok": 0, "error": 0, "unchanged": 0}
 
     @property
@@ -324,8 +335,7 @@ class SnapshotHolder:
             return self._fail("", [("", f"cannot read {self.path}: {exc.strerror}")])
         digest = _digest(data)
         if not force and self._current is not None and digest == self._current.digest:
-            self.reloads["unchanged"] += 1
-            return "unchanged"
+            return self._count("unchanged")
         try:
             text = data.decode("utf-8")
             loaded = load_text(text, self._env)
@@ -336,19 +346,23 @@ class SnapshotHolder:
         except ConfigError as exc:
             return self._fail(digest, exc.problems)
         self.install(snapshot)
-        return "ok"
+        return self._count("ok")
 
     def install(self, snapshot: Snapshot) -> None:
         self._current = snapshot
         self.last_failure = None
-        self.reloads["ok"] += 1
         for listener in self.listeners:
             listener(snapshot)
 
     def _fail(self, digest: str, problems: list[tuple[str, str]]) -> str:
         self.last_failure = ReloadFailure(time.time(), digest, tuple(problems))
-        self.reloads["error"] += 1
-        return "error"
+        return self._count("error")
+
+    def _count(self, result: str) -> str:
+        self.reloads[result] += 1
+        for observer in self.observers:
+            observer(result)
+        return result
 
 
 __all__ = [

@@ -55,6 +55,9 @@ class PriceTable:
     def __len__(self) -> int:
         return len(self._exact)
 
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._exact)
+
     def price(self, target: str) -> Price | None:
         provider, _, model = target.partition("/")
         for name in (target, model):

@@ -93,9 +93,9 @@ class OpenAIAdapter(Adapter):
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.spec.name} broke off the stream: {_describe(exc)}") from None
-        if not response.content.is_eof():  # pragma: no cover - iter_any ends only at EOF
-            raise UpstreamError(f"provider {self.spec.name} broke off the stream")
+            raise UpstreamError(
+                f"provider {self.spec.name} broke off the stream: {_describe(exc)}", kind="stream_cut"
+            ) from None
 
 
 def _closer(response: aiohttp.ClientResponse):  # type: ignore[no-untyped-def]

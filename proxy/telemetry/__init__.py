@@ -1,0 +1,89 @@
+"""Telemetry for proxied requests: Prometheus metrics, OpenTelemetry spans, access logs.
+
+The endpoint opens a `RequestRecord` with `begin()`, fills it in as the request goes,
+and hands it to `end()` once the last byte is out; everything observable is derived
+from the finished record there, off the request's critical path. Metrics are always
+on (they are counters in memory); tracing costs nothing unless an OTLP endpoint is
+configured; the access log follows `telemetry.access_log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Mapping
+
+from proxy.config import TelemetryConfig
+from proxy.telemetry import access_log
+from proxy.telemetry.logs import setup_logging
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.tracing import TRACE_HEADERS, Tracing, otlp_traces_endpoint
+
+log = logging.getLogger("switchyard.telemetry")
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.tracing: Tracing | None = None
+        self.settings = TelemetryConfig()
+        self._endpoint: str | None = None
+
+    def configure(self, settings: TelemetryConfig) -> None:
+        """Apply a (re)loaded `telemetry:` section; a changed endpoint swaps the exporter."""
+        if os.environ.get("SWITCHYARD_MANAGE_LOGGING") == "1":  # a served process, not a test
+            setup_logging(settings.log_format)
+        endpoint = otlp_traces_endpoint(settings)
+        tracing_changed = endpoint != self._endpoint or (
+            endpoint is not None
+            and (settings.service_name, settings.sample_ratio, settings.capture_content)
+            != (self.settings.service_name, self.settings.sample_ratio, self.settings.capture_content)
+        )
+        self.settings = settings
+        if not tracing_changed:
+            return
+        old, self.tracing, self._endpoint = self.tracing, None, endpoint
+        if endpoint is not None:
+            self.tracing = Tracing(settings, endpoint)
+            log.info("tracing on: OTLP/HTTP to %s", endpoint)
+        elif old is not None:
+            log.info("tracing off")
+        if old is not None:
+            _shutdown_later(old)
+
+    def begin(self, request_id: str, operation: str, headers: Mapping[str, str]) -> RequestRecord:
+        record = RequestRecord(request_id, operation)
+        self.metrics.started()
+        if self.tracing is not None:
+            self.tracing.start(record, headers)
+        return record
+
+    def upstream_trace_headers(self, record: RequestRecord) -> list[tuple[str, str]]:
+        """Starts the attempt span; `traceparent` for the upstream call ([] with tracing off)."""
+        return [] if self.tracing is None else self.tracing.start_attempt(record)
+
+    def end(self, record: RequestRecord) -> None:
+        self.metrics.finished(record)
+        if self.tracing is not None:
+            self.tracing.finish(record)
+        if self.settings.access_log:
+            access_log.write(record)
+
+    async def aclose(self) -> None:
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
+
+
+def _shutdown_later(tracing: Tracing) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        tracing.shutdown()
+        return
+    loop.run_in_executor(None, tracing.shutdown)
+
+
+__all__ = ["RequestRecord", "TRACE_HEADERS", "Telemetry"]

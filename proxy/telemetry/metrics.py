@@ -1,0 +1,154 @@
+"""Prometheus metrics: what every finished request adds, and the exposition for /metrics.
+
+Labels are only configured names (team, route, provider, and upstream models written
+in the config or its price list); anything else is reported as `other`, so the number
+of series is bounded by the config, not by what clients send.
+
+With several workers (`switchyard serve --workers N`) prometheus-client's multiprocess
+mode is used: `PROMETHEUS_MULTIPROC_DIR` is set by the CLI and /metrics merges the
+workers' files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.telemetry.record import RequestRecord
+from proxy.usage import tokens
+
+prometheus_client.disable_created_metrics()  # `_created` series double the output for nothing here
+
+# LLM calls take from milliseconds (cache, small models) to minutes (long generations)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+OTHER = "other"
+NONE = "none"
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+class _Children:
+    """Label children cached by their value tuple: one dict lookup per update."""
+
+    __slots__ = ("metric", "children")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def get(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = _Children(Counter(
+            "llm_requests", "Proxied requests by outcome.",
+            ["team", "route", "provider", "model", "status", "cache"], registry=r))
+        self.duration = _Children(Histogram(
+            "llm_request_duration_seconds", "Whole request time, first byte in to last byte out.",
+            ["provider", "model"], buckets=DURATION_BUCKETS, registry=r))
+        self.ttft = _Children(Histogram(
+            "llm_time_to_first_token_seconds", "Streams: time until the first event reached the client.",
+            ["provider", "model"], buckets=TTFT_BUCKETS, registry=r))
+        self.tokens = _Children(Counter(
+            "llm_tokens", "Tokens reported by the upstream.",
+            ["team", "provider", "model", "type"], registry=r))
+        self.cost = _Children(Counter(
+            "llm_cost_usd", "Spend in USD at list prices.", ["team", "provider", "model"], registry=r))
+        self.cache = _Children(Counter(
+            "llm_cache_requests", "Cache lookups by result (bypass: not cacheable or asked not to).",
+            ["result"], registry=r))
+        self.provider_errors = _Children(Counter(
+            "llm_provider_errors", "Failed upstream calls by kind.", ["provider", "model", "kind"], registry=r))
+        self.inflight = Gauge(
+            "llm_inflight_requests", "Proxied requests being served now.", registry=r,
+            multiprocess_mode="livesum")
+        self.overhead = Histogram(
+            "llm_proxy_overhead_seconds", "Time spent inside the proxy, excluding waiting for the upstream.",
+            buckets=OVERHEAD_BUCKETS, registry=r)
+        self.reloads = _Children(Counter(
+            "switchyard_config_reloads", "Config loads by result (ok, unchanged, error).", ["result"], registry=r))
+        self.generation = Gauge(
+            "switchyard_config_generation", "Generation of the serving config (1 at start, +1 per reload).",
+            registry=r, multiprocess_mode="max")
+        self.info = Gauge(
+            "switchyard_config_info", "The serving config's digest (value 1).", ["digest"], registry=r,
+            multiprocess_mode="max")
+        self._digest: str | None = None
+
+    # --- updates
+
+    def started(self) -> None:
+        self.inflight.inc()
+
+    def finished(self, record: RequestRecord) -> None:
+        self.inflight.dec()
+        team = record.team or NONE
+        provider = record.provider or NONE
+        model = _model_label(record)
+        self.requests.get(team, record.route or NONE, provider, model, str(record.status), record.cache).inc()
+        self.cache.get(record.cache).inc()
+        self.overhead.observe(record.overhead())
+        if record.cache == "hit" or record.upstream_started is None:
+            return  # no upstream call: nothing below describes one
+        self.duration.get(provider, model).observe(record.duration())
+        ttft = record.ttft()
+        if ttft is not None:
+            self.ttft.get(provider, model).observe(ttft)
+        if record.error_kind is not None:
+            self.provider_errors.get(provider, model, record.error_kind).inc()
+        input_tokens, output_tokens = tokens(record.usage)
+        if input_tokens:
+            self.tokens.get(team, provider, model, "input").inc(input_tokens)
+        if output_tokens:
+            self.tokens.get(team, provider, model, "output").inc(output_tokens)
+        if record.cost_usd:
+            self.cost.get(team, provider, model).inc(record.cost_usd)
+
+    def config_loaded(self, generation: int, digest: str) -> None:
+        self.generation.set(generation)
+        if self._digest is not None and self._digest != digest:
+            if multiprocess_dir():
+                self.info.labels(self._digest).set(0)
+            else:
+                self.info.remove(self._digest)
+        self.info.labels(digest).set(1)
+        self._digest = digest
+
+    def reload_result(self, result: str) -> None:
+        self.reloads.get(result).inc()
+
+    # --- exposition
+
+    def exposition(self) -> bytes:
+        directory = multiprocess_dir()
+        if directory:
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged, path=directory)
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+
+def _model_label(record: RequestRecord) -> str:
+    if record.model is None:
+        return NONE
+    return record.model if record.known_model else OTHER

@@ -1,0 +1,68 @@
+"""What one proxied request did, filled in as it goes and reported once at its end.
+
+The endpoint writes plain attributes (no calls, no locks) on the hot path; metrics,
+the span and the access-log line are all produced from the finished record.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class RequestRecord:
+    __slots__ = (
+        "request_id", "operation", "started", "started_wall", "team", "user", "requested_model",
+        "route", "provider", "model", "known_model", "stream", "status", "cache", "error_kind",
+        "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
+        "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
+        "prompt", "completion",
+    )
+
+    def __init__(self, request_id: str, operation: str) -> None:
+        self.request_id = request_id
+        self.operation = operation  # "chat" | "embeddings"
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.team: str | None = None
+        self.user: str | None = None
+        self.requested_model: str | None = None
+        self.route: str | None = None
+        self.provider: str | None = None
+        self.model: str | None = None  # the upstream model called
+        self.known_model = False  # whether `model` is named in the config (label-safe)
+        self.stream = False
+        self.status = 200
+        self.cache = "bypass"
+        self.error_kind: str | None = None  # provider failures only
+        self.error_message: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.cost_usd: float | None = None
+        self.saved_usd: float | None = None
+        self.upstream_started: float | None = None
+        self.upstream_answered: float | None = None  # headers (stream) or whole body read
+        self.response_started: float | None = None  # stream: headers sent to the client
+        self.first_token_at: float | None = None  # stream: first event sent to the client
+        self.finished: float | None = None
+        self.outcome = "complete"  # or client_disconnected, upstream_failed
+        self.span: Any = None  # tracing's server span, when tracing is on
+        self.attempt_span: Any = None
+        self.prompt: Any = None  # messages, kept only when capture_content asks
+        self.completion: Any = None
+
+    def duration(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.started
+
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    def overhead(self) -> float:
+        """Time spent in the proxy itself: everything but waiting for the upstream."""
+        total = self.duration()
+        if self.upstream_started is None or self.upstream_answered is None:
+            return total  # answered without an upstream call (cache hit, refusal) or it failed
+        before = self.upstream_started - self.started
+        if self.stream and self.response_started is not None:
+            return before + max(self.response_started - self.upstream_answered, 0.0)
+        return before + max(total - (self.upstream_answered - self.started), 0.0)

@@ -1,0 +1,140 @@
+"""OpenTelemetry spans per the GenAI semantic conventions, exported over OTLP/HTTP.
+
+One SERVER span per proxied request (`chat {model}`), and one CLIENT child span per
+upstream attempt whose context travels upstream in `traceparent`. A client's own
+`traceparent` makes the server span its child. Each `Tracing` owns its tracer provider,
+so a config reload that changes the endpoint swaps providers without touching globals.
+Prompt and completion text go on spans only with `telemetry.capture_content: true`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from proxy.config import TelemetryConfig
+from proxy.telemetry.record import RequestRecord
+from proxy.usage import tokens
+
+log = logging.getLogger("switchyard.telemetry")
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+
+
+def otlp_traces_endpoint(settings: TelemetryConfig) -> str | None:
+    """The traces URL from the config, else from the standard OTEL_* variables, else None (off)."""
+    if settings.otlp_endpoint:
+        base = settings.otlp_endpoint.rstrip("/")
+        return base if base.endswith("/v1/traces") else base + "/v1/traces"
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    explicit = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if explicit:
+        return explicit
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return base.rstrip("/") + "/v1/traces" if base else None
+
+
+class Tracing:
+    def __init__(self, settings: TelemetryConfig, endpoint: str) -> None:
+        service = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
+        self.provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: service}),
+            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+        )
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        self.tracer = self.provider.get_tracer("switchyard")
+        self.endpoint = endpoint
+        self.capture_content = settings.capture_content
+
+    def start(self, record: RequestRecord, headers: Mapping[str, str]) -> None:
+        parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
+        record.span = self.tracer.start_span(
+            record.operation, context=parent, kind=SpanKind.SERVER, start_time=_ns(record.started_wall)
+        )
+
+    def start_attempt(self, record: RequestRecord) -> list[tuple[str, str]]:
+        """Open the upstream attempt's span; the headers that carry its context upstream."""
+        if record.span is None:
+            return []
+        context = trace.set_span_in_context(record.span)
+        attempt = self.tracer.start_span(f"{record.operation} {record.model}", context=context, kind=SpanKind.CLIENT)
+        attempt.set_attribute("gen_ai.operation.name", record.operation)
+        attempt.set_attribute("gen_ai.provider.name", record.provider or "")
+        attempt.set_attribute("gen_ai.request.model", record.model or "")
+        record.attempt_span = attempt
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(attempt))
+        return list(carrier.items())
+
+    def finish(self, record: RequestRecord) -> None:
+        span = record.span
+        if span is None:
+            return
+        model = record.requested_model or record.model
+        span.update_name(f"{record.operation} {model}" if model else record.operation)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": record.operation,
+            "http.response.status_code": record.status,
+            "switchyard.request_id": record.request_id,
+            "switchyard.cache": record.cache,
+            "switchyard.stream": record.stream,
+        }
+        _put(attributes, "gen_ai.provider.name", record.provider)
+        _put(attributes, "gen_ai.request.model", record.requested_model)
+        _put(attributes, "gen_ai.response.model", record.model)
+        _put(attributes, "switchyard.team", record.team)
+        _put(attributes, "switchyard.route", record.route)
+        _put(attributes, "switchyard.cost_usd", record.cost_usd)
+        _put(attributes, "switchyard.saved_usd", record.saved_usd)
+        _put(attributes, "switchyard.time_to_first_token_s", record.ttft())
+        if record.usage is not None:
+            input_tokens, output_tokens = tokens(record.usage)
+            attributes["gen_ai.usage.input_tokens"] = input_tokens
+            attributes["gen_ai.usage.output_tokens"] = output_tokens
+        if self.capture_content:
+            _put(attributes, "gen_ai.input.messages", _json(record.prompt))
+            _put(attributes, "gen_ai.output.messages", _json(record.completion))
+        span.set_attributes(attributes)
+        end = _ns(record.started_wall + record.duration())
+        attempt = record.attempt_span
+        if attempt is not None:
+            if record.error_kind is not None:
+                attempt.set_attribute("error.type", record.error_kind)
+                attempt.set_status(Status(StatusCode.ERROR, record.error_message))
+            if record.usage is not None:
+                attempt.set_attribute("gen_ai.usage.input_tokens", attributes["gen_ai.usage.input_tokens"])
+                attempt.set_attribute("gen_ai.usage.output_tokens", attributes["gen_ai.usage.output_tokens"])
+            attempt.end(end_time=end)
+        if record.status >= 500:
+            span.set_attribute("error.type", record.error_kind or str(record.status))
+            span.set_status(Status(StatusCode.ERROR, record.error_message))
+        span.end(end_time=end)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()  # flushes what is batched; blocking, run off the loop
+
+
+def _put(attributes: dict[str, Any], name: str, value: Any) -> None:
+    if value is not None:
+        attributes[name] = value
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
