@@ -294,8 +294,11 @@ def completion(content: str = "hi there", *, model: str = "up-model", usage: dic
 class ServerProcess:
     """`python -m proxy serve --config PATH` on a free port; `stop()` sends SIGTERM."""
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None, args: list[str] | None = None
+    ) -> None:
         self.config = config
+        self.args = args or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log or config.with_suffix(".log")
@@ -306,7 +309,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "serve", "--config", str(self.config),
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
