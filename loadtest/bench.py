@@ -6,6 +6,7 @@ wrk on CPU 1, so a figure is one gateway core's capacity. Every wrk run is bound
 
     python loadtest/bench.py --suite cache      # cache hit / miss, Redis up and down
     python loadtest/bench.py --suite core       # direct vs proxied, stream and not
+    python loadtest/bench.py --suite telemetry  # access log and OTLP tracing on vs off
 
 Results go to stdout and to loadtest/results/<suite>-<UTC time>.md.
 """
@@ -45,7 +46,11 @@ routes:
   - name: bench
     match: {{model: "*"}}
     to: "up/{{model}}"
+{extra}
 """
+# the mock answers any POST with 200, so it doubles as an OTLP/HTTP sink for span exports
+TRACING = f'telemetry: {{otlp_endpoint: "http://127.0.0.1:{MOCK_PORT}"}}'
+NO_ACCESS_LOG = "telemetry: {access_log: false}"
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Scenario:
     connections: int = 50
     env: dict[str, str] = field(default_factory=dict)
     direct: bool = False  # bypass the proxy: measure the mock itself
+    extra: str = ""  # more top-level config (telemetry: ...)
 
 
 SUITES: dict[str, list[Scenario]] = {
@@ -81,6 +87,16 @@ SUITES: dict[str, list[Scenario]] = {
         ),
         Scenario("redis miss (Redis up), c50", "{backend: redis}", 50, {"UNIQUE": "1"}),
         Scenario("no cache, unique prompts, c50", "{backend: off}", 50, {"UNIQUE": "1"}),
+    ],
+    "telemetry": [
+        Scenario("metrics only (access log off), c50", "{backend: off}", extra=NO_ACCESS_LOG),
+        Scenario("metrics + access log (default), c50", "{backend: off}"),
+        Scenario("metrics + access log + OTLP tracing, c50", "{backend: off}", extra=TRACING),
+        Scenario("metrics only (access log off), c1", "{backend: off}", 1, extra=NO_ACCESS_LOG),
+        Scenario("metrics + access log (default), c1", "{backend: off}", 1),
+        Scenario("metrics + access log + OTLP tracing, c1", "{backend: off}", 1, extra=TRACING),
+        Scenario("stream, default telemetry, c20", "{backend: off}", 20, {"STREAM": "1"}),
+        Scenario("stream, + OTLP tracing, c20", "{backend: off}", 20, {"STREAM": "1"}, extra=TRACING),
     ],
 }
 
@@ -131,14 +147,15 @@ def wrk(url: str, connections: int, seconds: int, env: dict[str, str]) -> dict[s
 
 
 class Proxy:
-    def __init__(self, cache: str, workdir: Path) -> None:
+    def __init__(self, cache: str, workdir: Path, extra: str = "") -> None:
         self.config = workdir / "bench.yaml"
-        self.config.write_text(BASE.format(port=PROXY_PORT, mock=MOCK_PORT, cache=cache))
+        self.config.write_text(BASE.format(port=PROXY_PORT, mock=MOCK_PORT, cache=cache, extra=extra))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Proxy:
+        # info: the access log is written (to /dev/null), as it would be in production
         cmd = ["taskset", "-c", GATEWAY_CPU, sys.executable, "-m", "proxy", "serve", "--config", str(self.config),
-               "--log-level", "warning"]
+               "--log-level", "info"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{PROXY_PORT}/healthz")
         return self
@@ -183,7 +200,7 @@ def run(suite: str, seconds: int, warmup: int) -> str:
                     r = wrk(url, sc.connections, seconds, sc.env)
                     r["rss_mib"] = rss_kib(mock.pid) / 1024
                 else:
-                    with Proxy(sc.cache, Path(tmp)) as proxy:
+                    with Proxy(sc.cache, Path(tmp), sc.extra) as proxy:
                         wrk(url, sc.connections, warmup, sc.env)
                         r = wrk(url, sc.connections, seconds, sc.env)
                         assert proxy.proc is not None

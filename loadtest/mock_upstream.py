@@ -4,6 +4,7 @@ POST .../chat/completions answers JSON, or SSE when the body asks for `"stream":
 (`--chunks` events, `--chunk-interval-ms` apart, then `[DONE]`). Faults, each drawn
 per request: `--error-rate` (HTTP 500), `--hang-rate` (never answers), `--cut-rate`
 (closes the connection halfway through a stream). `--latency-ms` delays every answer.
+POST /v1/traces accepts OTLP/HTTP span exports (a sink for the telemetry benchmark).
 
     python loadtest/mock_upstream.py --port 18000 --chunks 20
 """
@@ -97,6 +98,9 @@ class Handler(asyncio.Protocol):
         if ARGS.error_rate and random.random() < ARGS.error_rate:
             payload = b'{"error":{"message":"injected failure","type":"server_error","param":null,"code":null}}'
             t.write(_head(500, b"application/json", len(payload)) + payload)
+            return
+        if url.endswith(b"/v1/traces"):  # OTLP/HTTP span export: accept and drop
+            t.write(_head(200, b"application/x-protobuf", 0))
             return
         if not url.endswith(b"/chat/completions"):
             t.write(_head(404, b"application/json", 2) + b"{}")
