@@ -40,7 +40,7 @@ from proxy.relay import (
 from proxy.routing import RouteRequest, decide
 from proxy.snapshot import Snapshot
 from proxy.telemetry import TRACE_HEADERS, RequestRecord, Telemetry
-from proxy.usage import UsageTap
+from proxy.usage import UsageStripper, UsageTap
 from proxy.validation import check_chat, check_embeddings, parse_json_object
 
 log = logging.getLogger("switchyard.proxy")
@@ -167,6 +167,7 @@ class ProxyEndpoint:
         out.append((b"x-switchyard-cache", record.cache.encode()))
 
         body["model"] = target.model
+        strip_usage = stream and _ask_for_usage(body)
         adapter = active.adapters[target.provider]
         forwarded = _forwarded(headers)
         trace_headers = self._telemetry.upstream_trace_headers(record)
@@ -202,7 +203,8 @@ class ProxyEndpoint:
                         spawn(cache.store(key, entry, policy.ttl_s))
 
             observe = tap.feed if capture is None else _both(tap.feed, capture.feed)
-            return StreamRelay(upstream, out + upstream_headers(upstream), finished, observe)
+            rewrite = UsageStripper() if strip_usage else None
+            return StreamRelay(upstream, out + upstream_headers(upstream), finished, observe, rewrite)
         adapter.release()
         failure = upstream_failure(target.provider, upstream)
         if failure is not None:
@@ -252,6 +254,16 @@ def _cache_hit(
 
 def _ignore(outcome: str) -> None:
     return None
+
+
+def _ask_for_usage(body: dict[str, Any]) -> bool:
+    """Make the upstream report a stream's usage (to price it); True when the client did
+    not ask for it, so the usage chunk must be taken out again."""
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return True
 
 
 def _both(first: Callable[[bytes], None], second: Callable[[bytes], None]) -> Callable[[bytes], None]:

@@ -88,7 +88,9 @@ class StreamRelay:
     `error`, `started_at` and `first_chunk_at` (perf_counter times) say how it went.
     """
 
-    __slots__ = ("upstream", "observe", "headers", "on_done", "outcome", "error", "started_at", "first_chunk_at")
+    __slots__ = (
+        "upstream", "observe", "rewrite", "headers", "on_done", "outcome", "error", "started_at", "first_chunk_at"
+    )
 
     def __init__(
         self,
@@ -96,9 +98,11 @@ class StreamRelay:
         headers: Headers,
         on_done: Callable[[str], None],
         observe: Callable[[bytes], None] | None = None,
+        rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.upstream = upstream
-        self.observe = observe
+        self.observe = observe  # sees each upstream chunk as it came
+        self.rewrite = rewrite  # what the client gets of it (b"": nothing yet)
         self.headers = [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),
@@ -134,14 +138,16 @@ class StreamRelay:
         assert self.upstream.chunks is not None
         outcome = "complete"
         try:
-            observe = self.observe
+            observe, rewrite = self.observe, self.rewrite
             async for chunk in self.upstream.chunks:
+                if observe is not None:
+                    observe(chunk)
+                if rewrite is not None:
+                    chunk = rewrite(chunk)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if self.first_chunk_at is None:
                         self.first_chunk_at = time.perf_counter()
-                    if observe is not None:
-                        observe(chunk)
         except ProxyError as exc:
             log.warning("stream broken: %s", exc.message)
             self.error = exc

@@ -61,3 +61,47 @@ class UsageTap:
                 continue
             if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
                 self.usage = chunk["usage"]
+
+
+class UsageStripper:
+    """Removes usage chunks from a stream whose client did not ask for them.
+
+    The proxy asks every upstream for usage (to price streams) and passes the stream on
+    without it when the client's request had no `stream_options.include_usage`. Whole
+    events pass through untouched; an event split across chunks is held until its end
+    arrives (the client could not use half an event anyway).
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def __call__(self, chunk: bytes) -> bytes:
+        buf = self._tail + chunk if self._tail else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            self._tail = buf
+            return b""
+        complete, self._tail = buf[: cut + 2], buf[cut + 2 :]
+        if not _USAGE_OBJECT.search(complete):
+            return complete
+        return b"".join(_without_usage(event) for event in complete.split(b"\n\n")[:-1])
+
+
+def _without_usage(event: bytes) -> bytes:
+    data = sse.event_data(event)
+    if data is None or not _USAGE_OBJECT.search(data):
+        return event + b"\n\n"
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return event + b"\n\n"
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+        return event + b"\n\n"
+    if not chunk.get("choices"):
+        return b""  # the usage-only chunk OpenAI sends last: drop it
+    chunk["usage"] = None  # usage riding on a content chunk: keep the content
+    return sse.encode(chunk)

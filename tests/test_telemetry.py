@@ -511,3 +511,54 @@ def test_usage_tap_handles_crlf_and_spaces():
 )
 def test_tokens(usage, expected):
     assert tokens(usage) == expected
+
+
+# ---------------------------------------------------------------- usage asked for, then stripped
+
+
+async def test_stream_usage_requested_upstream_and_stripped_for_client(client, upstream):
+    route = upstream.post("/chat/completions").stream(chunk_events(["a", "b"], usage=USAGE))
+    response = await client.post("/v1/chat/completions", json=chat("priced", stream=True), headers=AUTH)
+    assert response.status_code == 200
+    assert route.calls.last.request.json()["stream_options"] == {"include_usage": True}
+    events = [e for e in response.text.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    assert '"usage":{' not in response.text.replace(" ", "")
+    assert "".join(
+        json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1]
+    ) == "ab"
+    m = await scrape(client)
+    assert value(m, "llm_tokens_total", type="input", provider="up") == 11  # still priced
+
+
+async def test_stream_usage_kept_when_client_asked(client, upstream):
+    route = upstream.post("/chat/completions").stream(chunk_events(["a"], usage=USAGE))
+    body = chat("priced", stream=True, stream_options={"include_usage": True})
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert route.calls.last.request.json()["stream_options"] == {"include_usage": True}
+    usage_events = [e for e in response.text.split("\n\n") if '"usage":{' in e.replace(" ", "")]
+    assert len(usage_events) == 1
+    assert json.loads(usage_events[0][6:])["usage"] == USAGE
+
+
+STRIP_CASES = [
+    pytest.param(chunk_events(["x", "y"], usage=USAGE), b"".join(chunk_events(["x", "y"])), id="usage-chunk-dropped"),
+    pytest.param(chunk_events(["x"]), b"".join(chunk_events(["x"])), id="no-usage-untouched"),
+    pytest.param(
+        [b'data: {"choices":[{"index":0,"delta":{"content":"z"}}],"usage":{"prompt_tokens":1}}\n\n', b"data: [DONE]\n\n"],
+        b'data: {"choices":[{"index":0,"delta":{"content":"z"}}],"usage":null}\n\ndata: [DONE]\n\n',
+        id="usage-on-content-chunk-nulled",
+    ),
+    pytest.param([b'data: {"choices":[],"usage":null}\n\n'], b'data: {"choices":[],"usage":null}\n\n', id="null-usage"),
+]
+
+
+@pytest.mark.parametrize("events, expected", STRIP_CASES)
+@pytest.mark.parametrize("size", [1, 5, 13, 1000])
+def test_usage_stripper_at_any_chunking(events, expected, size):
+    from proxy.usage import UsageStripper
+
+    raw = b"".join(events)
+    strip = UsageStripper()
+    out = b"".join(strip(raw[i : i + size]) for i in range(0, len(raw), size))
+    assert out == expected
