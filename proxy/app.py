@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy.accounting.service import Accounting
 from proxy.auth import authenticate, authenticate_admin
 from proxy.endpoint import Active, ProxyEndpoint
 from proxy.errors import NoHealthyUpstream, NotFound, ProxyError, error_body
@@ -40,6 +41,7 @@ class Runtime:
         self.started_at = time.time()
         self._active: Active | None = None
         self.cache: ResponseCache | None = None
+        self.accounting: Accounting | None = None
         self.telemetry = Telemetry()
         holder.listeners.append(self._install)
         holder.observers.append(self.telemetry.metrics.reload_result)
@@ -52,12 +54,18 @@ class Runtime:
             old, self.cache = self.cache, build_cache(settings)
             if old is not None:
                 spawn(old.aclose())
-        self._active = Active(snapshot, self.pool.sync(snapshot), self.cache)
+        if self.accounting is None:
+            self.accounting = Accounting(snapshot, self.telemetry.metrics)
+        else:
+            self.accounting.configure(snapshot)
+        self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting)
 
     async def aclose(self) -> None:
         await self.pool.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.accounting is not None:
+            await self.accounting.aclose()  # writes the ledger rows still queued
         await self.telemetry.aclose()
 
     def active(self) -> Active:
@@ -70,7 +78,8 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 def _error(exc: ProxyError) -> Response:
-    return Response(exc.body(), exc.status, media_type="application/json")
+    headers = {k.decode(): v.decode() for k, v in exc.headers}
+    return Response(exc.body(), exc.status, media_type="application/json", headers=headers)
 
 
 def create_app(

@@ -139,10 +139,86 @@ class PriceConfig(_Strict):
     cached_input: float | None = Field(None, ge=0)
 
 
+class BudgetConfig(_Strict):
+    daily_usd: float | None = Field(None, gt=0)
+    monthly_usd: float | None = Field(None, gt=0)
+    alerts: list[float] = [0.5, 0.75, 0.9]  # fractions of a budget; crossing 1.0 always alerts too
+    webhook_url: str | None = None  # overrides accounting.alert_webhook for this team
+
+    @field_validator("alerts")
+    @classmethod
+    def _fractions(cls, alerts: list[float]) -> list[float]:
+        if any(not 0 < a <= 1 for a in alerts):
+            raise ValueError("alert thresholds are fractions of the budget, each in (0, 1]")
+        return sorted(set(alerts))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://", url):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+
+class LimitsConfig(_Strict):
+    rpm: int | None = Field(None, ge=1)  # requests per minute, for the whole team
+    tpm: int | None = Field(None, ge=1)  # tokens (input + output) per minute
+    user_rpm: int | None = Field(None, ge=1)  # the same per end user of the team
+    user_tpm: int | None = Field(None, ge=1)
+
+
 class TeamConfig(_Strict):
     keys: list[NonEmpty] = []
     default_model: NonEmpty | None = None
     models: list[NonEmpty] | None = None  # globs of requestable names; None = all
+    budget: BudgetConfig | None = None
+    limits: LimitsConfig | None = None
+
+
+class LedgerConfig(_Strict):
+    # SQLite file, relative to proxy.yaml's directory; "off" keeps no ledger (and budgets
+    # then start from zero at each start)
+    path: Annotated[str, BeforeValidator(_off_is_false)] = "switchyard.db"
+    batch_size: int = Field(500, ge=1)  # rows per transaction
+    flush_interval_s: float = Field(0.5, gt=0)  # the longest a finished request waits for its row
+    max_pending: int = Field(1_000_000, ge=1000)  # rows held in memory while the file cannot be written
+
+
+class AccountingConfig(_Strict):
+    # where spend counters and rate limits live: redis (shared by replicas, local when it
+    # is down) or memory (this process)
+    backend: Annotated[Literal["redis", "memory"], BeforeValidator(_off_is_false)] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout_ms: float = Field(20, gt=0)
+    sync_interval_s: float = Field(1.0, gt=0)  # how often other replicas' spend is read
+    baseline_model: NonEmpty | None = None  # e.g. openai/gpt-4o: "what it would have cost"
+    alert_webhook: str | None = None  # JSON POST for every budget alert
+    timezone: str = "UTC"  # where days and months begin
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", url):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://", url):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r}") from None
+        return name
 
 
 class MatchConfig(_Strict):
@@ -198,6 +274,8 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    accounting: AccountingConfig = AccountingConfig()
     providers: dict[str, ProviderConfig] = {}
     pricing: dict[str, PriceConfig] = {}
     teams: dict[str, TeamConfig] = {}

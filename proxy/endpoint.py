@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
+from proxy.accounting.service import Accounting
 from proxy.accounting.pricing import warn_unpriced
 from proxy.auth import authenticate
 from proxy.cache import BYPASS, Entry, ResponseCache, request_policy
@@ -53,6 +54,7 @@ class Active:
     snapshot: Snapshot
     adapters: Mapping[str, Adapter]
     cache: ResponseCache | None = None
+    accounting: Accounting | None = None
 
 
 # request headers never forwarded upstream: the client's credentials, hop-by-hop
@@ -98,9 +100,10 @@ class ProxyEndpoint:
         request_id = _request_id(headers)
         record = self._telemetry.begin(request_id, self._operation, headers)
         out: Headers = [(b"x-request-id", request_id.encode())]
+        active = self._active()
         try:
             try:
-                response = await self._handle(headers, receive, record, out)
+                response = await self._handle(active, headers, receive, record, out)
             except ProxyError as exc:
                 _failed(record, exc)
                 response = error_response(exc, out)
@@ -113,10 +116,13 @@ class ProxyEndpoint:
             raise
         finally:
             record.finished = time.perf_counter()
+            if active.accounting is not None:
+                active.accounting.finish(record, active.snapshot)
             self._telemetry.end(record)
 
-    async def _handle(self, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers) -> Any:
-        active = self._active()
+    async def _handle(
+        self, active: Active, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers
+    ) -> Any:
         snapshot = active.snapshot
         team = authenticate(snapshot, headers)
         record.team = team.name
@@ -128,6 +134,8 @@ class ProxyEndpoint:
         record.user = user if isinstance(user, str) else None
         model = body.get("model")
         record.requested_model = model if isinstance(model, str) else None
+        if active.accounting is not None:
+            out += await active.accounting.admit(record, snapshot)
         decision = decide(
             snapshot,
             RouteRequest(

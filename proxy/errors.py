@@ -9,6 +9,8 @@
     ├── NotFound                     404     not_found
     ├── PayloadTooLarge              413     request_too_large
     ├── UnsupportedMediaType         415     unsupported_media_type
+    ├── RateLimited                  429     rate_limit_exceeded
+    ├── BudgetExceeded               429     budget_exceeded (type insufficient_quota)
     ├── UpstreamError                502     upstream_error
     ├── NoHealthyUpstream            503     no_healthy_upstream
     └── UpstreamTimeout              504     upstream_timeout
@@ -28,12 +30,20 @@ class ProxyError(Exception):
     code: str | None = "internal_error"
     kind: str | None = None  # provider errors: what failed, for metrics (never shown to clients)
 
-    def __init__(self, message: str, *, param: str | None = None, kind: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        kind: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if kind is not None:
             self.kind = kind
+        self.headers = headers or []  # extra response headers (retry-after, x-ratelimit-*)
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
@@ -85,6 +95,22 @@ class UnsupportedMediaType(ProxyError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_media_type"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(ProxyError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        headers = [(b"retry-after", str(retry_after).encode())] if retry_after else None
+        super().__init__(message, headers=headers)
 
 
 class UpstreamError(ProxyError):

@@ -58,7 +58,7 @@ class BytesResponse:
 
 
 def error_response(error: ProxyError, headers: Headers) -> BytesResponse:
-    return BytesResponse(error.status, error.body(), headers)
+    return BytesResponse(error.status, error.body(), headers + error.headers if error.headers else headers)
 
 
 def upstream_failure(provider: str, upstream: UpstreamResponse) -> ProxyError | None:

@@ -315,6 +315,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.base_url + "/healthz", timeout=0.5).status_code == 200:

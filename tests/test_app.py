@@ -91,7 +91,7 @@ async def app_client(config_file, upstream) -> AsyncIterator[tuple]:
         yield app, client
     finally:
         await client.aclose()
-        await app.state.runtime.pool.aclose()
+        await app.state.runtime.aclose()
 
 
 @pytest.fixture
@@ -674,7 +674,7 @@ async def test_admin_forbidden_when_no_admin_keys(tmp_path, upstream):
         await assert_still_serving(client)
     finally:
         await client.aclose()
-        await app.state.runtime.pool.aclose()
+        await app.state.runtime.aclose()
 
 
 async def test_admin_config_redacts_secrets(client):

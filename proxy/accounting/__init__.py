@@ -1,1 +1,1 @@
-"""Accounting: prices and cost (more to come: ledger, budgets, limits)."""
+"""Accounting: prices, the ledger, spend and budgets, rate limits (`service.Accounting` ties them together)."""

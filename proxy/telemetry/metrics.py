@@ -91,6 +91,16 @@ class Metrics:
         self.info = Gauge(
             "switchyard_config_info", "The serving config's digest (value 1).", ["digest"], registry=r,
             multiprocess_mode="max")
+        self.ledger_errors = _Children(Counter(
+            "switchyard_ledger_write_errors", "Failed ledger writes (rows are kept and retried).", ["kind"],
+            registry=r))
+        self.ledger_pending = Gauge(
+            "switchyard_ledger_rows_pending", "Ledger rows waiting to be written.", registry=r,
+            multiprocess_mode="livesum")
+        self.budget_alerts = _Children(Counter(
+            "switchyard_budget_alerts", "Budget alert events raised.", ["team", "period", "threshold"], registry=r))
+        self.webhook_failures = Counter(
+            "switchyard_budget_webhook_failures", "Budget alert webhooks that failed after retries.", registry=r)
         self._digest: str | None = None
 
     # --- updates
@@ -134,6 +144,18 @@ class Metrics:
 
     def reload_result(self, result: str) -> None:
         self.reloads.get(result).inc()
+
+    def ledger_error(self, kind: str) -> None:
+        self.ledger_errors.get(kind).inc()
+
+    def ledger_backlog(self, rows: int) -> None:
+        self.ledger_pending.set(rows)
+
+    def budget_alert(self, team: str, period: str, threshold: float) -> None:
+        self.budget_alerts.get(team, period, f"{threshold:g}").inc()
+
+    def webhook_failed(self) -> None:
+        self.webhook_failures.inc()
 
     # --- exposition
 

@@ -16,7 +16,7 @@ class RequestRecord:
         "route", "provider", "model", "known_model", "stream", "status", "cache", "error_kind",
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
-        "prompt", "completion",
+        "prompt", "completion", "budget_held", "baseline_usd", "experiment", "variant",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
@@ -49,6 +49,10 @@ class RequestRecord:
         self.attempt_span: Any = None
         self.prompt: Any = None  # messages, kept only when capture_content asks
         self.completion: Any = None
+        self.budget_held = False  # counted in flight by the team's budget
+        self.baseline_usd: float | None = None  # what accounting.baseline_model would have cost
+        self.experiment: str | None = None
+        self.variant: str | None = None
 
     def duration(self) -> float:
         end = self.finished if self.finished is not None else time.perf_counter()

@@ -1,0 +1,119 @@
+"""Team budgets: refuse requests once a daily or monthly budget is spent, and raise
+each alert threshold exactly once per period.
+
+Admission is checked before the upstream call, spend is added when the request ends.
+Near the edge, concurrent requests could all pass the check and overshoot together,
+so once what is left is less than the requests in flight could cost (at the largest
+recent request's cost), only one request at a time is let through: the overshoot is
+at most one request's worth (per replica, with shared counters).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from proxy.accounting.spend import DAY, MONTH, Periods, SpendCounters
+from proxy.config import BudgetConfig
+from proxy.errors import BudgetExceeded
+
+log = logging.getLogger("switchyard.budget")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    team: str
+    period: str  # day | month
+    period_key: str  # 2026-11-24 | 2026-11
+    threshold: float  # fraction of the budget
+    spent_usd: float
+    budget_usd: float
+    ts: float
+
+
+AlertSink = Callable[[Alert], None]
+
+
+class _TeamState:
+    __slots__ = ("inflight", "recent")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.recent: deque[float] = deque(maxlen=20)  # costs of the last requests
+
+    def estimate(self) -> float:
+        return max(self.recent, default=0.0)
+
+
+class Budgets:
+    def __init__(self, counters: SpendCounters, on_alert: AlertSink, claim_alert: Callable[[Alert], bool]) -> None:
+        self.counters = counters
+        self._on_alert = on_alert
+        self._claim = claim_alert  # True when this process is the one to raise it (once per period)
+        self._teams: dict[str, _TeamState] = {}
+
+    def _state(self, team: str) -> _TeamState:
+        state = self._teams.get(team)
+        if state is None:
+            state = self._teams[team] = _TeamState()
+        return state
+
+    def admit(self, team: str, budget: BudgetConfig | None, periods: Periods) -> bool:
+        """Raise BudgetExceeded, or count the request in flight (True: call `release` later)."""
+        if budget is None:
+            return False
+        state = self._state(team)
+        remaining = self.remaining(team, budget, periods)
+        if remaining is not None:
+            if remaining <= 0:
+                raise BudgetExceeded(_spent_message(team, budget, self, periods))
+            if state.inflight and remaining < (state.inflight + 1) * state.estimate():
+                raise BudgetExceeded(
+                    f"team {team!r} has ${remaining:.4f} of budget left, less than the requests in flight "
+                    "may cost; further requests are admitted one at a time",
+                    retry_after=1,
+                )
+        state.inflight += 1
+        return True
+
+    def release(self, team: str) -> None:
+        self._state(team).inflight -= 1
+
+    def remaining(self, team: str, budget: BudgetConfig, periods: Periods) -> float | None:
+        left = []
+        if budget.daily_usd is not None:
+            left.append(budget.daily_usd - self.counters.spent(team, periods.day))
+        if budget.monthly_usd is not None:
+            left.append(budget.monthly_usd - self.counters.spent(team, periods.month))
+        return min(left) if left else None
+
+    def spend(self, team: str, usd: float, budget: BudgetConfig | None, periods: Periods) -> None:
+        """Add a finished request's cost; raise the alerts it crosses."""
+        if usd <= 0:
+            return
+        self._state(team).recent.append(usd)
+        self.counters.add(team, (periods.day, periods.month), usd)
+        if budget is None:
+            return
+        for period, limit in ((DAY, budget.daily_usd), (MONTH, budget.monthly_usd)):
+            if limit is None:
+                continue
+            key = periods.key(period)
+            after = self.counters.spent(team, key)
+            before = after - usd
+            for threshold in (*budget.alerts, 1.0):
+                if before < threshold * limit <= after:
+                    alert = Alert(team, period, key, threshold, after, limit, periods.now)
+                    if self._claim(alert):
+                        self._on_alert(alert)
+
+
+def _spent_message(team: str, budget: BudgetConfig, budgets: Budgets, periods: Periods) -> str:
+    parts = []
+    if budget.daily_usd is not None:
+        parts.append(f"${budgets.counters.spent(team, periods.day):.4f} of ${budget.daily_usd:g} today")
+    if budget.monthly_usd is not None:
+        parts.append(f"${budgets.counters.spent(team, periods.month):.4f} of ${budget.monthly_usd:g} this month")
+    return f"team {team!r} has spent its budget ({', '.join(parts)})."

@@ -1,0 +1,270 @@
+"""Per-team (and per-user) rate limits: requests and tokens per minute, by GCRA.
+
+GCRA keeps one number per key, the theoretical arrival time (TAT): each request moves it
+`60/limit` seconds on, and a request is refused when that would put it more than a
+minute ahead of now. So a team may burst its whole minute's allowance and then runs at
+the steady rate; the headers say how much is left and when it is back.
+
+Tokens are only known once the answer is in, so a request is admitted while the token
+budget is not already overdrawn, and its tokens are charged when it finishes (OpenAI
+does the same with an estimate up front).
+
+With `accounting.backend: redis` the TATs live in Redis and one Lua script checks and
+updates every key of a request atomically, so replicas share the limits. A Redis that
+fails or is slower than `timeout_ms` is skipped for a cool-down and the process's own
+limiter decides meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from proxy.config import LimitsConfig
+from proxy.errors import RateLimited
+
+log = logging.getLogger("switchyard.limits")
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One limit to check for a request: its key, limit per minute, and units it takes."""
+
+    key: str
+    limit: int
+    cost: float  # 1 for a request; 0 for a token check (charged afterwards)
+    kind: str  # requests | tokens
+    scope: str  # team | user
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    allowed: bool
+    remaining: int
+    reset_s: float  # until the allowance is whole again
+    retry_after_s: float  # when refused: until the request would pass
+
+
+def gcra(tat: float | None, now: float, limit: int, cost: float) -> tuple[Outcome, float]:
+    """The outcome and the new TAT (unchanged when refused)."""
+    interval = WINDOW_S / limit
+    start = now if tat is None or tat < now else tat
+    new_tat = start + interval * cost
+    allow_at = new_tat - WINDOW_S
+    if allow_at > now and cost > 0 or cost == 0 and start - now > WINDOW_S:
+        wait = (allow_at if cost > 0 else start - WINDOW_S) - now
+        return Outcome(False, 0, start - now, wait), start
+    remaining = max(int((WINDOW_S - (new_tat - now)) / interval), 0)
+    return Outcome(True, remaining, new_tat - now, 0.0), new_tat
+
+
+def checks_for(team: str, user: str | None, limits: LimitsConfig) -> list[Check]:
+    out = []
+    if limits.rpm:
+        out.append(Check(f"{team}:r", limits.rpm, 1, "requests", "team"))
+    if limits.tpm:
+        out.append(Check(f"{team}:t", limits.tpm, 0, "tokens", "team"))
+    if user:
+        if limits.user_rpm:
+            out.append(Check(f"{team}:u:{user}:r", limits.user_rpm, 1, "requests", "user"))
+        if limits.user_tpm:
+            out.append(Check(f"{team}:u:{user}:t", limits.user_tpm, 0, "tokens", "user"))
+    return out
+
+
+class LocalLimiter:
+    """In-process GCRA; also what the Redis limiter falls back to."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+
+    def take(self, checks: list[Check], now: float) -> list[Outcome]:
+        results = []
+        new: dict[str, float] = {}
+        for check in checks:
+            outcome, tat = gcra(self._tat.get(check.key), now, check.limit, check.cost)
+            results.append(outcome)
+            new[check.key] = tat
+        if all(o.allowed for o in results):  # all or nothing, like the Redis script
+            self._tat.update(new)
+        if len(self._tat) > 100_000:
+            self._expire(now)
+        return results
+
+    def charge(self, key: str, limit: int, tokens: int, now: float) -> None:
+        tat = self._tat.get(key)
+        start = now if tat is None or tat < now else tat
+        self._tat[key] = start + WINDOW_S / limit * tokens
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, tat in self._tat.items() if tat < now]:
+            del self._tat[key]
+
+
+# KEYS: the TAT keys. ARGV: per key (interval_s, cost). Server time, so replicas agree.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = 60.0
+local out, news = {}, {}
+local ok = 1
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local cost = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  local start = math.max(tat, now)
+  local new = start + interval * cost
+  local allowed = 1
+  local wait = 0
+  if cost > 0 and new - window > now then allowed = 0; wait = new - window - now end
+  if cost == 0 and start - now > window then allowed = 0; wait = start - window - now end
+  if allowed == 0 then ok = 0 end
+  news[i] = new
+  local remaining = math.max(math.floor((window - (new - now)) / interval), 0)
+  if allowed == 0 then remaining = 0; new = start end
+  out[i] = {allowed, remaining, tostring(new - now), tostring(wait)}
+end
+if ok == 1 then
+  for i, key in ipairs(KEYS) do
+    redis.call('SET', key, tostring(news[i]), 'PX', math.ceil((news[i] - now + 1) * 1000))
+  end
+end
+return out
+"""
+
+_CHARGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = math.max(tat, now) + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now + 1) * 1000))
+return 1
+"""
+
+
+class RateLimiter:
+    def __init__(self, url: str | None, *, timeout_s: float = 0.02, cooldown_s: float = 5.0, failures: int = 3,
+                 prefix: str = "sy:rl") -> None:
+        self.local = LocalLimiter()
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.cooldown_s = cooldown_s
+        self.failures = failures
+        self._failed = 0
+        self._skip_until = 0.0
+        self._redis = None
+        if url is not None:
+            import redis.asyncio as redis
+
+            self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=0)
+            self._take = self._redis.register_script(_TAKE)
+            self._charge = self._redis.register_script(_CHARGE)
+
+    async def admit(self, team: str, user: str | None, limits: LimitsConfig | None) -> list[tuple[bytes, bytes]]:
+        """Response headers for an admitted request; raises RateLimited (with headers) if over."""
+        if limits is None:
+            return []
+        checks = checks_for(team, user, limits)
+        if not checks:
+            return []
+        outcomes = await self._outcomes(checks)
+        headers = _headers(checks, outcomes)
+        for check, outcome in zip(checks, outcomes):
+            if not outcome.allowed:
+                retry = max(1, math.ceil(outcome.retry_after_s))
+                who = f"team {team!r}" if check.scope == "team" else f"user {user!r} of team {team!r}"
+                limit = f"{check.limit} {check.kind} per minute"
+                error = RateLimited(
+                    f"Rate limit reached for {who}: {limit}. Try again in {retry}s.",
+                    headers=[*headers, (b"retry-after", str(retry).encode())],
+                )
+                if check.kind == "tokens":
+                    error.type = "tokens"
+                raise error
+        return headers
+
+    def charge(self, team: str, user: str | None, limits: LimitsConfig | None, tokens: int) -> None:
+        """Count a finished request's tokens against its token limits (never refuses)."""
+        if limits is None or tokens <= 0:
+            return
+        now = time.time()
+        for check in checks_for(team, user, limits):
+            if check.kind == "tokens":
+                self.local.charge(check.key, check.limit, tokens, now)
+                if self._redis is not None and self._redis_usable():
+                    from proxy.providers.base import spawn
+
+                    spawn(self._charge_redis(check, tokens))
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # --- Redis, time-boxed, with a breaker
+
+    def _redis_usable(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    async def _outcomes(self, checks: list[Check]) -> list[Outcome]:
+        if self._redis is None or not self._redis_usable():
+            return self.local.take(checks, time.time())
+        keys = [f"{self.prefix}:{c.key}" for c in checks]
+        args: list[float] = []
+        for c in checks:
+            args += [WINDOW_S / c.limit, c.cost]
+        try:
+            raw = await asyncio.wait_for(self._take(keys=keys, args=args), self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any Redis trouble: decide locally
+            self._redis_failed(exc)
+            return self.local.take(checks, time.time())
+        self._failed = 0
+        outcomes = [Outcome(bool(a), int(r), float(reset), float(wait)) for a, r, reset, wait in raw]
+        if all(o.allowed for o in outcomes):  # keep the local view close, for when Redis goes away
+            self.local.take(checks, time.time())
+        return outcomes
+
+    async def _charge_redis(self, check: Check, tokens: int) -> None:
+        try:
+            await asyncio.wait_for(
+                self._charge(keys=[f"{self.prefix}:{check.key}"], args=[WINDOW_S / check.limit * tokens]),
+                max(self.timeout_s * 10, 0.2),
+            )
+        except Exception as exc:  # noqa: BLE001
+            self._redis_failed(exc)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._failed += 1
+        if self._failed >= self.failures and self._redis_usable():
+            self._skip_until = time.monotonic() + self.cooldown_s
+            log.warning("rate limits: Redis failing (%s); limiting locally for %.0f s", exc or type(exc).__name__,
+                        self.cooldown_s)
+
+
+def _headers(checks: list[Check], outcomes: list[Outcome]) -> list[tuple[bytes, bytes]]:
+    """OpenAI-style headers, from the tightest team or user limit of each kind."""
+    out: list[tuple[bytes, bytes]] = []
+    for kind in ("requests", "tokens"):
+        pairs = [(c, o) for c, o in zip(checks, outcomes) if c.kind == kind]
+        if not pairs:
+            continue
+        check, outcome = min(pairs, key=lambda p: p[1].remaining)
+        out += [
+            (f"x-ratelimit-limit-{kind}".encode(), str(check.limit).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(outcome.remaining).encode()),
+            (f"x-ratelimit-reset-{kind}".encode(), duration(outcome.reset_s).encode()),
+        ]
+    return out
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: 20ms, 1s, 6m0s."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

@@ -1,0 +1,201 @@
+"""Accounting: what each request cost, who pays, and whether they still may.
+
+`Accounting` is the one object the endpoint talks to: `admit()` before the upstream
+call (rate limits, then budget; raises the 429s), `finish()` when the request has ended
+(ledger row, spend, tokens against limits, budget alerts). Nothing here does I/O on the
+request path except the Redis rate-limit script, which is time-boxed.
+
+Settings that are read per request (team budgets and limits, baseline model, alert
+webhook, time zone) follow config reloads; where the ledger and the shared counters
+live (`ledger.path`, `accounting.backend`/`url`) is fixed at start, and a reload that
+changes them says so in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from proxy.accounting.alerts import AlertDispatcher
+from proxy.accounting.budgets import Alert, Budgets
+from proxy.accounting.ledger import LedgerReader, LedgerWriter
+from proxy.accounting.limits import RateLimiter
+from proxy.accounting.spend import DAY, MONTH, Periods, RedisSpendCounters, SpendCounters, periods_at
+from proxy.snapshot import Snapshot
+from proxy.telemetry.record import RequestRecord
+from proxy.usage import tokens
+
+log = logging.getLogger("switchyard.accounting")
+
+
+def ledger_path(snapshot: Snapshot) -> str | None:
+    path = snapshot.config.ledger.path
+    if path == "off":
+        return None
+    if os.path.isabs(path) or snapshot.source.startswith("<"):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(snapshot.source)), path)
+
+
+class Accounting:
+    def __init__(self, snapshot: Snapshot, metrics: Any = None) -> None:
+        self._metrics = metrics
+        self.path = ledger_path(snapshot)
+        ledger = snapshot.config.ledger
+        self.writer = (
+            LedgerWriter(self.path, batch_size=ledger.batch_size, flush_interval_s=ledger.flush_interval_s,
+                         max_pending=ledger.max_pending, on_error=self._ledger_error)
+            if self.path else None
+        )
+        self.reader = LedgerReader(self.path) if self.path else None
+        settings = snapshot.config.accounting
+        self._fixed = (snapshot.config.ledger, settings.backend, settings.url)
+        shared = settings.backend == "redis"
+        self.counters: SpendCounters = (
+            RedisSpendCounters(settings.url, timeout_s=settings.timeout_ms / 1000,
+                               sync_interval_s=settings.sync_interval_s)
+            if shared else SpendCounters()
+        )
+        self.limiter = RateLimiter(settings.url if shared else None, timeout_s=settings.timeout_ms / 1000)
+        self.alerts = AlertDispatcher(self.writer, metrics)
+        self.alerts.webhook_for = self._webhook_for
+        if isinstance(self.counters, RedisSpendCounters):
+            self.alerts.shared = self.counters
+        self.budgets = Budgets(self.counters, self.alerts.raise_alert, self._claim_alert)
+        self._claimed: set[tuple[str, str, str, float]] = set()
+        self._started: asyncio.Future[None] | None = None
+        self.snapshot = snapshot
+
+    # --- lifecycle (lazy, so in-process apps without a lifespan work too)
+
+    async def ready(self) -> None:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            try:
+                await self._start()
+            except BaseException as exc:
+                self._started.set_exception(exc)
+                raise
+            self._started.set_result(None)
+        await self._started
+
+    async def _start(self) -> None:
+        if self.writer is not None:
+            await self.writer.start()
+        await self._seed()
+        await self.counters.start()
+
+    async def _seed(self) -> None:
+        """Counters and raised alerts of the current periods, from the ledger."""
+        if self.reader is None:
+            return
+        periods = self.periods()
+        try:
+            day = await self.reader.spend_by_team_since(periods.day_start)
+            month = await self.reader.spend_by_team_since(periods.month_start)
+            raised = await self.reader.alerts_since(periods.month_start)
+        except Exception as exc:  # noqa: BLE001 - an unreadable ledger must not stop serving
+            log.error("cannot read the ledger to restore today's spend (%s); counting from zero", exc)
+            return
+        values = {(t, periods.day): v for t, v in day.items()} | {(t, periods.month): v for t, v in month.items()}
+        if isinstance(self.counters, RedisSpendCounters):
+            await self.counters.seed(values)
+            self.counters.watch_all(self.snapshot.teams, periods)
+        else:
+            for (team, key), usd in values.items():
+                self.counters.set(team, key, usd)
+        for row in raised:
+            self._claimed.add((row["team"], row["period"], row["period_key"], row["threshold"]))
+
+    async def aclose(self) -> None:
+        if self._started is None:
+            return
+        await self.counters.close()
+        await self.limiter.aclose()
+        await self.alerts.aclose()
+        if self.writer is not None:
+            await self.writer.close()
+
+    def configure(self, snapshot: Snapshot) -> None:
+        settings = snapshot.config.accounting
+        if (snapshot.config.ledger, settings.backend, settings.url) != self._fixed:
+            log.warning("ledger and accounting backend/url changes take effect at the next restart")
+        self.snapshot = snapshot
+        if isinstance(self.counters, RedisSpendCounters):
+            self.counters.watch_all(snapshot.teams, self.periods())
+
+    def periods(self, ts: float | None = None) -> Periods:
+        return periods_at(time.time() if ts is None else ts, ZoneInfo(self.snapshot.config.accounting.timezone))
+
+    # --- the request path
+
+    async def admit(self, record: RequestRecord, snapshot: Snapshot) -> list[tuple[bytes, bytes]]:
+        """Rate limits, then budget; the rate-limit headers for the response."""
+        team = snapshot.config.teams.get(record.team or "")
+        if team is None or (team.limits is None and team.budget is None):
+            return []
+        await self.ready()
+        headers = await self.limiter.admit(record.team, record.user, team.limits)
+        if self.budgets.admit(record.team, team.budget, self.periods()):
+            record.budget_held = True
+        return headers
+
+    def finish(self, record: RequestRecord, snapshot: Snapshot) -> None:
+        """Everything a finished request leaves behind, none of it awaited."""
+        if record.team is None:
+            return  # not a team's request (refused before auth): nothing to attribute
+        team = snapshot.config.teams.get(record.team)
+        if record.budget_held:
+            self.budgets.release(record.team)
+        baseline = snapshot.config.accounting.baseline_model
+        if baseline and record.usage is not None:
+            record.baseline_usd = snapshot.prices.cost(baseline, record.usage)
+        if self.writer is not None:
+            if self._started is None:
+                asyncio.get_running_loop().create_task(self.ready())
+            self.writer.append(ledger_row(record))
+        if team is None:
+            return
+        if record.cost_usd:
+            self.budgets.spend(record.team, record.cost_usd, team.budget, self.periods())
+        if team.limits is not None and record.usage is not None:
+            self.limiter.charge(record.team, record.user, team.limits, sum(tokens(record.usage)))
+
+    # --- alerts: once per team, period and threshold
+
+    def _claim_alert(self, alert: Alert) -> bool:
+        key = (alert.team, alert.period, alert.period_key, alert.threshold)
+        if key in self._claimed:
+            return False
+        self._claimed.add(key)
+        return True
+
+    def _webhook_for(self, team: str) -> str | None:
+        config = self.snapshot.config
+        budget = config.teams[team].budget if team in config.teams else None
+        return (budget.webhook_url if budget is not None else None) or config.accounting.alert_webhook
+
+    def _ledger_error(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.ledger_error(kind)
+
+
+def ledger_row(record: RequestRecord) -> tuple[Any, ...]:
+    input_tokens, output_tokens = tokens(record.usage)
+    ttft = record.ttft()
+    has_usage = record.usage is not None
+    return (
+        record.request_id, record.started_wall, record.team, record.user, record.requested_model, record.route,
+        record.provider, record.model, record.status, record.error_kind, int(record.stream), record.cache,
+        input_tokens if has_usage else None, output_tokens if has_usage else None,
+        record.cost_usd, record.saved_usd, record.baseline_usd,
+        round(record.duration() * 1000, 3), None if ttft is None else round(ttft * 1000, 3),
+        record.experiment, record.variant,
+    )
+
+
+__all__ = ["Accounting", "DAY", "MONTH", "ledger_path", "ledger_row"]
