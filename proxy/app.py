@@ -18,7 +18,8 @@ from starlette.routing import Route
 from proxy.accounting.service import Accounting
 from proxy.auth import authenticate, authenticate_admin
 from proxy.endpoint import Active, ProxyEndpoint
-from proxy.errors import NoHealthyUpstream, NotFound, ProxyError, error_body
+from proxy.accounting.reports import GROUPS
+from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, ProxyError, error_body
 from proxy.cache import ResponseCache, build_cache
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.providers.base import spawn
@@ -109,6 +110,37 @@ def create_app(
             raise NotFound(f"The model {name!r} does not exist or you do not have access to it.")
         return json_response(_model(name))
 
+    async def usage(request: Request) -> Response:
+        active = runtime.active()
+        team = authenticate(active.snapshot, request.headers)
+        assert active.accounting is not None
+        return json_response(await active.accounting.team_usage(team.name))
+
+    async def admin_usage(request: Request) -> Response:
+        active = runtime.active()
+        authenticate_admin(active.snapshot, request.headers)
+        assert active.accounting is not None
+        q = request.query_params
+        group_by = q.get("group_by") or "team"
+        if group_by not in GROUPS:
+            raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
+        team = q.get("team") or None
+        if team is not None and team not in active.snapshot.teams:
+            raise NotFound(f"no team {team!r} in the config")
+        try:
+            report = await active.accounting.usage_report(
+                since=q.get("since"), until=q.get("until"), team=team, group_by=group_by
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"since/until: {exc}", param="since") from None
+        return json_response(report)
+
+    async def admin_costs(request: Request) -> Response:
+        active = runtime.active()
+        authenticate_admin(active.snapshot, request.headers)
+        assert active.accounting is not None
+        return json_response(await active.accounting.costs())
+
     async def metrics(request: Request) -> Response:
         return Response(runtime.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
@@ -195,6 +227,7 @@ def create_app(
               methods=["POST"]),
         Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings", runtime.telemetry), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -202,6 +235,8 @@ def create_app(
         Route("/admin/config", admin_config, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
         Route("/admin/cache", admin_cache_purge, methods=["DELETE"]),
+        Route("/admin/usage", admin_usage, methods=["GET"]),
+        Route("/admin/costs", admin_costs, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--rand", type=float, default=None, help="fix the split draw (0..1)")
     route.set_defaults(run=_route)
 
+    usage = sub.add_parser("usage", help="spend, tokens and savings from the ledger, as a table")
+    usage.add_argument("--config", default=None)
+    usage.add_argument("--team", default=None)
+    usage.add_argument("--since", default=None, help="ISO date/time or epoch seconds (default: start of the month)")
+    usage.add_argument("--until", default=None, help="default: now")
+    usage.add_argument("--group-by", default="team", choices=["team", "model", "route", "provider", "user", "day"])
+    usage.set_defaults(run=_usage)
+
     keys = sub.add_parser("keys", help="manage team keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="print a fresh key and the line to put in proxy.yaml")
@@ -219,3 +227,67 @@ def _keys_new(args: argparse.Namespace) -> int:
     print("\nadd this line under the team's keys in proxy.yaml:")
     print(f'  teams:\n    {args.team}:\n      keys: ["sha256:{hash_key(key)}"]')
     return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import asyncio
+    from zoneinfo import ZoneInfo
+
+    from proxy.accounting import reports
+    from proxy.accounting.ledger import LedgerReader
+    from proxy.accounting.service import ledger_path
+    from proxy.accounting.spend import periods_at
+
+    path = _config_path(args.config)
+    try:
+        snapshot = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return 1
+    ledger = ledger_path(snapshot)
+    if ledger is None:
+        print("the ledger is off (ledger.path: off): nothing to report", file=sys.stderr)
+        return 1
+    zone = ZoneInfo(snapshot.config.accounting.timezone)
+    periods = periods_at(datetime.now(timezone.utc).timestamp(), zone)
+    try:
+        since = reports.parse_time(args.since, periods.month_start, zone)
+        until = reports.parse_time(args.until, periods.now + 1, zone)
+    except ValueError as exc:
+        print(f"--since/--until: {exc}", file=sys.stderr)
+        return 2
+    reader = LedgerReader(ledger)
+    rows = asyncio.run(reports.usage(reader, since=since, until=until, team=args.team,
+                                     group_by=args.group_by, zone=zone))
+    print(f"ledger {ledger}, {reports.iso(since)} .. {reports.iso(until)}"
+          + (f", team {args.team}" if args.team else ""))
+    header = (args.group_by, "requests", "errors", "cache hits", "tokens in", "tokens out", "cost $",
+              "cache saved $", "routing saved $")
+    _table([header] + [
+        (str(r["key"]), str(r["requests"]), str(r["errors"]), str(r["cache_hits"]), str(r["input_tokens"]),
+         str(r["output_tokens"]), f"{r['cost_usd']:.6f}", f"{r['cache_savings_usd']:.6f}",
+         f"{r['routing_savings_usd']:.6f}")
+        for r in rows
+    ])
+    teams = [args.team] if args.team else sorted(snapshot.config.teams)
+    budgets = [(t, snapshot.config.teams[t].budget) for t in teams if t in snapshot.config.teams]
+    if any(b is not None for _, b in budgets):
+        today = asyncio.run(reader.spend_by_team_since(periods.day_start))
+        month = asyncio.run(reader.spend_by_team_since(periods.month_start))
+        print()
+        lines = [("team", "today $", "daily budget $", "month $", "monthly budget $", "month-end projection $")]
+        for team, budget in budgets:
+            if budget is None:
+                continue
+            daily = asyncio.run(reports.daily_spend(reader, team, periods.month_start, periods.now + 1))
+            p = reports.projection(month.get(team, 0.0), daily, periods, budget.monthly_usd)
+            span = f" ({p['low_usd']:.4f}..{p['high_usd']:.4f}, 95%)" if p["confidence"] else ""
+            lines.append((team, f"{today.get(team, 0.0):.6f}", _money(budget.daily_usd),
+                          f"{month.get(team, 0.0):.6f}", _money(budget.monthly_usd),
+                          f"{p['month_end_usd']:.4f}{span}"))
+        _table(lines)
+    return 0
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

@@ -180,6 +180,17 @@ class LedgerWriter:
             await self._db.close()
             self._db = None
 
+    async def flush(self, timeout_s: float = 2.0) -> bool:
+        """Ask for everything queued to be written now; True once it is (for reports)."""
+        if self._task is None:
+            return not self._pending
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (self._pending or self._events) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+            self._wake.set()
+        return not self._pending
+
     def stats(self) -> LedgerStats:
         return LedgerStats(len(self._pending) + len(self._events), self.written, self.write_errors, self.dropped)
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from proxy.accounting import reports
 from proxy.accounting.alerts import AlertDispatcher
 from proxy.accounting.budgets import Alert, Budgets
 from proxy.accounting.ledger import LedgerReader, LedgerWriter
@@ -165,6 +166,89 @@ class Accounting:
         if team.limits is not None and record.usage is not None:
             self.limiter.charge(record.team, record.user, team.limits, sum(tokens(record.usage)))
 
+    # --- reports
+
+    async def team_usage(self, team: str) -> dict[str, Any]:
+        """What `GET /v1/usage` shows a team about itself."""
+        await self.ready()
+        config = self.snapshot.config.teams.get(team)
+        budget = config.budget if config else None
+        limits = config.limits if config else None
+        periods = self.periods()
+        today = self.counters.spent(team, periods.day)
+        month = self.counters.spent(team, periods.month)
+        totals: dict[str, Any] = {}
+        daily: dict[int, float] = {}
+        if self.reader is not None and self.writer is not None:
+            await self.writer.flush()
+            rows = await reports.usage(self.reader, since=periods.month_start, until=periods.now + 1, team=team,
+                                       group_by="team", zone=self.zone())
+            totals = rows[0] if rows else {}
+            daily = await reports.daily_spend(self.reader, team, periods.month_start, periods.now + 1)
+        monthly = budget.monthly_usd if budget else None
+        return {
+            "object": "usage",
+            "team": team,
+            "day": periods.day,
+            "month": periods.month,
+            "spend": {"today_usd": round(today, 10), "month_usd": round(month, 10)},
+            "requests": {"month": totals.get("requests", 0), "errors": totals.get("errors", 0),
+                         "cache_hits": totals.get("cache_hits", 0)},
+            "tokens": {"input": totals.get("input_tokens", 0), "output": totals.get("output_tokens", 0)},
+            "budget": None if budget is None else {
+                "daily_usd": budget.daily_usd,
+                "monthly_usd": budget.monthly_usd,
+                "remaining_today_usd": None if budget.daily_usd is None else round(budget.daily_usd - today, 10),
+                "remaining_month_usd": None if monthly is None else round(monthly - month, 10),
+                "alerts": budget.alerts,
+                "exceeded": _spent(self.budgets.remaining(team, budget, periods)),
+            },
+            "limits": None if limits is None else limits.model_dump(exclude_none=True),
+            "projection": reports.projection(month, daily, periods, monthly),
+            "savings": {
+                "cache_usd": totals.get("cache_savings_usd", 0.0),
+                "routing_usd": totals.get("routing_savings_usd", 0.0),
+                "baseline_model": self.snapshot.config.accounting.baseline_model,
+            },
+        }
+
+    async def usage_report(self, *, since: str | None, until: str | None, team: str | None,
+                           group_by: str) -> dict[str, Any]:
+        await self.ready()
+        periods = self.periods()
+        zone = self.zone()
+        start = reports.parse_time(since, periods.month_start, zone)
+        end = reports.parse_time(until, periods.now + 1, zone)
+        rows: list[dict[str, Any]] = []
+        if self.reader is not None and self.writer is not None:
+            await self.writer.flush()
+            rows = await reports.usage(self.reader, since=start, until=end, team=team, group_by=group_by, zone=zone)
+        return {"object": "usage_report", "since": reports.iso(start), "until": reports.iso(end),
+                "group_by": group_by, "team": team, "data": rows}
+
+    async def costs(self) -> dict[str, Any]:
+        """`GET /admin/costs`: per-team spend, budgets and projections, 30 days of history, alerts."""
+        await self.ready()
+        periods = self.periods()
+        teams = []
+        for name, config in self.snapshot.config.teams.items():
+            usage = await self.team_usage(name)
+            teams.append({"team": name, "spend": usage["spend"], "budget": usage["budget"],
+                          "projection": usage["projection"], "savings": usage["savings"]})
+        history: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        if self.reader is not None:
+            history = (await self.usage_report(since=str(periods.now - 30 * 86400), until=None, team=None,
+                                               group_by="day"))["data"]
+            for row in await self.reader.alerts_since(periods.month_start):
+                if row["period_key"] in (periods.day, periods.month):
+                    alerts.append({k: row[k] for k in row.keys()})
+        return {"object": "costs", "day": periods.day, "month": periods.month, "teams": teams,
+                "history": history, "active_alerts": alerts}
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.snapshot.config.accounting.timezone)
+
     # --- alerts: once per team, period and threshold
 
     def _claim_alert(self, alert: Alert) -> bool:
@@ -182,6 +266,10 @@ class Accounting:
     def _ledger_error(self, kind: str) -> None:
         if self._metrics is not None:
             self._metrics.ledger_error(kind)
+
+
+def _spent(remaining: float | None) -> bool:
+    return remaining is not None and remaining <= 0
 
 
 def ledger_row(record: RequestRecord) -> tuple[Any, ...]:

@@ -1,0 +1,607 @@
+"""Ledger, budgets, alerts, rate limits and usage reports: pure parts table-driven, then the
+whole app in process (mock provider with a price, a real webhook receiver)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import AsyncIterator
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from proxy.accounting import ledger as ledger_module
+from proxy.accounting.budgets import Budgets
+from proxy.accounting.ledger import COLUMNS, LedgerWriter, migrate, open_db
+from proxy.accounting.limits import LocalLimiter, Check, duration, gcra
+from proxy.accounting.reports import projection
+from proxy.accounting.spend import SpendCounters, periods_at
+from proxy.app import create_app
+from proxy.config import BudgetConfig
+from proxy.errors import BudgetExceeded
+from support import FakeUpstream, free_port
+
+UTC = ZoneInfo("UTC")
+KEY = "sk-acct-team-1"
+OTHER = "sk-acct-team-2"
+ADMIN = "admin-acct-1"
+PRICE = 1000.0  # USD per 1M tokens: a mock answer (7 in + ~14 out) costs about $0.02
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+# ---------------------------------------------------------------- periods
+
+
+@pytest.mark.parametrize(
+    "at, zone, day, month",
+    [
+        ("2026-11-24T08:00:00", "UTC", "2026-11-24", "2026-11"),
+        ("2026-11-30T23:59:59", "UTC", "2026-11-30", "2026-11"),
+        ("2026-12-01T00:00:00", "UTC", "2026-12-01", "2026-12"),
+        ("2026-12-31T23:59:59", "UTC", "2026-12-31", "2026-12"),
+        ("2027-01-01T00:00:01", "UTC", "2027-01-01", "2027-01"),
+        ("2026-12-01T03:00:00", "America/New_York", "2026-11-30", "2026-11"),  # still November there
+        ("2026-11-30T23:30:00", "Asia/Tokyo", "2026-12-01", "2026-12"),
+    ],
+)
+def test_periods(at, zone, day, month):
+    p = periods_at(ts(at), ZoneInfo(zone))
+    assert (p.day, p.month) == (day, month)
+    assert p.month_start <= p.day_start <= p.now < p.month_end
+
+
+def test_month_lengths():
+    for at, days in (("2026-02-10T00:00:00", 28), ("2028-02-10T00:00:00", 29), ("2026-12-10T00:00:00", 31)):
+        p = periods_at(ts(at), UTC)
+        assert (p.month_end - p.month_start) / 86400 == days
+
+
+# ---------------------------------------------------------------- GCRA
+
+
+@pytest.mark.parametrize(
+    "limit, cost, calls, allowed",
+    [
+        (3, 1, 3, [True, True, True]),
+        (3, 1, 5, [True, True, True, False, False]),
+        (1, 1, 2, [True, False]),
+        (60, 1, 61, [True] * 60 + [False]),
+    ],
+)
+def test_gcra_burst_then_refuse(limit, cost, calls, allowed):
+    tat = None
+    got = []
+    for _ in range(calls):
+        outcome, tat = gcra(tat, 1000.0, limit, cost)
+        got.append(outcome.allowed)
+    assert got == allowed
+
+
+def test_gcra_refills_at_the_steady_rate():
+    tat = None
+    for _ in range(6):
+        _, tat = gcra(tat, 0.0, 6, 1)  # 6 per minute: one every 10 s
+    refused, _ = gcra(tat, 0.0, 6, 1)
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(10)
+    later, _ = gcra(tat, 10.0, 6, 1)
+    assert later.allowed and later.remaining == 0
+
+
+def test_gcra_remaining_counts_down():
+    tat = None
+    remaining = []
+    for _ in range(4):
+        outcome, tat = gcra(tat, 0.0, 4, 1)
+        remaining.append(outcome.remaining)
+    assert remaining == [3, 2, 1, 0]
+
+
+def test_token_limit_admits_until_overdrawn_then_waits():
+    limiter = LocalLimiter()
+    check = [Check("t", 100, 0, "tokens", "team")]
+    assert limiter.take(check, 0.0)[0].allowed
+    limiter.charge("t", 100, 250, 0.0)  # 2.5 minutes' worth
+    refused = limiter.take(check, 1.0)[0]
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(89)
+    assert limiter.take(check, 91.0)[0].allowed
+
+
+def test_local_limiter_is_all_or_nothing():
+    limiter = LocalLimiter()
+    team, user = Check("team", 10, 1, "requests", "team"), Check("user", 1, 1, "requests", "user")
+    assert all(o.allowed for o in limiter.take([team, user], 0.0))
+    assert not all(o.allowed for o in limiter.take([team, user], 0.0))  # user over
+    # the refused request did not use the team's allowance
+    assert limiter.take([team], 0.0)[0].remaining == 8
+
+
+@pytest.mark.parametrize("seconds, text", [(0.02, "20ms"), (0.0, "0ms"), (1, "1s"), (1.2, "2s"), (59.5, "1m0s"),
+                                           (360, "6m0s"), (61, "1m1s")])
+def test_reset_format(seconds, text):
+    assert duration(seconds) == text
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def make_budgets() -> tuple[Budgets, list]:
+    raised: list = []
+    claimed: set = set()
+
+    def claim(alert) -> bool:
+        key = (alert.team, alert.period, alert.period_key, alert.threshold)
+        if key in claimed:
+            return False
+        claimed.add(key)
+        return True
+
+    return Budgets(SpendCounters(), raised.append, claim), raised
+
+
+def test_budget_refuses_once_spent():
+    budgets, _ = make_budgets()
+    budget = BudgetConfig(daily_usd=1.0)
+    p = periods_at(ts("2026-11-24T10:00:00"), UTC)
+    assert budgets.admit("a", budget, p)
+    budgets.release("a")
+    budgets.spend("a", 1.0, budget, p)
+    with pytest.raises(BudgetExceeded) as info:
+        budgets.admit("a", budget, p)
+    assert info.value.status == 429 and info.value.type == "insufficient_quota"
+    assert info.value.code == "budget_exceeded"
+    # the next day starts afresh; the month keeps counting
+    tomorrow = periods_at(ts("2026-11-25T00:00:01"), UTC)
+    assert budgets.admit("a", budget, tomorrow)
+
+
+def test_monthly_budget_resets_at_the_month_boundary():
+    budgets, _ = make_budgets()
+    budget = BudgetConfig(monthly_usd=5.0)
+    last = periods_at(ts("2026-11-30T23:59:59"), UTC)
+    budgets.spend("a", 5.0, budget, last)
+    with pytest.raises(BudgetExceeded):
+        budgets.admit("a", budget, last)
+    first = periods_at(ts("2026-12-01T00:00:00"), UTC)
+    assert budgets.admit("a", budget, first)
+
+
+def test_alerts_fire_once_per_threshold_and_period():
+    budgets, raised = make_budgets()
+    budget = BudgetConfig(daily_usd=10.0, alerts=[0.5, 0.75, 0.9])
+    p = periods_at(ts("2026-11-24T10:00:00"), UTC)
+    for _ in range(12):
+        budgets.spend("a", 1.0, budget, p)
+    assert [(a.period, a.threshold) for a in raised] == [("day", 0.5), ("day", 0.75), ("day", 0.9), ("day", 1.0)]
+    assert raised[0].spent_usd == pytest.approx(5.0)
+    nxt = periods_at(ts("2026-11-25T10:00:00"), UTC)
+    budgets.spend("a", 6.0, budget, nxt)  # a new day: 0.5 again, in one jump
+    assert [(a.period_key, a.threshold) for a in raised[4:]] == [("2026-11-25", 0.5)]
+
+
+def test_one_jump_over_several_thresholds_raises_each():
+    budgets, raised = make_budgets()
+    budget = BudgetConfig(monthly_usd=10.0, alerts=[0.5, 0.75])
+    budgets.spend("a", 20.0, budget, periods_at(ts("2026-11-24T10:00:00"), UTC))
+    assert [a.threshold for a in raised] == [0.5, 0.75, 1.0]
+
+
+def test_near_the_edge_only_one_request_at_a_time():
+    budgets, _ = make_budgets()
+    budget = BudgetConfig(daily_usd=1.0)
+    p = periods_at(ts("2026-11-24T10:00:00"), UTC)
+    budgets.spend("a", 0.1, budget, p)  # learns what a request costs: 0.1
+    admitted = 0
+    try:
+        for _ in range(50):
+            budgets.admit("a", budget, p)
+            admitted += 1
+    except BudgetExceeded as exc:
+        assert exc.headers == [(b"retry-after", b"1")]
+    assert admitted == 9  # 0.9 left: 9 in flight may cost 0.9; a 10th could overshoot
+    for _ in range(8):
+        budgets.release("a")
+        budgets.spend("a", 0.1, budget, p)
+    budgets.release("a")  # the last one failed: it cost nothing
+    # 0.1 left, nothing in flight: one more may go (and overshoot by at most its own cost)
+    assert budgets.admit("a", budget, p)
+    with pytest.raises(BudgetExceeded):
+        budgets.admit("a", budget, p)
+
+
+# ---------------------------------------------------------------- projection
+
+
+def test_projection_without_history_has_no_interval():
+    p = periods_at(ts("2026-11-01T12:00:00"), UTC)
+    out = projection(1.0, {0: 1.0}, p, monthly_budget=100.0)
+    assert out["confidence"] is None and out["low_usd"] is None
+    assert out["month_end_usd"] == pytest.approx(1.0 + 2.0 * 29.5)  # 1 $ in half a day
+    assert out["over_budget"] is False
+
+
+def test_projection_with_history_has_an_interval_around_the_mean():
+    p = periods_at(ts("2026-11-11T00:00:00"), UTC)
+    daily = {i: 10.0 + (1 if i % 2 else -1) for i in range(10)}  # 9, 11, 9, 11 ...
+    out = projection(100.0, daily, p, monthly_budget=250.0)
+    assert out["month_end_usd"] == pytest.approx(300.0)
+    assert out["confidence"] == 0.95
+    assert out["low_usd"] < 300.0 < out["high_usd"]
+    assert out["chance_over_budget"] > 0.99
+    steady = projection(100.0, {i: 10.0 for i in range(10)}, p, monthly_budget=350.0)
+    assert steady["low_usd"] == steady["high_usd"] == pytest.approx(300.0)
+    assert steady["chance_over_budget"] == 0.0
+
+
+# ---------------------------------------------------------------- ledger writer
+
+
+def row(i: int, team: str = "a", cost: float = 0.01) -> tuple:
+    values = dict.fromkeys(COLUMNS)
+    values.update(id=f"r{i}", ts=1000.0 + i, team=team, status=200, stream=0, cache="miss", cost_usd=cost,
+                  input_tokens=1, output_tokens=2)
+    return tuple(values[c] for c in COLUMNS)
+
+
+def count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+
+
+async def test_ledger_writes_in_batches_and_on_close(tmp_path):
+    path = tmp_path / "ledger.db"
+    writer = LedgerWriter(str(path), batch_size=10, flush_interval_s=60)
+    await writer.start()
+    for i in range(3):
+        writer.append(row(i))
+    await asyncio.sleep(0.2)
+    assert not path.exists() or count(path) == 0  # a part batch waits for the interval
+    for i in range(3, 25):
+        writer.append(row(i))
+    await asyncio.sleep(0.2)
+    assert count(path) == 25  # a full batch wakes the writer, which writes all it has
+    for i in range(25, 30):
+        writer.append(row(i))
+    await writer.close()
+    assert count(path) == 30
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(ledger_module.MIGRATIONS)
+
+
+async def test_ledger_unwritable_then_recovers_without_losing_rows(tmp_path):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the ledger's directory should be")
+    path = blocker / "ledger.db"
+    errors: list[str] = []
+    writer = LedgerWriter(str(path), batch_size=5, flush_interval_s=0.05, on_error=errors.append)
+    await writer.start()
+    for i in range(12):
+        writer.append(row(i))
+    await asyncio.sleep(0.4)
+    assert errors and writer.stats().pending == 12 and writer.write_errors >= 1
+    blocker.unlink()  # the operator fixes the volume
+    blocker.mkdir()
+    await writer.close()
+    assert count(path) == 12
+
+
+async def test_ledger_disk_full_rows_are_kept_and_retried(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.db"
+    real_open = ledger_module.open_db
+    full = {"on": True}
+
+    async def open_full(p: str):
+        db = await real_open(p)
+        if full["on"]:  # SQLite's own "database or disk is full", as on a full volume
+            pages = (await (await db.execute("PRAGMA page_count")).fetchone())[0]
+            await db.execute(f"PRAGMA max_page_count = {pages}")
+        return db
+
+    monkeypatch.setattr(ledger_module, "open_db", open_full)
+    errors: list[str] = []
+    writer = LedgerWriter(str(path), batch_size=500, flush_interval_s=0.05, on_error=errors.append)
+    await writer.start()
+    for i in range(400):
+        writer.append(row(i, cost=0.5))
+    await asyncio.sleep(0.5)
+    assert "disk_full" in errors
+    assert writer.stats().pending == 400
+    full["on"] = False
+    await writer.close()
+    assert count(path) == 400
+
+
+async def test_ledger_bounded_memory_counts_what_it_drops(tmp_path):
+    errors: list[str] = []
+    writer = LedgerWriter(str(tmp_path / "x" / "l.db"), max_pending=3, on_error=errors.append)
+    for i in range(5):
+        writer.append(row(i))
+    assert writer.dropped == 2 and errors == ["dropped", "dropped"]
+    assert writer.stats().pending == 3
+
+
+async def test_migrations_are_idempotent_and_refuse_a_newer_schema(tmp_path):
+    path = str(tmp_path / "l.db")
+    db = await open_db(path)
+    assert await migrate(db) == len(ledger_module.MIGRATIONS)
+    await db.execute("PRAGMA user_version = 99")
+    await db.commit()
+    with pytest.raises(RuntimeError, match="newer"):
+        await migrate(db)
+    await db.close()
+
+
+# ---------------------------------------------------------------- the app
+
+
+def config(hook: str = "", *, budget: str = "", limits: str = "", extra: str = "") -> str:
+    return f"""
+server: {{admin_keys: ["{ADMIN}"]}}
+ledger: {{path: ledger.db, flush_interval_s: 0.05}}
+accounting: {{baseline_model: mock/expensive{', alert_webhook: "' + hook + '"' if hook else ''}}}
+providers:
+  mock: {{type: mock}}
+pricing:
+  mock/mock-fast: {{input: {PRICE}, output: {PRICE}}}
+  mock/expensive: {{input: {PRICE * 10}, output: {PRICE * 10}}}
+teams:
+  search:
+    keys: ["{KEY}"]
+    {budget}
+    {limits}
+  other: {{keys: ["{OTHER}"]}}
+routes:
+  - {{name: fast, match: {{model: fast}}, to: mock/mock-fast}}
+  - {{name: free, match: {{model: free}}, to: mock/unpriced}}
+{extra}
+"""
+
+
+async def make(tmp_path: Path, text: str) -> tuple:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    app = create_app(str(path), watch=False)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return app, client
+
+
+async def close(app, client) -> None:
+    await client.aclose()
+    await app.state.runtime.aclose()
+
+
+def chat(model: str = "fast", text: str = "hello", **fields) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as receiver:
+        receiver.post("/hook").respond(204)
+        yield receiver
+
+
+async def test_every_request_gets_a_ledger_row(tmp_path):
+    app, client = await make(tmp_path, config())
+    try:
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat(stream=True), headers=AUTH)).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat("nope"), headers=AUTH)).status_code == 404
+        assert (await client.post("/v1/chat/completions", json=chat(), headers={"x": "no key"})).status_code == 401
+    finally:
+        await close(app, client)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM requests ORDER BY ts").fetchall()
+    assert [(r["status"], r["stream"], r["route"]) for r in rows] == [(200, 0, "fast"), (200, 1, "fast"),
+                                                                       (404, 0, None)]
+    first, streamed = rows[0], rows[1]
+    assert first["team"] == "search" and first["model"] == "mock-fast" and first["provider"] == "mock"
+    assert first["input_tokens"] > 0 and first["cost_usd"] > 0
+    assert streamed["input_tokens"] == first["input_tokens"]  # usage asked for upstream
+    assert streamed["ttft_ms"] is not None and streamed["cost_usd"] == pytest.approx(first["cost_usd"])
+    assert first["baseline_usd"] == pytest.approx(first["cost_usd"] * 10)
+
+
+async def test_budget_refuses_with_insufficient_quota_and_alerts_by_webhook(tmp_path, hook):
+    text = config(f"{hook.base_url}/hook", budget="budget: {daily_usd: 0.05, alerts: [0.5]}")
+    app, client = await make(tmp_path, text)
+    try:
+        statuses = []
+        for i in range(6):
+            r = await client.post("/v1/chat/completions", json=chat(text=f"q{i}"), headers=AUTH)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                error = r.json()["error"]
+                assert error["type"] == "insufficient_quota" and error["code"] == "budget_exceeded"
+                assert "search" in error["message"]
+        assert statuses[:2] == [200, 200] and 429 in statuses
+        other = await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {OTHER}"})
+        assert other.status_code == 200  # another team's budget is its own
+        for _ in range(100):
+            if len(hook.post("/hook").calls) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        sent = [c.json() for c in hook.post("/hook").calls.items]
+        assert [(s["team"], s["period"], s["threshold"]) for s in sent] == [("search", "day", 0.5),
+                                                                           ("search", "day", 1.0)]
+        usage = (await client.get("/v1/usage", headers=AUTH)).json()
+        assert usage["budget"]["exceeded"] is True
+        assert usage["budget"]["remaining_today_usd"] <= 0
+        costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()
+        assert {(a["team"], a["threshold"]) for a in costs["active_alerts"]} == {("search", 0.5), ("search", 1.0)}
+        text_metrics = (await client.get("/metrics")).text
+        assert 'switchyard_budget_alerts_total{period="day",team="search",threshold="0.5"} 1.0' in text_metrics
+    finally:
+        await close(app, client)
+
+
+async def test_budget_edge_under_concurrency_overshoots_by_at_most_one_request(tmp_path):
+    app, client = await make(tmp_path, config(budget="budget: {daily_usd: 0.2}"))
+    try:
+        first = await client.post("/v1/chat/completions", json=chat(text="warm"), headers=AUTH)
+        one = float(first.headers["x-switchyard-cost-usd"])
+        results = await asyncio.gather(*(
+            client.post("/v1/chat/completions", json=chat(text=f"c{i}"), headers=AUTH) for i in range(40)
+        ))
+        assert {r.status_code for r in results} <= {200, 429}
+        spent = one + sum(float(r.headers.get("x-switchyard-cost-usd", 0)) for r in results)
+        assert 0.2 - one <= spent <= 0.2 + one * 1.01
+        usage = (await client.get("/v1/usage", headers=AUTH)).json()
+        assert usage["spend"]["today_usd"] == pytest.approx(spent)
+    finally:
+        await close(app, client)
+
+
+async def test_spend_restored_from_the_ledger_after_restart(tmp_path):
+    text = config(budget="budget: {daily_usd: 0.06}")
+    app, client = await make(tmp_path, text)
+    try:
+        for i in range(2):
+            assert (await client.post("/v1/chat/completions", json=chat(text=f"r{i}"), headers=AUTH)).status_code == 200
+        before = (await client.get("/v1/usage", headers=AUTH)).json()["spend"]["today_usd"]
+    finally:
+        await close(app, client)
+    app, client = await make(tmp_path, text)
+    try:
+        after = (await client.get("/v1/usage", headers=AUTH)).json()["spend"]["today_usd"]
+        assert after == pytest.approx(before) and after > 0
+    finally:
+        await close(app, client)
+
+
+async def test_rate_limit_rpm_headers_and_429(tmp_path):
+    app, client = await make(tmp_path, config(limits="limits: {rpm: 3, user_rpm: 1}"))
+    try:
+        ok = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert ok.headers["x-ratelimit-limit-requests"] == "3"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "2"
+        assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+        alice = {**AUTH, "x-switchyard-user": "alice"}
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=alice)).status_code == 200
+        limited = await client.post("/v1/chat/completions", json=chat(), headers=alice)
+        assert limited.status_code == 429
+        error = limited.json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and "alice" in error["message"]
+        assert int(limited.headers["retry-after"]) >= 1
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 200
+        team_limited = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert team_limited.status_code == 429
+        assert team_limited.headers["x-ratelimit-remaining-requests"] == "0"
+        other = await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {OTHER}"})
+        assert other.status_code == 200 and "x-ratelimit-limit-requests" not in other.headers
+    finally:
+        await close(app, client)
+
+
+async def test_rate_limit_tpm_counts_answered_tokens(tmp_path):
+    app, client = await make(tmp_path, config(limits="limits: {tpm: 30}"))
+    try:
+        first = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "30"
+        used = first.json()["usage"]["total_tokens"]
+        assert used > 15
+        second = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert second.status_code == 200  # admitted: the minute's tokens were not yet overdrawn
+        third = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert third.status_code == 429 and third.json()["error"]["type"] == "tokens"
+    finally:
+        await close(app, client)
+
+
+async def test_usage_endpoints(tmp_path):
+    app, client = await make(tmp_path, config(budget="budget: {monthly_usd: 100}"))
+    try:
+        for i in range(3):
+            await client.post("/v1/chat/completions", json=chat(text=f"u{i}"), headers=AUTH)
+        await client.post("/v1/chat/completions", json=chat("free"), headers=AUTH)
+        await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {OTHER}"})
+        usage = (await client.get("/v1/usage", headers=AUTH)).json()
+        assert usage["team"] == "search" and usage["requests"]["month"] == 4
+        assert usage["spend"]["month_usd"] > 0
+        assert usage["budget"]["monthly_usd"] == 100 and usage["budget"]["remaining_month_usd"] < 100
+        assert usage["projection"]["month_end_usd"] >= usage["spend"]["month_usd"]
+        assert usage["savings"]["routing_usd"] == pytest.approx(usage["spend"]["month_usd"] * 9)
+        assert usage["savings"]["baseline_model"] == "mock/expensive"
+        by_model = (await client.get("/admin/usage?group_by=model", headers=ADMIN_AUTH)).json()
+        assert {r["key"] for r in by_model["data"]} == {"mock/mock-fast", "mock/unpriced"}
+        by_team = (await client.get("/admin/usage?group_by=team&team=other", headers=ADMIN_AUTH)).json()
+        assert [r["key"] for r in by_team["data"]] == ["other"]
+        by_day = (await client.get("/admin/usage?group_by=day", headers=ADMIN_AUTH)).json()
+        assert by_day["data"][0]["requests"] == 5
+        future = (await client.get("/admin/usage?since=2099-01-01", headers=ADMIN_AUTH)).json()
+        assert future["data"] == []
+        for bad, param in (("group_by=color", "group_by"), ("since=yesterday-ish", "since")):
+            r = await client.get(f"/admin/usage?{bad}", headers=ADMIN_AUTH)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param
+        assert (await client.get("/admin/usage?team=ghost", headers=ADMIN_AUTH)).status_code == 404
+        assert (await client.get("/admin/usage", headers=AUTH)).status_code == 401
+        assert (await client.get("/v1/usage")).status_code == 401
+        costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()
+        assert {t["team"] for t in costs["teams"]} == {"search", "other"}
+        assert costs["history"][0]["requests"] == 5
+    finally:
+        await close(app, client)
+
+
+async def test_cli_usage_prints_the_ledger(tmp_path):
+    app, client = await make(tmp_path, config(budget="budget: {daily_usd: 5, monthly_usd: 50}"))
+    try:
+        await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+    finally:
+        await close(app, client)
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "proxy", "usage", "--config", str(tmp_path / "proxy.yaml"), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = await asyncio.to_thread(cli)
+    assert "search" in out and "requests" in out and "month-end projection" in out
+    assert "mock/mock-fast" in await asyncio.to_thread(cli, "--group-by", "model")
+
+
+async def test_unwritable_ledger_does_not_fail_requests(tmp_path):
+    (tmp_path / "ledger.db").mkdir()  # a directory where the file should be
+    app, client = await make(tmp_path, config())
+    try:
+        for i in range(5):
+            assert (await client.post("/v1/chat/completions", json=chat(text=f"w{i}"), headers=AUTH)).status_code == 200
+        await asyncio.sleep(0.3)
+        metrics = (await client.get("/metrics")).text
+        assert "switchyard_ledger_write_errors_total" in metrics
+        assert 'switchyard_ledger_write_errors_total{kind="unwritable"}' in metrics
+    finally:
+        os.rmdir(tmp_path / "ledger.db")
+        await close(app, client)  # now writable: the queued rows land
+    assert count(tmp_path / "ledger.db") == 5
+
+
+async def test_redis_down_budgets_and_limits_enforced_locally(tmp_path):
+    dead = free_port()
+    extra = ""
+    text = config(budget="budget: {daily_usd: 0.05}", limits="limits: {rpm: 100}").replace(
+        "accounting: {", f'accounting: {{backend: redis, url: "redis://127.0.0.1:{dead}/0", timeout_ms: 20, '
+    ) + extra
+    app, client = await make(tmp_path, text)
+    try:
+        statuses = []
+        for i in range(6):
+            r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(text=f"d{i}"), headers=AUTH), 5)
+            statuses.append(r.status_code)
+        assert statuses[:2] == [200, 200] and statuses[-1] == 429
+    finally:
+        await close(app, client)
