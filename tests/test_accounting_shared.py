@@ -1,0 +1,160 @@
+"""Accounting across processes: replicas sharing budgets and limits through the real Redis,
+and a SIGTERM under load that must leave a ledger row for every answered request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from proxy.app import create_app
+from support import ServerProcess
+
+REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+KEY = "sk-shared-team-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def redis_required() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:  # make test starts one: its absence is a failure, not a skip
+        pytest.fail(f"Redis at {REDIS_URL} is required for these tests: {exc}")
+
+
+def config(team: str, ledger: str, *, budget: str = "", limits: str = "") -> str:
+    return f"""
+ledger: {{path: {ledger}, flush_interval_s: 0.05}}
+accounting: {{backend: redis, url: "{REDIS_URL}", sync_interval_s: 0.1}}
+providers:
+  mock: {{type: mock}}
+pricing:
+  mock/mock-fast: {{input: 1000, output: 1000}}
+teams:
+  {team}:
+    keys: ["{KEY}"]
+    {budget}
+    {limits}
+routes:
+  - {{name: fast, match: {{model: fast}}, to: mock/mock-fast}}
+"""
+
+
+async def replica(tmp_path: Path, name: str, text: str) -> tuple:
+    directory = tmp_path / name
+    directory.mkdir()
+    path = directory / "proxy.yaml"
+    path.write_text(text)
+    app = create_app(str(path), watch=False)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return app, client
+
+
+def chat(text: str) -> dict:
+    return {"model": "fast", "messages": [{"role": "user", "content": text}]}
+
+
+@pytest.fixture
+def team() -> str:
+    """A team name no other run has used, so Redis state never leaks between tests."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"sy:*{name}*", count=1000):
+        client.delete(key)
+
+
+async def test_two_replicas_share_one_rate_limit(tmp_path, team):
+    text = config(team, "ledger.db", limits="limits: {rpm: 4}")
+    a = await replica(tmp_path, "a", text)
+    b = await replica(tmp_path, "b", text)
+    try:
+        statuses = []
+        for i in range(6):
+            _, client = a if i % 2 == 0 else b
+            statuses.append((await client.post("/v1/chat/completions", json=chat(f"x{i}"), headers=AUTH)).status_code)
+        assert statuses == [200, 200, 200, 200, 429, 429]
+    finally:
+        for app, client in (a, b):
+            await client.aclose()
+            await app.state.runtime.aclose()
+
+
+async def test_two_replicas_share_one_budget(tmp_path, team):
+    text = config(team, "ledger.db", budget="budget: {daily_usd: 0.1}")
+    a = await replica(tmp_path, "a", text)
+    b = await replica(tmp_path, "b", text)
+    try:
+        spent = 0.0
+        for i in range(4):  # about 0.02 each, all through replica a
+            r = await a[1].post("/v1/chat/completions", json=chat(f"a{i}"), headers=AUTH)
+            spent += float(r.headers["x-switchyard-cost-usd"])
+        for _ in range(100):  # replica b reads the shared counter within its sync interval
+            usage = (await b[1].get("/v1/usage", headers=AUTH)).json()
+            if usage["spend"]["today_usd"] >= spent - 1e-9:
+                break
+            await asyncio.sleep(0.05)
+        assert usage["spend"]["today_usd"] == pytest.approx(spent)
+        statuses = []
+        for i in range(4):
+            r = await b[1].post("/v1/chat/completions", json=chat(f"b{i}"), headers=AUTH)
+            statuses.append(r.status_code)
+        assert statuses[0] == 200 and statuses[-1] == 429
+    finally:
+        for app, client in (a, b):
+            await client.aclose()
+            await app.state.runtime.aclose()
+
+
+def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config("load", "ledger.db").replace("flush_interval_s: 0.05", "flush_interval_s: 30"))
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client_loop(server: ServerProcess, n: int) -> None:
+        with httpx.Client(base_url=server.base_url, timeout=5) as client:
+            i = 0
+            while not stop.is_set():
+                rid = f"req-{n}-{i}"
+                try:
+                    r = client.post("/v1/chat/completions", json=chat(rid), headers={**AUTH, "x-request-id": rid})
+                except httpx.HTTPError:
+                    return  # the server is going away
+                if r.status_code == 200:
+                    answered.append(rid)
+                i += 1
+
+    server = ServerProcess(path).start()
+    threads = [threading.Thread(target=client_loop, args=(server, n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = 200
+        while len(answered) < deadline:
+            threading.Event().wait(0.05)
+        server.signal(signal.SIGTERM)  # rows are flushed every 30 s: only shutdown can write them
+        assert server.proc is not None
+        server.proc.wait(30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        server.stop()
+    # uvicorn re-raises the signal once it has shut down cleanly
+    assert server.proc.returncode in (0, -signal.SIGTERM), server.log()
+    assert "Application shutdown complete" in server.log()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        recorded = {r[0] for r in db.execute("SELECT id FROM requests WHERE status = 200")}
+    missing = set(answered) - recorded
+    assert not missing, f"{len(missing)} answered requests have no ledger row"
+    assert len(answered) >= 200
