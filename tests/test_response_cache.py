@@ -1,0 +1,563 @@
+"""The response cache: key canonicalisation (property tests), entries, request controls,
+the memory and Redis backends (real Redis, and a private one killed mid-test), and the
+whole proxy serving hits, streams from cache, isolation and purges."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import httpx
+import openai
+import orjson
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.app import create_app
+from proxy.cache import Entry, decode_entry, encode_entry, request_policy
+from proxy.cache.backends import MemoryBackend, RedisBackend
+from proxy.cache.keys import IGNORED_FIELDS, cache_key, purge_pattern
+from proxy.cache.streams import StreamCapture, choices_identical, replay_events
+from proxy.config import CacheConfig
+from support import FakeUpstream, ServerProcess, chunk_events, completion, free_port
+
+REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # `make test` starts Redis: missing it is a failure, not a skip
+        pytest.fail(f"Redis at {REDIS_URL} is required: {exc}")
+    return client
+
+
+# ---------------------------------------------------------------- keys (properties)
+
+json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, width=32) | st.text(
+    max_size=8)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(max_size=5), inner, max_size=3), max_leaves=8)
+answer_fields = st.sampled_from(
+    ["messages", "tools", "tool_choice", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+     "response_format", "seed", "n", "stop", "presence_penalty", "frequency_penalty", "logit_bias", "input"]
+)
+bodies = st.dictionaries(answer_fields, json_values, min_size=1, max_size=6)
+
+
+def key(body: dict, *, scope: str = "team-a", target: str = "openai/gpt-4o", endpoint: str = "chat/completions") -> str:
+    return cache_key(scope=scope, target=target, endpoint=endpoint, body=body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies, st.randoms())
+def test_key_ignores_field_order(body, rnd):
+    items = list(body.items())
+    rnd.shuffle(items)
+    assert key(dict(items)) == key(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies, st.dictionaries(st.sampled_from(sorted(IGNORED_FIELDS)), json_values, max_size=4))
+def test_key_ignores_delivery_and_bookkeeping_fields(body, extra):
+    assert key({**body, **extra}) == key(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies, answer_fields, json_values)
+def test_any_answer_changing_difference_changes_the_key(body, field, value):
+    changed = {**body, field: value}
+    if orjson.dumps(changed, option=orjson.OPT_SORT_KEYS) == orjson.dumps(body, option=orjson.OPT_SORT_KEYS):
+        return  # not actually different
+    assert key(changed) != key(body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(bodies)
+def test_scope_target_and_endpoint_separate_keys(body):
+    base = key(body)
+    assert key(body, scope="team-b") != base
+    assert key(body, target="openai/gpt-4o-mini") != base
+    assert key(body, endpoint="embeddings") != base
+
+
+def test_key_layout_allows_purges_by_scope_and_model():
+    k = key({"messages": []}, scope="search", target="ollama/llama3:8b")
+    assert k.startswith("sy:c:search:ollama/llama3%3A8b:")
+    import fnmatch
+
+    assert fnmatch.fnmatchcase(k, purge_pattern(scope="search", model=None))
+    assert fnmatch.fnmatchcase(k, purge_pattern(scope=None, model="llama3:8b"))
+    assert fnmatch.fnmatchcase(k, purge_pattern(scope=None, model="ollama/llama3:8b"))
+    assert not fnmatch.fnmatchcase(k, purge_pattern(scope="other", model=None))
+    assert not fnmatch.fnmatchcase(k, purge_pattern(scope=None, model="llama3"))
+
+
+# ---------------------------------------------------------------- entries and policy
+
+
+@pytest.mark.parametrize("size", [0, 10, 2047, 2048, 5000, 200_000])
+def test_entry_round_trip_compressed_when_large(size):
+    body = orjson.dumps({"choices": [{"message": {"content": "x" * size}}]})
+    entry = Entry("openai/gpt-4o", 1700000000.5, {"prompt_tokens": 3}, body)
+    raw = encode_entry(entry)
+    assert decode_entry(raw) == entry
+    if size > 5000:
+        assert len(raw) < len(body) / 5
+        assert raw[:1] == b"z"
+
+
+@pytest.mark.parametrize("raw", [b"", b"q{}", b"j", b"jnot json\n{}", b"z\x00\x01", b'j{"v":1}\n{}'])
+def test_malformed_entries_are_misses(raw):
+    assert decode_entry(raw) is None
+
+
+@pytest.mark.parametrize(
+    "backend, route_enabled, route_ttl, header, lookup, store, max_age, ttl",
+    [
+        ("redis", True, None, None, True, True, None, 3600),
+        ("redis", True, 60, None, True, True, None, 60),
+        ("off", True, None, None, False, False, None, 0),
+        ("memory", False, None, None, False, False, None, 0),
+        ("memory", True, None, "no-cache", False, True, None, 3600),
+        ("memory", True, None, "no-store", False, False, None, 0),
+        ("memory", True, None, "max-age=30", True, True, 30.0, 3600),
+        ("memory", True, None, "No-Cache, max-age=5", False, True, 5.0, 3600),
+        ("memory", True, None, "max-age=abc", True, True, None, 3600),
+        ("memory", True, None, "private", True, True, None, 3600),
+    ],
+)
+def test_request_policy(backend, route_enabled, route_ttl, header, lookup, store, max_age, ttl):
+    policy = request_policy(CacheConfig(backend=backend), route_ttl, route_enabled, header)
+    assert (policy.lookup, policy.store, policy.max_age, policy.ttl_s) == (lookup, store, max_age, ttl)
+
+
+# ---------------------------------------------------------------- streams
+
+
+def assemble(events: list[bytes], size: int = 7) -> dict | None:
+    capture = StreamCapture()
+    raw = b"".join(events)
+    for i in range(0, len(raw), size):
+        capture.feed(raw[i : i + size])
+    return capture.assembler.completion()
+
+
+def test_stream_assembles_and_replays_faithfully():
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    answer = assemble(chunk_events(["Hel", "lo"], usage=usage))
+    assert answer is not None
+    assert answer["choices"][0]["message"]["content"] == "Hello"
+    assert answer["usage"] == usage
+    again = assemble(replay_events(answer, include_usage=True))
+    assert again is not None and again["choices"] == answer["choices"] and again["usage"] == usage
+    plain = replay_events(answer, include_usage=False)
+    assert not any(b'"usage"' in e for e in plain) and plain[-1] == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        chunk_events(["a", "b"])[:-1],  # no [DONE]
+        chunk_events(["a"])[:2],  # no finish_reason either
+        [*chunk_events(["a"])[:2], b'data: {"error": {"message": "boom"}}\n\n', b"data: [DONE]\n\n"],
+        [b"data: not json\n\n", b"data: [DONE]\n\n"],
+    ],
+    ids=["no-done", "unfinished", "error-event", "garbage"],
+)
+def test_broken_streams_are_never_assembled(events):
+    assert assemble(events) is None
+
+
+def test_tool_call_deltas_are_merged():
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    deltas = [
+        {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
+    ]
+    events = [b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}) + b"\n\n"
+              for d in deltas]
+    events.append(b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                  + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    answer = assemble(events, size=11)
+    assert answer is not None
+    call = answer["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"Oslo"}'}
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    "choices, identical",
+    [
+        ([{"message": {"content": "a"}}], True),
+        ([{"message": {"content": "a"}}, {"message": {"content": "a"}}], True),
+        ([{"message": {"content": "a"}}, {"message": {"content": "b"}}], False),
+        ([], True),
+    ],
+)
+def test_choices_identical(choices, identical):
+    assert choices_identical({"choices": choices}) is identical
+
+
+# ---------------------------------------------------------------- backends
+
+
+async def test_memory_backend_is_a_bounded_lru_with_ttl():
+    now = [0.0]
+    lru = MemoryBackend(3, clock=lambda: now[0])
+    for k in "abc":
+        await lru.set(k, k.encode(), 10)
+    assert await lru.get("a") == b"a"  # a is now the most recent
+    await lru.set("d", b"d", 10)
+    assert await lru.get("b") is None and len(lru) == 3
+    now[0] = 11
+    assert await lru.get("a") is None
+    await lru.set("x:1", b"1", 10)
+    await lru.set("x:2", b"2", 10)
+    assert await lru.purge("x:*") == 2
+
+
+@pytest.fixture
+async def redis_backend() -> AsyncIterator[RedisBackend]:
+    redis_client()
+    backend = RedisBackend(REDIS_URL, timeout_ms=200, failures=3, cooldown_s=5, fallback=MemoryBackend(100))
+    yield backend
+    await backend.purge("sy:c:test-*")
+    await backend.aclose()
+
+
+async def test_redis_backend_round_trip_ttl_and_purge(redis_backend):
+    scope = f"test-{uuid.uuid4().hex[:8]}"
+    k = key({"messages": [1]}, scope=scope)
+    await redis_backend.set(k, b"value", 1)
+    assert await redis_backend.get(k) == b"value"
+    assert redis_client().ttl(k) in (0, 1)
+    await asyncio.sleep(1.2)
+    assert await redis_backend.get(k) is None
+    for i in range(3):
+        await redis_backend.set(key({"messages": [i]}, scope=scope), b"v", 60)
+    assert await redis_backend.purge(purge_pattern(scope=scope, model=None)) == 3
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, to stop and start at will."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is needed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "PrivateRedis":
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis().start()
+    yield server
+    server.kill()
+
+
+async def test_redis_outage_is_a_miss_then_skipped_then_retried(private_redis):
+    local = MemoryBackend(100)
+    now = [0.0]
+    backend = RedisBackend(private_redis.url, timeout_ms=50, failures=2, cooldown_s=5, fallback=local,
+                           clock=lambda: now[0])
+    try:
+        await backend.set("sy:c:a", b"from-redis", 60)
+        assert await backend.get("sy:c:a") == b"from-redis"
+        private_redis.kill()
+        for _ in range(2):
+            started = time.monotonic()
+            assert await backend.get("sy:c:a") is None  # an error is a miss
+            assert time.monotonic() - started < 0.5
+        assert not backend.available and backend.errors == 2
+        await backend.set("sy:c:b", b"local", 60)  # skipped: the local LRU stands in
+        assert await backend.get("sy:c:b") == b"local"
+        private_redis.start()
+        now[0] = 6  # the cool-down is over: Redis is tried again
+        await backend.set("sy:c:c", b"back", 60)
+        assert backend.available
+        assert await backend.get("sy:c:c") == b"back"
+    finally:
+        await backend.aclose()
+
+
+# ---------------------------------------------------------------- the proxy (in process)
+
+KEY_A, KEY_B, ADMIN = "sk-cache-team-a", "sk-cache-team-b", "admin-cache-1"
+
+
+def config(upstream: str, cache: str, extra_routes: str = "") -> str:
+    return f"""
+server: {{admin_keys: ["{ADMIN}"]}}
+ledger: {{path: off}}
+cache: {cache}
+providers:
+  mock: {{type: mock}}
+  up: {{type: openai, base_url: "{upstream}", api_key: sk-up}}
+pricing:
+  up/priced: {{input: 1.0, output: 2.0}}
+teams:
+  a: {{keys: ["{KEY_A}"]}}
+  b: {{keys: ["{KEY_B}"]}}
+routes:
+  - {{name: priced, match: {{model: priced}}, to: up/priced}}
+  - {{name: short, match: {{model: short}}, to: up/priced, cache: {{ttl_s: 1}}}}
+  - {{name: never, match: {{model: never}}, to: up/priced, cache: off}}
+{extra_routes}
+"""
+
+
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as up:
+        up.post("/chat/completions").respond(json=completion("cached answer", usage=USAGE))
+        yield up
+
+
+async def app_for(tmp_path: Path, text: str) -> tuple:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    app = create_app(str(path), watch=False)
+    return app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def proxy(request, tmp_path, upstream) -> AsyncIterator[httpx.AsyncClient]:
+    if request.param == "redis":
+        redis_client()
+        text = config(upstream.base_url, f'{{backend: redis, url: "{REDIS_URL}", timeout_ms: 200}}')
+    else:
+        text = config(upstream.base_url, "{backend: memory, max_entries: 100}")
+    app, client = await app_for(tmp_path, text)
+    for team in ("a", "b"):  # entries an earlier run left in the real Redis
+        await client.delete(f"/admin/cache?team={team}", headers={"Authorization": f"Bearer {ADMIN}"})
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await app.state.runtime.aclose()
+
+
+def chat(model: str = "priced", text: str = "what is cached?", **fields) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
+def auth(key: str = KEY_A, **headers: str) -> dict:
+    return {"Authorization": f"Bearer {key}", **headers}
+
+
+async def post(client: httpx.AsyncClient, body: dict, headers: dict) -> httpx.Response:
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
+    await asyncio.sleep(0.05)  # stores happen after the answer is sent
+    return response
+
+
+async def test_miss_then_hit_without_calling_upstream(proxy, upstream):
+    first = await post(proxy, chat(), auth())
+    assert first.headers["x-switchyard-cache"] == "miss"
+    second = await post(proxy, chat(), auth())
+    assert second.headers["x-switchyard-cache"] == "hit"
+    assert second.content == first.content
+    assert int(second.headers["x-switchyard-cache-age"]) >= 0
+    assert second.headers["x-switchyard-cost-usd"] == "0"
+    assert float(second.headers["x-switchyard-saved-usd"]) == pytest.approx((10 * 1 + 5 * 2) / 1e6)
+    assert upstream.post("/chat/completions").call_count == 1
+    # a different answer-changing field is a different entry; stream/user are not
+    assert (await post(proxy, chat(temperature=0.5), auth())).headers["x-switchyard-cache"] == "miss"
+    assert (await post(proxy, chat(user="bob", metadata={"x": "1"}), auth())).headers["x-switchyard-cache"] == "hit"
+
+
+async def test_teams_never_share_entries_in_team_scope(proxy, upstream):
+    await post(proxy, chat(), auth(KEY_A))
+    other = await post(proxy, chat(), auth(KEY_B))
+    assert other.headers["x-switchyard-cache"] == "miss"
+    assert upstream.post("/chat/completions").call_count == 2
+
+
+async def test_shared_scope_shares(tmp_path, upstream):
+    app, client = await app_for(tmp_path, config(upstream.base_url, "{backend: memory, scope: shared}"))
+    try:
+        await post(client, chat(), auth(KEY_A))
+        assert (await post(client, chat(), auth(KEY_B))).headers["x-switchyard-cache"] == "hit"
+    finally:
+        await client.aclose()
+        await app.state.runtime.aclose()
+
+
+async def test_stream_served_from_a_stored_answer(proxy, upstream):
+    await post(proxy, chat(), auth())
+    response = await post(proxy, chat(stream=True, stream_options={"include_usage": True}), auth())
+    assert response.headers["x-switchyard-cache"] == "hit"
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in response.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "cached answer"
+    assert chunks[-1]["usage"] == USAGE
+    assert upstream.post("/chat/completions").call_count == 1
+
+
+async def test_streamed_answer_stored_and_served_to_non_stream(proxy, upstream):
+    upstream.post("/chat/completions").stream(chunk_events(["stre", "amed"], usage=USAGE))
+    first = await post(proxy, chat(stream=True), auth())
+    assert first.headers["x-switchyard-cache"] == "miss"
+    hit = await post(proxy, chat(), auth())
+    assert hit.headers["x-switchyard-cache"] == "hit"
+    assert hit.json()["choices"][0]["message"]["content"] == "streamed"
+    assert hit.json()["usage"] == USAGE
+
+
+TWO_DIFFERENT = {
+    **completion(),
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": "y"}, "finish_reason": "stop"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "script, stream",
+    [
+        (lambda up: up.post("/chat/completions").stream(chunk_events(["a", "b", "c"]), cut_after=2), True),
+        (lambda up: up.post("/chat/completions").stream(chunk_events(["a", "b"])[:-1]), True),
+        (lambda up: up.post("/chat/completions").respond(500, json={"error": {"message": "no"}}), False),
+        (lambda up: up.post("/chat/completions").respond(400, json={"error": {"message": "bad"}}), False),
+        (lambda up: up.post("/chat/completions").respond(json=TWO_DIFFERENT), False),
+    ],
+    ids=["cut-stream", "stream-without-done", "5xx", "4xx", "n2-different"],
+)
+async def test_failures_and_unfaithful_answers_are_never_stored(proxy, upstream, script, stream):
+    script(upstream)
+    await post(proxy, chat(stream=stream), auth())
+    upstream.post("/chat/completions").respond(json=completion("fresh"))
+    after = await post(proxy, chat(), auth())
+    assert after.headers["x-switchyard-cache"] == "miss"
+    assert after.json()["choices"][0]["message"]["content"] == "fresh"
+
+
+async def test_cache_control_headers(proxy, upstream):
+    await post(proxy, chat(), auth())
+    assert (await post(proxy, chat(), auth(**{"Cache-Control": "no-cache"}))).headers["x-switchyard-cache"] == "miss"
+    assert upstream.post("/chat/completions").call_count == 2
+    store_none = await post(proxy, chat(text="secret"), auth(**{"Cache-Control": "no-store"}))
+    assert store_none.headers["x-switchyard-cache"] == "bypass"
+    assert (await post(proxy, chat(text="secret"), auth())).headers["x-switchyard-cache"] == "miss"
+    await asyncio.sleep(1.1)
+    old = await post(proxy, chat(), auth(**{"Cache-Control": "max-age=0"}))
+    assert old.headers["x-switchyard-cache"] == "miss"  # the entry is older than 0 s
+    assert (await post(proxy, chat(), auth(**{"Cache-Control": "max-age=60"}))).headers["x-switchyard-cache"] == "hit"
+
+
+async def test_route_overrides_ttl_and_off(proxy, upstream):
+    await post(proxy, chat("never"), auth())
+    assert (await post(proxy, chat("never"), auth())).headers["x-switchyard-cache"] == "bypass"
+    await post(proxy, chat("short"), auth())
+    assert (await post(proxy, chat("short"), auth())).headers["x-switchyard-cache"] == "hit"
+    await asyncio.sleep(1.3)
+    assert (await post(proxy, chat("short"), auth())).headers["x-switchyard-cache"] == "miss"
+
+
+async def test_admin_purge_by_team_and_model(proxy, upstream):
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    await post(proxy, chat(), auth(KEY_A))
+    await post(proxy, chat(), auth(KEY_B))
+    r = await proxy.delete("/admin/cache?team=a", headers=admin)
+    assert r.status_code == 200 and r.json()["deleted"] == 1
+    assert (await post(proxy, chat(), auth(KEY_A))).headers["x-switchyard-cache"] == "miss"
+    assert (await post(proxy, chat(), auth(KEY_B))).headers["x-switchyard-cache"] == "hit"
+    r = await proxy.delete("/admin/cache?model=priced", headers=admin)
+    assert r.json()["deleted"] == 2
+    assert (await post(proxy, chat(), auth(KEY_B))).headers["x-switchyard-cache"] == "miss"
+    assert (await proxy.delete("/admin/cache", headers=auth())).status_code == 401
+
+
+# ---------------------------------------------------------------- Redis killed under a live proxy
+
+
+def test_redis_killed_mid_test_fails_no_request(tmp_path, private_redis):
+    upstream = FakeUpstream().start_threaded()
+    upstream.post("/chat/completions").respond(json=completion("steady", usage=USAGE))
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(upstream.base_url, f'{{backend: redis, url: "{private_redis.url}", timeout_ms: 10}}'))
+    failures: list[str] = []
+    slowest = [0.0]
+    results: list[str] = []
+    stop = threading.Event()
+    try:
+        with ServerProcess(path) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY_A, max_retries=0, timeout=5)
+
+            def hammer() -> None:
+                i = 0
+                while not stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        raw = client.chat.completions.with_raw_response.create(
+                            model="priced", messages=[{"role": "user", "content": f"q{i % 5}"}]
+                        )
+                        results.append(raw.headers["x-switchyard-cache"])
+                    except openai.OpenAIError as exc:
+                        failures.append(repr(exc))
+                    slowest[0] = max(slowest[0], time.monotonic() - started)
+                    i += 1
+
+            threads = [threading.Thread(target=hammer) for _ in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            hits_before = results.count("hit")
+            private_redis.kill()
+            time.sleep(1.5)
+            private_redis.start()
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(10)
+            ready = httpx.get(server.base_url + "/readyz").json()
+    finally:
+        stop.set()
+        upstream.stop_threaded()
+    assert failures == []
+    assert hits_before > 0 and len(results) > 100
+    assert slowest[0] < 1.0
+    assert ready["cache"]["backend"] == "redis"
