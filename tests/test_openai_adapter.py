@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import aiohttp
 import pytest
