@@ -11,6 +11,11 @@ COPY --from=build /install /usr/local
 WORKDIR /app
 COPY proxy.yaml ./proxy.yaml
 COPY config ./config
+# the shipped price list, wherever the policy file is mounted
+ENV SWITCHYARD_PRICING=/app/config/pricing.yaml
+# the ledger's home when the policy puts it there (deploy/switchyard/proxy.yaml does)
+RUN mkdir -p /var/lib/switchyard && chown switchyard /var/lib/switchyard
+VOLUME ["/var/lib/switchyard"]
 USER switchyard
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

@@ -50,6 +50,10 @@ class Runtime:
     def _install(self, snapshot: Snapshot) -> None:
         self.telemetry.configure(snapshot.config.telemetry)
         self.telemetry.metrics.config_loaded(snapshot.generation, snapshot.digest)
+        self.telemetry.metrics.team_budgets({
+            name: (team.budget.daily_usd, team.budget.monthly_usd)
+            for name, team in snapshot.config.teams.items() if team.budget is not None
+        })
         settings = snapshot.config.cache
         if self.cache is None or self.cache.settings != settings:
             old, self.cache = self.cache, build_cache(settings)

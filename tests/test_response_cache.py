@@ -5,6 +5,7 @@ whole proxy serving hits, streams from cache, isolation and purges."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -524,8 +525,9 @@ def test_redis_killed_mid_test_fails_no_request(tmp_path, private_redis):
     results: list[str] = []
     stop = threading.Event()
     try:
-        with ServerProcess(path) as server:
+        with ServerProcess(path) as server, contextlib.ExitStack() as stack:
             client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY_A, max_retries=0, timeout=5)
+            stack.callback(client.close)
 
             def hammer() -> None:
                 i = 0

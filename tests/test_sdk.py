@@ -56,9 +56,14 @@ def server(tmp_path_factory, upstream) -> Iterator[ServerProcess]:
         yield proc
 
 
+def sdk(server: ServerProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=10)
+
+
 @pytest.fixture
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=10)
+def client(server) -> Iterator[openai.OpenAI]:
+    with sdk(server, KEY) as c:  # closed, so no socket is left for the garbage collector
+        yield c
 
 
 def ask(text: str = "hello") -> list[dict]:
@@ -116,19 +121,22 @@ def test_embeddings(client):
 def test_models_list_and_retrieve(client, server):
     assert sorted(m.id for m in client.models.list()) == ["cut", "embed", "fast", "flaky", "slow", "smart"]
     assert client.models.retrieve("fast").id == "fast"
-    other = openai.OpenAI(base_url=server.base_url + "/v1", api_key=OTHER, max_retries=0)
-    assert [m.id for m in other.models.list()] == ["fast"]
-    with pytest.raises(openai.NotFoundError):
-        other.models.retrieve("smart")
+    with sdk(server, OTHER) as other:
+        assert [m.id for m in other.models.list()] == ["fast"]
+        with pytest.raises(openai.NotFoundError):
+            other.models.retrieve("smart")
+
+
+def call_with(server: ServerProcess, key: str, model: str) -> object:
+    with sdk(server, key) as other:
+        return other.chat.completions.create(model=model, messages=ask())
 
 
 @pytest.mark.parametrize(
     "call, error, status",
     [
-        (lambda c, s: openai.OpenAI(base_url=s.base_url + "/v1", api_key="sk-wrong", max_retries=0)
-         .chat.completions.create(model="fast", messages=ask()), openai.AuthenticationError, 401),
-        (lambda c, s: openai.OpenAI(base_url=s.base_url + "/v1", api_key=OTHER, max_retries=0)
-         .chat.completions.create(model="smart", messages=ask()), openai.PermissionDeniedError, 403),
+        (lambda c, s: call_with(s, "sk-wrong", "fast"), openai.AuthenticationError, 401),
+        (lambda c, s: call_with(s, OTHER, "smart"), openai.PermissionDeniedError, 403),
         (lambda c, s: c.chat.completions.create(model="no-such-model", messages=ask()), openai.NotFoundError, 404),
         (lambda c, s: c.chat.completions.create(model="fast", messages=[]), openai.BadRequestError, 400),
         (lambda c, s: c.chat.completions.create(model="fast", messages=ask(), temperature="hot"),

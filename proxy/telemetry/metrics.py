@@ -99,6 +99,9 @@ class Metrics:
             multiprocess_mode="livesum")
         self.budget_alerts = _Children(Counter(
             "switchyard_budget_alerts", "Budget alert events raised.", ["team", "period", "threshold"], registry=r))
+        self.team_budget = Gauge(
+            "switchyard_team_budget_usd", "Configured team budgets.", ["team", "period"], registry=r,
+            multiprocess_mode="max")
         self.webhook_failures = Counter(
             "switchyard_budget_webhook_failures", "Budget alert webhooks that failed after retries.", registry=r)
         self._digest: str | None = None
@@ -141,6 +144,15 @@ class Metrics:
                 self.info.remove(self._digest)
         self.info.labels(digest).set(1)
         self._digest = digest
+
+    def team_budgets(self, budgets: dict[str, tuple[float | None, float | None]]) -> None:
+        """Export each team's (daily, monthly) budget; teams without one have no series."""
+        self.team_budget.clear()
+        for team, (daily, monthly) in budgets.items():
+            if daily is not None:
+                self.team_budget.labels(team, "day").set(daily)
+            if monthly is not None:
+                self.team_budget.labels(team, "month").set(monthly)
 
     def reload_result(self, result: str) -> None:
         self.reloads.get(result).inc()
