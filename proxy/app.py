@@ -24,6 +24,7 @@ from proxy.cache import ResponseCache, build_cache
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.providers.base import spawn
 from proxy.reload import ConfigWatcher, install_sighup, reload_now
+from proxy.resilience import Health
 from proxy.snapshot import Snapshot, SnapshotHolder
 from proxy.telemetry import Telemetry
 from proxy.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -44,6 +45,7 @@ class Runtime:
         self.cache: ResponseCache | None = None
         self.accounting: Accounting | None = None
         self.telemetry = Telemetry()
+        self.health = Health()  # circuit breakers and balancing state: outlive config reloads
         holder.listeners.append(self._install)
         holder.observers.append(self.telemetry.metrics.reload_result)
 
@@ -227,9 +229,9 @@ def create_app(
             await runtime.aclose()
 
     routes = [
-        Route("/v1/chat/completions", ProxyEndpoint(runtime.active, "chat/completions", runtime.telemetry),
+        Route("/v1/chat/completions", ProxyEndpoint(runtime.active, "chat/completions", runtime.telemetry, runtime.health),
               methods=["POST"]),
-        Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings", runtime.telemetry), methods=["POST"]),
+        Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings", runtime.telemetry, runtime.health), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/models/{name:path}", model, methods=["GET"]),

@@ -245,13 +245,45 @@ class MatchConfig(_Strict):
         return self
 
 
+Balance = Literal["weighted", "least_inflight", "lowest_latency"]
+
+
+class CircuitConfig(_Strict):
+    failures: int = Field(5, ge=1)  # consecutive failures that open a target's circuit
+    cooldown_s: float = Field(30, gt=0)  # open this long, then one probe request (half-open)
+    error_rate: float | None = Field(None, gt=0, le=1)  # also open above this failure share ...
+    window_s: float = Field(60, gt=0)  # ... over this window ...
+    min_requests: int = Field(20, ge=1)  # ... once it holds this many requests
+
+
+RetryOn = Annotated[int, Field(ge=400, le=599)] | Literal["timeout", "connect"]
+
+
+class ResilienceConfig(_Strict):
+    retries: int = Field(2, ge=0)  # more attempts on the same target before its fallbacks
+    backoff_ms: float = Field(200, ge=0)  # first retry's delay; doubles, with full jitter
+    max_backoff_ms: float = Field(5000, ge=0)
+    retry_on: list[RetryOn] = [429, 500, 502, 503, 504, "timeout", "connect"]
+    timeout_s: float = Field(600, gt=0)  # per request: every attempt must have started answering by then
+    circuit: CircuitConfig = CircuitConfig()
+    balance: Balance = "weighted"  # how a split (or a list of targets) picks
+
+
 class RouteConfig(_Strict):
     name: NonEmpty
     match: MatchConfig = MatchConfig()
-    to: NonEmpty | None = None
+    to: NonEmpty | list[NonEmpty] | None = None  # a list: equivalent targets, balanced
     split: dict[str, float] | None = None
     fallbacks: list[NonEmpty] = []
     cache: RouteCacheConfig | bool = True  # false (or off): never cache this route
+    balance: Balance | None = None  # overrides resilience.balance for this route
+
+    @field_validator("to")
+    @classmethod
+    def _targets_listed(cls, to: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(to, list) and not to:
+            raise ValueError("needs at least one target")
+        return to
 
     @field_validator("split")
     @classmethod
@@ -276,6 +308,7 @@ class Config(_Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     ledger: LedgerConfig = LedgerConfig()
     accounting: AccountingConfig = AccountingConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     providers: dict[str, ProviderConfig] = {}
     pricing: dict[str, PriceConfig] = {}
     teams: dict[str, TeamConfig] = {}
@@ -455,8 +488,10 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
             )
         seen_routes.setdefault(route.name, i)
         targets: list[tuple[str, str]] = []
-        if route.to is not None:
+        if isinstance(route.to, str):
             targets.append((f"{where}.to", route.to))
+        for j, target in enumerate(route.to if isinstance(route.to, list) else []):
+            targets.append((f"{where}.to[{j}]", target))
         for target in route.split or {}:
             targets.append((f"{where}.split.{target}", target))
         for j, target in enumerate(route.fallbacks):

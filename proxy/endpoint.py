@@ -38,7 +38,8 @@ from proxy.relay import (
     upstream_failure,
     upstream_headers,
 )
-from proxy.routing import RouteRequest, decide
+from proxy.resilience import Attempt, Health, attempt_upstream
+from proxy.routing import RouteRequest, Target, decide
 from proxy.snapshot import Snapshot
 from proxy.telemetry import TRACE_HEADERS, RequestRecord, Telemetry
 from proxy.usage import UsageStripper, UsageTap
@@ -88,8 +89,9 @@ _OPERATIONS = {"chat/completions": "chat", "embeddings": "embeddings"}
 
 
 class ProxyEndpoint:
-    def __init__(self, active: Callable[[], Active], endpoint: str, telemetry: Telemetry) -> None:
+    def __init__(self, active: Callable[[], Active], endpoint: str, telemetry: Telemetry, health: Health) -> None:
         self._active = active
+        self._health = health
         self.endpoint = endpoint
         self._check = _CHECKS[endpoint]
         self._operation = _OPERATIONS[endpoint]
@@ -174,31 +176,57 @@ class ProxyEndpoint:
         record.cache = "miss" if policy.used else "bypass"
         out.append((b"x-switchyard-cache", record.cache.encode()))
 
-        body["model"] = target.model
         strip_usage = stream and _ask_for_usage(body)
-        adapter = active.adapters[target.provider]
         forwarded = _forwarded(headers)
-        trace_headers = self._telemetry.upstream_trace_headers(record)
-        if trace_headers:  # our attempt span becomes the upstream's parent
-            forwarded = [h for h in forwarded if h[0] not in TRACE_HEADERS] + trace_headers
         if self._telemetry.settings.capture_content:
             record.prompt = body.get("messages", body.get("input"))
-        request = UpstreamRequest(self.endpoint, body, stream, record.request_id, forwarded)
-        adapter.acquire()
+        settings = snapshot.config.resilience
+        attempts: list[Attempt] = []
+
+        async def send(candidate: Target) -> UpstreamResponse:
+            """One attempt at one target; its adapter is held until the response is closed."""
+            _name_target(out, record, candidate, snapshot)
+            body["model"] = candidate.model
+            trace_headers = self._telemetry.upstream_trace_headers(record)
+            sent_headers = forwarded
+            if trace_headers:  # this attempt's span becomes the upstream's parent
+                sent_headers = [h for h in forwarded if h[0] not in TRACE_HEADERS] + trace_headers
+            adapter = active.adapters[candidate.provider]
+            adapter.acquire()
+            try:
+                response = await adapter.send(
+                    UpstreamRequest(self.endpoint, body, stream, record.request_id, sent_headers)
+                )
+            except BaseException:
+                adapter.release()
+                raise
+            return _releasing(response, adapter)
+
         record.upstream_started = time.perf_counter()
         try:
-            upstream = await adapter.send(request)
-        except BaseException:
-            adapter.release()
-            raise
+            target, upstream = await attempt_upstream(
+                self._health.order(decision, random.random()),
+                send,
+                settings=settings,
+                health=self._health,
+                attempts=attempts,
+                deadline=time.monotonic() + settings.timeout_s,
+                rng=_RNG,
+            )
         finally:
             record.upstream_answered = time.perf_counter()
+            record.attempts = attempts
+            out.append((b"x-switchyard-attempts", str(sum(a.outcome != "circuit_open" for a in attempts)).encode()))
+        target_name = str(target)
+        # an answer from a fallback is not what the primary would have said: store only the primary's
+        storable = policy.store and cache is not None and target == decision.target
+        latency = attempts[-1].duration_s if attempts else 0.0
         if upstream.chunks is not None:
-            capture = StreamCapture() if policy.store else None
+            capture = StreamCapture() if storable else None
             tap = UsageTap()
 
             def finished(outcome: str) -> None:
-                adapter.release()
+                _judge_stream(self._health, target_name, outcome, latency, settings)
                 record.usage = tap.usage
                 if tap.usage is not None:
                     record.cost_usd = snapshot.prices.cost(target_name, tap.usage)
@@ -213,7 +241,9 @@ class ProxyEndpoint:
             observe = tap.feed if capture is None else _both(tap.feed, capture.feed)
             rewrite = UsageStripper() if strip_usage else None
             return StreamRelay(upstream, out + upstream_headers(upstream), finished, observe, rewrite)
-        adapter.release()
+        await upstream.close()
+        if upstream.status < 500:
+            self._health.succeeded(target_name, latency, settings.circuit)
         failure = upstream_failure(target.provider, upstream)
         if failure is not None:
             raise failure
@@ -233,12 +263,55 @@ class ProxyEndpoint:
                 warn_unpriced(target_name)
             if record.prompt is not None and answer is not None:
                 record.completion = answer.get("choices")
-            if cache is not None and policy.store and answer is not None and choices_identical(answer):
+            if storable and cache is not None and answer is not None and choices_identical(answer):
                 spawn(cache.store(key, Entry(target_name, time.time(), usage, upstream.body), policy.ttl_s))
         record.status = upstream.status
         return BytesResponse(
             upstream.status, upstream.body, out + upstream_headers(upstream), _content_type(upstream.headers)
         )
+
+
+_RNG = random.Random()
+
+
+def _name_target(out: Headers, record: RequestRecord, target: Target, snapshot: Snapshot) -> None:
+    """Point the record and the x-switchyard-provider/-model headers at this target."""
+    record.provider = target.provider
+    record.model = target.model
+    record.known_model = str(target) in snapshot.known_targets
+    for i, (name, _) in enumerate(out):
+        if name == b"x-switchyard-provider":
+            out[i] = (name, target.provider.encode())
+        elif name == b"x-switchyard-model":
+            out[i] = (name, _latin1(target.model))
+
+
+def _releasing(response: UpstreamResponse, adapter: Adapter) -> UpstreamResponse:
+    """Make closing the response (once, whoever does it) release the adapter."""
+    close = response.close
+    released = False
+
+    async def close_and_release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        try:
+            await close()
+        finally:
+            adapter.release()
+
+    response.close = close_and_release
+    return response
+
+
+def _judge_stream(health: Health, target: str, outcome: str, latency: float, settings: Any) -> None:
+    if outcome == "complete":
+        health.succeeded(target, latency, settings.circuit)
+    elif outcome == "upstream_failed":
+        health.failed(target, settings.circuit)
+    else:
+        health.finished_unjudged(target)
 
 
 def _cache_hit(

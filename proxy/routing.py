@@ -44,6 +44,10 @@ class Decision:
     route_index: int
     target: Target
     fallbacks: tuple[Target, ...]
+    # a split's usable targets and weights, for balancing strategies other than the
+    # weighted draw already made here (empty for a single target)
+    pool: tuple[tuple[Target, float], ...] = ()
+    balance: str = "weighted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,8 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
             skipped = [str(t) for t in (primary, *fallbacks) if t not in usable]
             extra = f"; skipped disabled {', '.join(skipped)}" if skipped else ""
             _note(trace, route.name, "matched", f"target {usable[0]}{extra}")
-        return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]))
+        pool = _pool(route, model, groups, snapshot) if route.split is not None else ()
+        return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]), pool, route.balance)
     raise ModelNotFound(
         f"model {model!r} does not exist or is not routed for team {req.team.name!r}; "
         f"allowed: {_allowed_text(snapshot, req.team)}",
@@ -185,6 +190,15 @@ def _resolve_all(
         if target not in resolved:
             resolved.append(target)
     return resolved[0], tuple(resolved[1:])
+
+
+def _pool(route: Route, model: str, groups: tuple[str, ...], snapshot: Snapshot) -> tuple[tuple[Target, float], ...]:
+    out = []
+    for template, weight in route.split or ():
+        target = resolve_target(template, model, groups)
+        if isinstance(target, Target) and target.provider in snapshot.providers:
+            out.append((target, weight))
+    return tuple(out)
 
 
 def resolve_target(template: str, model: str, groups: tuple[str, ...]) -> Target | str:

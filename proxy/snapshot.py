@@ -100,6 +100,7 @@ class Route:
     fallbacks: tuple[str, ...]
     cache_enabled: bool = True
     cache_ttl_s: int | None = None  # None: the cache section's ttl_s
+    balance: str = "weighted"  # weighted | least_inflight | lowest_latency
 
     def targets(self) -> tuple[str, ...]:
         if self.to is not None:
@@ -207,7 +208,7 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
     }
     key_index = {_stored_key_hash(k): name for name, t in config.teams.items() for k in t.keys}
     admin = frozenset(_stored_key_hash(k) for k in config.server.admin_keys)
-    routes = tuple(_compile_route(i, r) for i, r in enumerate(config.routes))
+    routes = tuple(_compile_route(i, r, config.resilience.balance) for i, r in enumerate(config.routes))
     providers = {
         name: _provider_spec(name, p)
         for name, p in config.providers.items()
@@ -237,7 +238,7 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
     )
 
 
-def _compile_route(index: int, r: RouteConfig) -> Route:
+def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Route:
     m = r.match
     models = m.model if isinstance(m.model, list) else ([m.model] if m.model else None)
     match = Match(
@@ -250,10 +251,13 @@ def _compile_route(index: int, r: RouteConfig) -> Route:
         before=m.before,
         stream=m.stream,
     )
-    split = None if r.split is None else tuple(r.split.items())
+    to, split = r.to, None if r.split is None else tuple(r.split.items())
+    if isinstance(to, list):  # equivalent targets: an even split, balanced like one
+        to, split = None, tuple((t, 1.0) for t in to) if len(to) > 1 else None
+        to = r.to[0] if split is None else None  # type: ignore[index]
     enabled = r.cache is not False
     ttl = r.cache.ttl_s if isinstance(r.cache, RouteCacheConfig) else None
-    return Route(index, r.name, match, r.to, split, tuple(r.fallbacks), enabled, ttl)
+    return Route(index, r.name, match, to, split, tuple(r.fallbacks), enabled, ttl, r.balance or balance)
 
 
 def _known_targets(routes: tuple[Route, ...], prices: PriceTable) -> frozenset[str]:

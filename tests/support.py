@@ -136,6 +136,7 @@ class FakeRoute:
             for n, event in enumerate(events, start=1):
                 await response.write(event)
                 if cut_after is not None and n >= cut_after:
+                    await asyncio.sleep(0.05)  # let what was written leave: abort() drops unsent bytes
                     _cut(request)
                     return response
                 if pause_after is not None and n == pause_after:

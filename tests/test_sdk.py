@@ -23,6 +23,7 @@ USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
 def config(upstream: str) -> str:
     return f"""
 ledger: {{path: off}}
+resilience: {{retries: 0}}  # retries have tests of their own (test_resilience.py)
 providers:
   mock: {{type: mock}}
   up: {{type: openai, base_url: "{upstream}", api_key: sk-upstream-secret, timeout_s: 1.5}}

@@ -16,7 +16,7 @@ class RequestRecord:
         "route", "provider", "model", "known_model", "stream", "status", "cache", "error_kind",
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
-        "prompt", "completion", "budget_held", "baseline_usd", "experiment", "variant",
+        "prompt", "completion", "budget_held", "baseline_usd", "experiment", "variant", "attempts",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
@@ -52,6 +52,7 @@ class RequestRecord:
         self.budget_held = False  # counted in flight by the team's budget
         self.baseline_usd: float | None = None  # what accounting.baseline_model would have cost
         self.experiment: str | None = None
+        self.attempts: list[Any] = []  # resilience.Attempt per upstream try
         self.variant: str | None = None
 
     def duration(self) -> float:
