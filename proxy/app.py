@@ -46,6 +46,7 @@ class Runtime:
         self.accounting: Accounting | None = None
         self.telemetry = Telemetry()
         self.health = Health()  # circuit breakers and balancing state: outlive config reloads
+        self.health.on_change = self._circuit_changed
         holder.listeners.append(self._install)
         holder.observers.append(self.telemetry.metrics.reload_result)
 
@@ -66,6 +67,11 @@ class Runtime:
         else:
             self.accounting.configure(snapshot)
         self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting)
+
+    def _circuit_changed(self, target: str, state: str) -> None:
+        known = self._active is not None and target in self._active.snapshot.known_targets
+        self.telemetry.metrics.circuit_changed(target, state, known)
+        log.warning("circuit for %s is now %s", target, state.replace("_", "-"))
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -146,6 +152,20 @@ def create_app(
         authenticate_admin(active.snapshot, request.headers)
         assert active.accounting is not None
         return json_response(await active.accounting.costs())
+
+    async def admin_providers(request: Request) -> Response:
+        active = runtime.active()
+        authenticate_admin(active.snapshot, request.headers)
+        circuit = active.snapshot.config.resilience.circuit
+        return json_response({
+            "providers": {
+                name: {"type": spec.type, "inflight": active.adapters[name].inflight}
+                for name, spec in active.snapshot.providers.items()
+            },
+            "disabled_providers": dict(active.snapshot.disabled_providers),
+            "targets": runtime.health.report(circuit),
+            "resilience": active.snapshot.config.resilience.model_dump(mode="json"),
+        })
 
     async def metrics(request: Request) -> Response:
         return Response(runtime.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
@@ -242,6 +262,7 @@ def create_app(
         Route("/admin/reload", admin_reload, methods=["POST"]),
         Route("/admin/cache", admin_cache_purge, methods=["DELETE"]),
         Route("/admin/usage", admin_usage, methods=["GET"]),
+        Route("/admin/providers", admin_providers, methods=["GET"]),
         Route("/admin/costs", admin_costs, methods=["GET"]),
     ]
     app = Starlette(

@@ -126,6 +126,7 @@ class ProxyEndpoint:
         self, active: Active, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers
     ) -> Any:
         snapshot = active.snapshot
+        record.known_targets = snapshot.known_targets
         team = authenticate(snapshot, headers)
         record.team = team.name
         body = parse_json_object(await read_body(headers, receive, snapshot.max_body_bytes))
@@ -182,6 +183,7 @@ class ProxyEndpoint:
             record.prompt = body.get("messages", body.get("input"))
         settings = snapshot.config.resilience
         attempts: list[Attempt] = []
+        record.attempts = attempts  # filled as the tries happen (spans read the last one)
 
         async def send(candidate: Target) -> UpstreamResponse:
             """One attempt at one target; its adapter is held until the response is closed."""
@@ -215,7 +217,6 @@ class ProxyEndpoint:
             )
         finally:
             record.upstream_answered = time.perf_counter()
-            record.attempts = attempts
             out.append((b"x-switchyard-attempts", str(sum(a.outcome != "circuit_open" for a in attempts)).encode()))
         target_name = str(target)
         # an answer from a fallback is not what the primary would have said: store only the primary's

@@ -9,8 +9,8 @@ again. While it is skipped, the cache serves from the in-process LRU instead.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -65,13 +65,31 @@ class MemoryBackend(Backend):
             self._items.popitem(last=False)
 
     async def purge(self, pattern: str) -> int:
-        doomed = [k for k in self._items if fnmatch.fnmatchcase(k, pattern)]
+        match = redis_glob(pattern).fullmatch
+        doomed = [k for k in self._items if match(k)]
         for key in doomed:
             del self._items[key]
         return len(doomed)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def redis_glob(pattern: str) -> re.Pattern[str]:
+    """The globs `purge_pattern` makes, matched as Redis does: `*`, `?`, and a backslash
+    escaping the next character (which `fnmatch` would take literally)."""
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
 
 
 class RedisBackend(Backend):

@@ -105,7 +105,9 @@ def replay_events(completion: dict[str, Any], *, include_usage: bool) -> list[by
         def chunk(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
             return sse.encode({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
 
-        events.append(chunk({"role": message.get("role", "assistant"), "content": ""}))
+        # as a live stream: `content: ""` opens a text answer, `null` a tool-call-only one
+        opening = "" if message.get("content") is not None or not message.get("tool_calls") else None
+        events.append(chunk({"role": message.get("role", "assistant"), "content": opening}))
         if message.get("content"):
             events.append(chunk({"content": message["content"]}))
         if message.get("refusal"):

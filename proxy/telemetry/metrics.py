@@ -104,6 +104,12 @@ class Metrics:
             multiprocess_mode="max")
         self.webhook_failures = Counter(
             "switchyard_budget_webhook_failures", "Budget alert webhooks that failed after retries.", registry=r)
+        self.attempts = _Children(Counter(
+            "llm_upstream_attempts", "Upstream attempts by outcome (ok, retry, failed, status_4xx, circuit_open).",
+            ["provider", "model", "outcome"], registry=r))
+        self.circuit = _Children(Gauge(
+            "llm_circuit_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
+            ["provider", "model"], registry=r, multiprocess_mode="max"))
         self._digest: str | None = None
 
     # --- updates
@@ -119,6 +125,9 @@ class Metrics:
         self.requests.get(team, record.route or NONE, provider, model, str(record.status), record.cache).inc()
         self.cache.get(record.cache).inc()
         self.overhead.observe(record.overhead())
+        for attempt in record.attempts:
+            target = attempt.target
+            self.attempts.get(target.provider, _label(record, target), attempt.outcome).inc()
         if record.cache == "hit" or record.upstream_started is None:
             return  # no upstream call: nothing below describes one
         self.duration.get(provider, model).observe(record.duration())
@@ -157,6 +166,10 @@ class Metrics:
     def reload_result(self, result: str) -> None:
         self.reloads.get(result).inc()
 
+    def circuit_changed(self, target: str, state: str, known: bool) -> None:
+        provider, _, model = target.partition("/")
+        self.circuit.get(provider, model if known else OTHER).set(CIRCUIT_VALUES[state])
+
     def ledger_error(self, kind: str) -> None:
         self.ledger_errors.get(kind).inc()
 
@@ -180,6 +193,13 @@ class Metrics:
             multiprocess.MultiProcessCollector(merged, path=directory)
             return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _label(record: RequestRecord, target: Any) -> str:
+    return target.model if str(target) in record.known_targets else OTHER
 
 
 def _model_label(record: RequestRecord) -> str:

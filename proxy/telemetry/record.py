@@ -16,7 +16,7 @@ class RequestRecord:
         "route", "provider", "model", "known_model", "stream", "status", "cache", "error_kind",
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
-        "prompt", "completion", "budget_held", "baseline_usd", "experiment", "variant", "attempts",
+        "prompt", "completion", "budget_held", "baseline_usd", "experiment", "variant", "attempts", "known_targets",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
@@ -53,6 +53,7 @@ class RequestRecord:
         self.baseline_usd: float | None = None  # what accounting.baseline_model would have cost
         self.experiment: str | None = None
         self.attempts: list[Any] = []  # resilience.Attempt per upstream try
+        self.known_targets: frozenset[str] = frozenset()  # the snapshot's label-safe targets
         self.variant: str | None = None
 
     def duration(self) -> float:

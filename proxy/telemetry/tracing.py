@@ -69,6 +69,9 @@ class Tracing:
         """Open the upstream attempt's span; the headers that carry its context upstream."""
         if record.span is None:
             return []
+        if record.attempt_span is not None:  # a new attempt: the previous one failed
+            previous = record.attempts[-1] if record.attempts else None
+            _end_attempt(record.attempt_span, previous.kind if previous else "failed", None)
         context = trace.set_span_in_context(record.span)
         attempt = self.tracer.start_span(f"{record.operation} {record.model}", context=context, kind=SpanKind.CLIENT)
         attempt.set_attribute("gen_ai.operation.name", record.operation)
@@ -111,13 +114,11 @@ class Tracing:
         end = _ns(record.started_wall + record.duration())
         attempt = record.attempt_span
         if attempt is not None:
-            if record.error_kind is not None:
-                attempt.set_attribute("error.type", record.error_kind)
-                attempt.set_status(Status(StatusCode.ERROR, record.error_message))
             if record.usage is not None:
                 attempt.set_attribute("gen_ai.usage.input_tokens", attributes["gen_ai.usage.input_tokens"])
                 attempt.set_attribute("gen_ai.usage.output_tokens", attributes["gen_ai.usage.output_tokens"])
-            attempt.end(end_time=end)
+            _end_attempt(attempt, record.error_kind, record.error_message, end)
+        span.set_attribute("switchyard.attempts", sum(a.outcome != "circuit_open" for a in record.attempts))
         if record.status >= 500:
             span.set_attribute("error.type", record.error_kind or str(record.status))
             span.set_status(Status(StatusCode.ERROR, record.error_message))
@@ -125,6 +126,13 @@ class Tracing:
 
     def shutdown(self) -> None:
         self.provider.shutdown()  # flushes what is batched; blocking, run off the loop
+
+
+def _end_attempt(span: Any, error_kind: str | None, message: str | None, end: int | None = None) -> None:
+    if error_kind is not None:
+        span.set_attribute("error.type", error_kind)
+        span.set_status(Status(StatusCode.ERROR, message))
+    span.end(end_time=end)
 
 
 def _put(attributes: dict[str, Any], name: str, value: Any) -> None:

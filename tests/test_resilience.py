@@ -1,0 +1,390 @@
+"""Retries, fallbacks, circuit breakers and balancing: the breaker and backoff as pure
+parts, then the proxy in process against real local upstreams that fail on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import CircuitConfig, ResilienceConfig
+from proxy.resilience import CLOSED, HALF_OPEN, OPEN, Health, backoff_s
+from proxy.routing import Decision, Target
+from support import FakeUpstream, chunk_events, completion, free_port
+
+KEY = "sk-resilience-1"
+ADMIN = "admin-resilience-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+# ---------------------------------------------------------------- the breaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_after_cooldown():
+    clock = Clock()
+    health = Health(clock)
+    changes: list[tuple[str, str]] = []
+    health.on_change = lambda t, s: changes.append((t, s))
+    circuit = CircuitConfig(failures=3, cooldown_s=10)
+    for _ in range(2):
+        assert health.admit("p/m", circuit)
+        health.started("p/m")
+        health.failed("p/m", circuit)
+    assert health.state("p/m", circuit) == CLOSED
+    health.started("p/m")
+    health.succeeded("p/m", 0.1, circuit)  # a success resets the count
+    for _ in range(3):
+        health.started("p/m")
+        health.failed("p/m", circuit)
+    assert health.state("p/m", circuit) == OPEN and not health.admit("p/m", circuit)
+    assert health.reopens_in("p/m", circuit) == 10
+    clock.now = 10
+    assert health.state("p/m", circuit) == HALF_OPEN
+    assert health.admit("p/m", circuit)  # the one probe
+    assert not health.admit("p/m", circuit)  # no second one while it is out
+    health.started("p/m")
+    health.failed("p/m", circuit)  # probe failed: open again, for a fresh cool-down
+    assert health.state("p/m", circuit) == OPEN
+    clock.now = 20
+    assert health.admit("p/m", circuit)
+    health.started("p/m")
+    health.succeeded("p/m", 0.1, circuit)
+    assert health.state("p/m", circuit) == CLOSED
+    assert changes == [("p/m", OPEN), ("p/m", HALF_OPEN), ("p/m", OPEN), ("p/m", HALF_OPEN), ("p/m", CLOSED)]
+
+
+def test_breaker_opens_on_error_rate_over_the_window():
+    clock = Clock()
+    health = Health(clock)
+    circuit = CircuitConfig(failures=100, error_rate=0.5, window_s=60, min_requests=10)
+    for i in range(10):
+        clock.now = i
+        health.started("t")
+        if i % 3 == 1:
+            health.succeeded("t", 0.1, circuit)
+        else:
+            health.failed("t", circuit)
+    assert health.state("t", circuit) == OPEN  # 7 of 10 failed, never 100 in a row
+
+
+def test_unjudged_attempt_releases_a_probe():
+    clock = Clock()
+    health = Health(clock)
+    circuit = CircuitConfig(failures=1, cooldown_s=1)
+    health.started("t")
+    health.failed("t", circuit)
+    clock.now = 1
+    assert health.admit("t", circuit)
+    health.started("t")
+    health.finished_unjudged("t")  # the client left: say nothing, allow another probe
+    assert health.admit("t", circuit)
+
+
+@pytest.mark.parametrize(
+    "attempt, base, cap, retry_after, low, high",
+    [
+        (0, 200, 5000, None, 0.0, 0.2),
+        (1, 200, 5000, None, 0.0, 0.4),
+        (5, 200, 5000, None, 0.0, 5.0),
+        (0, 200, 5000, "2", 2.0, 2.0),
+        (0, 200, 1000, "30", 1.0, 1.0),  # retry-after never beyond max_backoff
+        (0, 200, 5000, "Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.2),
+    ],
+)
+def test_backoff_is_jittered_and_honours_retry_after(attempt, base, cap, retry_after, low, high):
+    settings = ResilienceConfig(backoff_ms=base, max_backoff_ms=cap)
+    rng = random.Random(7)
+    for _ in range(50):
+        assert low <= backoff_s(attempt, settings, retry_after, rng) <= high
+
+
+def decision(balance: str) -> Decision:
+    a, b, c = Target("p", "a"), Target("p", "b"), Target("q", "c")
+    return Decision("m", "r", 0, a, (b, c), ((a, 1.0), (b, 1.0)), balance)
+
+
+def test_balancing_orders():
+    health = Health()
+    circuit = CircuitConfig()
+    assert [str(t) for t in health.order(decision("weighted"), 0.5)] == ["p/a", "p/b", "q/c"]
+    health.started("p/a")
+    assert [str(t) for t in health.order(decision("least_inflight"), 0.5)] == ["p/b", "p/a", "q/c"]
+    health.succeeded("p/a", 0.5, circuit)
+    health.started("p/b")
+    health.succeeded("p/b", 0.1, circuit)
+    assert [str(t) for t in health.order(decision("lowest_latency"), 0.5)][0] == "p/b"
+
+
+# ---------------------------------------------------------------- the proxy
+
+
+def config(primary: str, backup: str, extra: str = "", route_extra: str = "") -> str:
+    return f"""
+server: {{admin_keys: ["{ADMIN}"]}}
+ledger: {{path: off}}
+cache: {{backend: memory}}
+resilience:
+  retries: 2
+  backoff_ms: 10
+  max_backoff_ms: 1500
+  timeout_s: 5
+  circuit: {{failures: 3, cooldown_s: 1}}
+{extra}
+providers:
+  primary: {{type: openai, base_url: "{primary}", api_key: sk-1, timeout_s: 0.5, connect_timeout_s: 0.5}}
+  backup: {{type: openai, base_url: "{backup}", api_key: sk-2, timeout_s: 0.5}}
+teams:
+  t: {{keys: ["{KEY}"]}}
+routes:
+  - {{name: main, match: {{model: main}}, to: primary/m1, fallbacks: [backup/m2]{route_extra}}}
+  - {{name: solo, match: {{model: solo}}, to: primary/m1}}
+  - {{name: pair, match: {{model: pair}}, to: [primary/m1, backup/m2], balance: least_inflight}}
+"""
+
+
+@pytest.fixture
+async def ups() -> AsyncIterator[tuple[FakeUpstream, FakeUpstream]]:
+    async with FakeUpstream() as primary, FakeUpstream() as backup:
+        primary.post("/chat/completions").respond(json=completion("from primary"))
+        backup.post("/chat/completions").respond(json=completion("from backup"))
+        yield primary, backup
+
+
+async def make(tmp_path: Path, text: str) -> tuple:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    app = create_app(str(path), watch=False)
+    return app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=20)
+
+
+@pytest.fixture
+async def proxy(tmp_path, ups) -> AsyncIterator[httpx.AsyncClient]:
+    primary, backup = ups
+    app, client = await make(tmp_path, config(primary.base_url, backup.base_url))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await app.state.runtime.aclose()
+
+
+def chat(model: str = "main", text: str = "hi", **fields) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
+def fail_then(times: int, status: int, answer: dict, headers: dict | None = None):
+    """A handler failing `times` times with `status`, then answering."""
+    seen = {"n": 0}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        seen["n"] += 1
+        if seen["n"] <= times:
+            return web.json_response({"error": {"message": f"failure {seen['n']}"}}, status=status,
+                                     headers=headers or {})
+        return web.json_response(answer)
+
+    return handler
+
+
+async def test_500_then_success_is_retried_on_the_same_target(proxy, ups):
+    primary, backup = ups
+    primary.post("/chat/completions").handler(fail_then(2, 500, completion("third time")))
+    r = await proxy.post("/v1/chat/completions", json=chat(text="retry-500"), headers=AUTH)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "third time"
+    assert r.headers["x-switchyard-attempts"] == "3"
+    assert r.headers["x-switchyard-provider"] == "primary"
+    assert backup.post("/chat/completions").call_count == 0
+
+
+async def test_429_retry_after_is_honoured(proxy, ups):
+    primary, _ = ups
+    primary.post("/chat/completions").handler(fail_then(1, 429, completion("after waiting"), {"retry-after": "1"}))
+    started = asyncio.get_running_loop().time()
+    r = await proxy.post("/v1/chat/completions", json=chat(text="retry-429"), headers=AUTH)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "after waiting"
+    assert asyncio.get_running_loop().time() - started >= 1.0
+
+
+async def test_exhausted_retries_fall_back_and_headers_name_the_answering_target(proxy, ups):
+    primary, backup = ups
+    primary.post("/chat/completions").respond(503, json={"error": {"message": "overloaded"}})
+    r = await proxy.post("/v1/chat/completions", json=chat(text="fallback"), headers=AUTH)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "from backup"
+    assert r.headers["x-switchyard-provider"] == "backup" and r.headers["x-switchyard-model"] == "m2"
+    assert r.headers["x-switchyard-attempts"] == "4"
+    assert primary.post("/chat/completions").call_count == 3
+    assert backup.post("/chat/completions").calls.last.request.json()["model"] == "m2"
+    metrics = (await proxy.get("/metrics")).text
+    assert 'llm_upstream_attempts_total{model="m1",outcome="retry",provider="primary"} 3.0' in metrics
+    assert 'llm_upstream_attempts_total{model="m2",outcome="ok",provider="backup"} 1.0' in metrics
+
+
+async def test_fallback_answers_are_not_cached_as_the_primarys(proxy, ups):
+    primary, _ = ups
+    primary.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
+    await proxy.post("/v1/chat/completions", json=chat(text="cache-fb"), headers=AUTH)
+    primary.post("/chat/completions").respond(json=completion("primary is back"))
+    await asyncio.sleep(2.1)  # past the circuit's cool-down: the primary gets a probe
+    r = await proxy.post("/v1/chat/completions", json=chat(text="cache-fb"), headers=AUTH)
+    assert r.headers["x-switchyard-cache"] == "miss"
+    assert r.json()["choices"][0]["message"]["content"] == "primary is back"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        lambda up: up.post("/chat/completions").fault("hang", seconds=3),  # read timeout, before headers
+        lambda up: up.post("/chat/completions").fault("close"),  # connection dropped, no answer
+    ],
+    ids=["hang", "close"],
+)
+async def test_transport_failures_retry_then_fall_back(proxy, ups, fault):
+    primary, backup = ups
+    fault(primary)
+    r = await proxy.post("/v1/chat/completions", json=chat(text="transport"), headers=AUTH)
+    assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "backup"
+
+
+async def test_connection_refused_falls_back(tmp_path, ups):
+    _, backup = ups
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    app, client = await make(tmp_path, config(dead, backup.base_url))
+    try:
+        r = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "backup"
+    finally:
+        await client.aclose()
+        await app.state.runtime.aclose()
+
+
+async def test_4xx_is_not_retried(proxy, ups):
+    primary, backup = ups
+    primary.post("/chat/completions").respond(400, json={"error": {"message": "bad request"}})
+    r = await proxy.post("/v1/chat/completions", json=chat(text="4xx"), headers=AUTH)
+    assert r.status_code == 400 and primary.post("/chat/completions").call_count == 1
+    assert backup.post("/chat/completions").call_count == 0
+
+
+async def test_invalid_json_body_passes_through_without_retry(proxy, ups):
+    primary, _ = ups
+    primary.post("/chat/completions").respond(200, content=b"{not json", headers={"content-type": "application/json"})
+    r = await proxy.post("/v1/chat/completions", json=chat(text="garbage"), headers=AUTH)
+    assert r.status_code == 200 and r.content == b"{not json"
+    assert "llm_provider_errors_total" in (m := (await proxy.get("/metrics")).text)
+    assert 'kind="invalid_response"' in m
+
+
+async def test_stream_cut_mid_way_is_not_retried_and_ends_cleanly(proxy, ups):
+    primary, backup = ups
+    primary.post("/chat/completions").stream(chunk_events(["a", "b", "c"]), cut_after=2)
+    r = await proxy.post("/v1/chat/completions", json=chat(text="cut", stream=True), headers=AUTH)
+    assert r.status_code == 200
+    events = [e for e in r.text.split("\n\n") if e]
+    assert '"upstream_error"' in events[-1]
+    assert primary.post("/chat/completions").call_count == 1 and backup.post("/chat/completions").call_count == 0
+    primary.post("/chat/completions").respond(json=completion("whole"))
+    again = await proxy.post("/v1/chat/completions", json=chat(text="cut"), headers=AUTH)
+    assert again.headers["x-switchyard-cache"] == "miss"  # the broken stream was not stored
+
+
+async def test_truncated_sse_without_done_is_not_stored(proxy, ups):
+    primary, _ = ups
+    primary.post("/chat/completions").stream(chunk_events(["a", "b"])[:-2])  # no finish, no [DONE]
+    r = await proxy.post("/v1/chat/completions", json=chat(text="trunc", stream=True), headers=AUTH)
+    assert r.status_code == 200
+    primary.post("/chat/completions").respond(json=completion("whole"))
+    again = await proxy.post("/v1/chat/completions", json=chat(text="trunc"), headers=AUTH)
+    assert again.headers["x-switchyard-cache"] == "miss"
+
+
+async def test_every_target_down_is_a_fast_503_once_circuits_open(proxy, ups):
+    primary, backup = ups
+    for up in ups:
+        up.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
+    first = await proxy.post("/v1/chat/completions", json=chat(text="down"), headers=AUTH)
+    assert first.status_code == 502  # both tried, three times each: both circuits now open
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    second = await proxy.post("/v1/chat/completions", json=chat(text="down"), headers=AUTH)
+    assert second.status_code == 503 and second.json()["error"]["code"] == "no_healthy_upstream"
+    assert loop.time() - started < 0.2
+    assert primary.post("/chat/completions").call_count == 3
+    report = (await proxy.get("/admin/providers", headers={"Authorization": f"Bearer {ADMIN}"})).json()
+    states = {t["target"]: t["state"] for t in report["targets"]}
+    assert states == {"primary/m1": "open", "backup/m2": "open"}
+    metrics = (await proxy.get("/metrics")).text
+    assert 'llm_circuit_state{model="m1",provider="primary"} 2.0' in metrics
+
+
+async def test_breaker_cycle_open_half_open_closed(proxy, ups):
+    primary, _ = ups
+    primary.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
+    await proxy.post("/v1/chat/completions", json=chat("solo", text="cycle"), headers=AUTH)  # 3 failures: open
+    r = await proxy.post("/v1/chat/completions", json=chat("solo", text="cycle"), headers=AUTH)
+    assert r.status_code == 503
+    primary.post("/chat/completions").respond(json=completion("recovered"))
+    await asyncio.sleep(1.1)
+    r = await proxy.post("/v1/chat/completions", json=chat("solo", text="cycle2"), headers=AUTH)
+    assert r.status_code == 200 and r.headers["x-switchyard-attempts"] == "1"
+    report = (await proxy.get("/admin/providers", headers={"Authorization": f"Bearer {ADMIN}"})).json()
+    assert {t["target"]: t["state"] for t in report["targets"]}["primary/m1"] == "closed"
+
+
+async def test_concurrent_requests_during_a_breaker_trip_all_get_answers(proxy, ups):
+    primary, backup = ups
+    primary.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
+    results = await asyncio.gather(*(
+        proxy.post("/v1/chat/completions", json=chat(text=f"conc{i}"), headers=AUTH) for i in range(30)
+    ))
+    assert all(r.status_code == 200 for r in results)
+    assert {r.headers["x-switchyard-provider"] for r in results} == {"backup"}
+    # once open, the primary is skipped: far fewer than 30 x 3 attempts reached it
+    assert primary.post("/chat/completions").call_count < 30 * 3
+
+
+async def test_deadline_bounds_all_attempts(tmp_path, ups):
+    primary, backup = ups
+    for up in ups:
+        up.post("/chat/completions").fault("hang", seconds=5)
+    text = config(primary.base_url, backup.base_url).replace("timeout_s: 5\n", "timeout_s: 1.2\n")
+    app, client = await make(tmp_path, text)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        r = await client.post("/v1/chat/completions", json=chat(text="deadline"), headers=AUTH)
+        assert r.status_code == 504
+        assert loop.time() - started < 2.0
+    finally:
+        await client.aclose()
+        await app.state.runtime.aclose()
+
+
+async def test_equivalent_targets_are_balanced_by_inflight(proxy, ups):
+    primary, backup = ups
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await asyncio.sleep(0.3)
+        return web.json_response(completion("slow primary"))
+
+    primary.post("/chat/completions").handler(slow)
+    results = await asyncio.gather(*(
+        proxy.post("/v1/chat/completions", json=chat("pair", text=f"bal{i}"), headers=AUTH) for i in range(6)
+    ))
+    providers = [r.headers["x-switchyard-provider"] for r in results]
+    assert "backup" in providers and "primary" in providers
