@@ -87,9 +87,14 @@ def panels() -> list[dict]:
                    f"clamp_min(sum(rate(llm_requests_total{{{SEL}}}[{RI}])), 1e-9)", "4xx", "B"),
         ], 12, 32, unit="percentunit"),
         panel("Provider distribution (dashboard range)", "piechart", [
-            target(f"sum by (provider) (increase(llm_requests_total{{{SEL}}}[$__range]))", "{{provider}}",
-                   instant=True),
-        ], 0, 40, w=8, options={"reduceOptions": {"calcs": ["lastNotNull"]}, "pieType": "donut"}),
+            # provider="none": refused before routing (401, 404, ...), not a provider's share
+            target(f'sum by (provider) (increase(llm_requests_total{{provider!="none", {SEL}}}[$__range]))',
+                   "{{provider}}", instant=True),
+        ], 0, 40, w=8, options={
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "pieType": "donut", "displayLabels": ["percent"],
+            "legend": {"displayMode": "table", "placement": "right", "showLegend": True, "values": ["value"]},
+        }),
         panel("In-flight requests", "timeseries", [target("sum(llm_inflight_requests)", "in flight")], 8, 40, w=8),
         panel("Responses by status", "timeseries", [
             target(f"sum by (status) (rate(llm_requests_total{{{SEL}}}[{RI}]))", "{{status}}"),
