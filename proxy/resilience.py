@@ -233,7 +233,8 @@ async def attempt_upstream(
             health.started(name)
             started = clock()
             try:
-                response = await asyncio.wait_for(send(target), remaining)
+                async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
+                    response = await send(target)
             except asyncio.TimeoutError:
                 health.failed(name, circuit)
                 attempts.append(Attempt(target, "failed", "timeout", clock() - started))

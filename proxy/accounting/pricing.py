@@ -51,6 +51,7 @@ class PriceTable:
         for name, price in prices.items():
             by_model.setdefault(name.split("/", 1)[1] if "/" in name else name, price)
         self._by_model = MappingProxyType(by_model)
+        self._memo: dict[str, Price | None] = {}
 
     def __len__(self) -> int:
         return len(self._exact)
@@ -59,6 +60,16 @@ class PriceTable:
         return tuple(self._exact)
 
     def price(self, target: str) -> Price | None:
+        try:
+            return self._memo[target]
+        except KeyError:
+            pass
+        found = self._lookup(target)
+        if len(self._memo) < 4096:  # templated routes can name anything: keep the memo bounded
+            self._memo[target] = found
+        return found
+
+    def _lookup(self, target: str) -> Price | None:
         provider, _, model = target.partition("/")
         for name in (target, model):
             for candidate in (name, _DATE_SUFFIX.sub("", name)):

@@ -69,6 +69,7 @@ class Accounting:
         self.budgets = Budgets(self.counters, self.alerts.raise_alert, self._claim_alert)
         self._claimed: set[tuple[str, str, str, float]] = set()
         self._started: asyncio.Future[None] | None = None
+        self._periods: tuple[Periods, float, float, str] | None = None
         self.snapshot = snapshot
 
     # --- lifecycle (lazy, so in-process apps without a lifespan work too)
@@ -130,7 +131,16 @@ class Accounting:
             self.counters.watch_all(snapshot.teams, self.periods())
 
     def periods(self, ts: float | None = None) -> Periods:
-        return periods_at(time.time() if ts is None else ts, ZoneInfo(self.snapshot.config.accounting.timezone))
+        if ts is not None:
+            return periods_at(ts, self.zone())
+        now = time.time()
+        cached = self._periods
+        # the day's keys hold until midnight: compute them once a day, not per request
+        if cached is None or not cached[1] <= now < cached[2] or cached[3] != self.snapshot.config.accounting.timezone:
+            p = periods_at(now, self.zone())
+            self._periods = cached = (p, p.day_start, p.day_start + 86400 - 3600, self.snapshot.config.accounting.timezone)
+        p = cached[0]
+        return Periods(p.day, p.month, p.day_start, p.month_start, p.month_end, now)
 
     # --- the request path
 

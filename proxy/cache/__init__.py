@@ -99,7 +99,8 @@ class ResponseCache:
         self.backend = backend
 
     def key(self, *, team: str, target: str, endpoint: str, body: Mapping[str, Any]) -> str:
-        scope = team if self.settings.scope == "team" else "shared"
+        # "team=" keeps a team that happens to be called "shared" out of the shared scope
+        scope = f"team={team}" if self.settings.scope == "team" else "shared"
         return cache_key(scope=scope, target=target, endpoint=endpoint, body=dict(body))
 
     async def lookup(self, key: str, max_age: float | None) -> Entry | None:
@@ -118,7 +119,10 @@ class ResponseCache:
             log.exception("cache store failed")
 
     async def purge(self, *, team: str | None = None, model: str | None = None) -> int:
-        return await self.backend.purge(purge_pattern(scope=team, model=model))
+        scope = None if team is None else (f"team={team}" if self.settings.scope == "team" else "shared")
+        if team is not None and self.settings.scope == "shared":
+            return 0  # shared entries belong to no team
+        return await self.backend.purge(purge_pattern(scope=scope, model=model))
 
     def state(self) -> dict[str, Any]:
         backend = self.backend

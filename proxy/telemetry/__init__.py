@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from typing import Mapping
 
 from proxy.config import TelemetryConfig
@@ -30,11 +31,18 @@ class Telemetry:
         self.tracing: Tracing | None = None
         self.settings = TelemetryConfig()
         self._endpoint: str | None = None
+        self._lines: access_log.BufferedJsonLines | None = None
 
     def configure(self, settings: TelemetryConfig) -> None:
         """Apply a (re)loaded `telemetry:` section; a changed endpoint swaps the exporter."""
         if os.environ.get("SWITCHYARD_MANAGE_LOGGING") == "1":  # a served process, not a test
             setup_logging(settings.log_format)
+            fast = settings.access_log and settings.log_format == "json" and access_log.log.isEnabledFor(logging.INFO)
+            if fast and self._lines is None:
+                self._lines = access_log.BufferedJsonLines(sys.stderr)
+            elif not fast and self._lines is not None:
+                self._lines.flush()
+                self._lines = None
         endpoint = otlp_traces_endpoint(settings)
         tracing_changed = endpoint != self._endpoint or (
             endpoint is not None
@@ -68,10 +76,14 @@ class Telemetry:
         self.metrics.finished(record)
         if self.tracing is not None:
             self.tracing.finish(record)
-        if self.settings.access_log:
+        if self._lines is not None:
+            self._lines.write(record)
+        elif self.settings.access_log:
             access_log.write(record)
 
     async def aclose(self) -> None:
+        if self._lines is not None:
+            self._lines.flush()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)
