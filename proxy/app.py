@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import time
+from types import MappingProxyType
 from typing import Any, AsyncIterator
 
 import orjson
@@ -24,7 +25,10 @@ from proxy.cache import ResponseCache, build_cache
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.providers.base import spawn
 from proxy.reload import ConfigWatcher, install_sighup, reload_now
+from proxy.experiments import ExperimentState, experiments_of
+from proxy.experiments import report as experiment_stats
 from proxy.resilience import Health
+from proxy.validation import check_feedback, parse_json_object
 from proxy.snapshot import Snapshot, SnapshotHolder
 from proxy.telemetry import Telemetry
 from proxy.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -47,6 +51,7 @@ class Runtime:
         self.telemetry = Telemetry()
         self.health = Health()  # circuit breakers and balancing state: outlive config reloads
         self.health.on_change = self._circuit_changed
+        self.experiments = ExperimentState()
         holder.listeners.append(self._install)
         holder.observers.append(self.telemetry.metrics.reload_result)
 
@@ -66,7 +71,9 @@ class Runtime:
             self.accounting = Accounting(snapshot, self.telemetry.metrics)
         else:
             self.accounting.configure(snapshot)
-        self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting)
+        self.experiments.forget_missing(snapshot)
+        self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting,
+                              MappingProxyType(self.experiments.promoted))
 
     def _circuit_changed(self, target: str, state: str) -> None:
         known = self._active is not None and target in self._active.snapshot.known_targets
@@ -152,6 +159,47 @@ def create_app(
         authenticate_admin(active.snapshot, request.headers)
         assert active.accounting is not None
         return json_response(await active.accounting.costs())
+
+    async def feedback(request: Request) -> Response:
+        active = runtime.active()
+        team = authenticate(active.snapshot, request.headers)
+        body = parse_json_object(await request.body())
+        request_id, score, comment = check_feedback(body)
+        accounting = active.accounting
+        assert accounting is not None
+        if not await accounting.request_of_team(request_id, team.name):
+            raise NotFound(f"no request {request_id!r} of team {team.name!r} (feedback is for your own requests)")
+        accounting.record_feedback(request_id, team.name, score, comment)
+        return json_response({"object": "feedback", "request_id": request_id, "score": score}, 201)
+
+    async def experiment_report(name: str) -> dict[str, Any]:
+        active = runtime.active()
+        experiment = experiments_of(active.snapshot).get(name)
+        if experiment is None:
+            raise NotFound(f"no experiment {name!r} in the config")
+        accounting = active.accounting
+        assert accounting is not None
+        if accounting.writer is not None:
+            await accounting.writer.flush()
+        report = await experiment_stats(accounting.reader, experiment)
+        runtime.experiments.consider(experiment, report)
+        report["promoted"] = runtime.experiments.promoted.get(name)
+        report["events"] = [e for e in runtime.experiments.events if e["experiment"] == name]
+        return report
+
+    async def admin_experiments(request: Request) -> Response:
+        authenticate_admin(runtime.active().snapshot, request.headers)
+        names = sorted(experiments_of(runtime.active().snapshot))
+        reports = [await experiment_report(n) for n in names]
+        return json_response({"object": "list", "data": [
+            {k: r[k] for k in ("experiment", "objective", "sticky", "control", "verdict", "promoted")}
+            | {"requests": {v["variant"]: v["requests"] for v in r["variants"]}}
+            for r in reports
+        ]})
+
+    async def admin_experiment(request: Request) -> Response:
+        authenticate_admin(runtime.active().snapshot, request.headers)
+        return json_response(await experiment_report(request.path_params["name"]))
 
     async def admin_providers(request: Request) -> Response:
         active = runtime.active()
@@ -254,6 +302,7 @@ def create_app(
         Route("/v1/embeddings", ProxyEndpoint(runtime.active, "embeddings", runtime.telemetry, runtime.health), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/usage", usage, methods=["GET"]),
+        Route("/v1/feedback", feedback, methods=["POST"]),
         Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -263,6 +312,8 @@ def create_app(
         Route("/admin/cache", admin_cache_purge, methods=["DELETE"]),
         Route("/admin/usage", admin_usage, methods=["GET"]),
         Route("/admin/providers", admin_providers, methods=["GET"]),
+        Route("/admin/experiments", admin_experiments, methods=["GET"]),
+        Route("/admin/experiments/{name:path}", admin_experiment, methods=["GET"]),
         Route("/admin/costs", admin_costs, methods=["GET"]),
     ]
     app = Starlette(

@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--group-by", default="team", choices=["team", "model", "route", "provider", "user", "day"])
     usage.set_defaults(run=_usage)
 
+    experiments = sub.add_parser("experiments", help="A/B experiments")
+    experiments_sub = experiments.add_subparsers(dest="experiments_command", required=True)
+    report = experiments_sub.add_parser("report", help="per-variant statistics and the verdict, from the ledger")
+    report.add_argument("name")
+    report.add_argument("--config", default=None)
+    report.add_argument("--json", action="store_true", help="the same report as GET /admin/experiments/NAME")
+    report.set_defaults(run=_experiments_report)
+
     keys = sub.add_parser("keys", help="manage team keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="print a fresh key and the line to put in proxy.yaml")
@@ -290,3 +298,66 @@ def _usage(args: argparse.Namespace) -> int:
 
 def _money(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
+
+
+def _experiments_report(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from proxy.accounting.ledger import LedgerReader
+    from proxy.accounting.service import ledger_path
+    from proxy.experiments import experiments_of, report
+
+    path = _config_path(args.config)
+    try:
+        snapshot = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return 1
+    experiment = experiments_of(snapshot).get(args.name)
+    if experiment is None:
+        known = ", ".join(sorted(experiments_of(snapshot))) or "none"
+        print(f"no experiment {args.name!r} in {path} (experiments: {known})", file=sys.stderr)
+        return 1
+    ledger = ledger_path(snapshot)
+    result = asyncio.run(report(LedgerReader(ledger) if ledger else None, experiment))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"experiment {experiment.name}: objective {experiment.objective}, sticky {experiment.sticky}, "
+          f"alpha {experiment.alpha:g}, min_samples {experiment.min_samples}")
+    rows = [("variant", "requests", "cost $ (95% CI)", "latency ms (95% CI)", "ttft ms", "error rate",
+             "feedback (n)", "min samples")]
+    for v in result["variants"]:
+        rows.append((v["variant"], str(v["requests"]), _ci(v["cost_usd"], 6), _ci(v["latency_ms"], 1),
+                     _ci(v["ttft_ms"], 1), _rate(v["error_rate"]),
+                     f"{_ci(v['feedback'], 2)} ({v['feedback']['n']})", "yes" if v["min_samples_reached"] else "no"))
+    _table(rows)
+    print()
+    rows = [("vs " + result["control"], "cost p (d)", "latency p (d)", "errors p (diff)", "feedback p (r)")]
+    for c in result["comparisons"]:
+        rows.append((c["variant"], _p(c["cost"]), _p(c["latency"]), _p(c["errors"]), _p(c["feedback"])))
+    _table(rows)
+    verdict = result["verdict"]
+    print()
+    print(f"=> {verdict['winner'] + ' wins' if verdict['winner'] else 'no winner yet'}: {verdict['reason']}")
+    return 0
+
+
+def _ci(stat: dict, digits: int) -> str:
+    if stat.get("mean") is None:
+        return "-"
+    if stat.get("ci_low") is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ({stat['ci_low']:.{digits}f}..{stat['ci_high']:.{digits}f})"
+
+
+def _rate(stat: dict) -> str:
+    return "-" if stat.get("rate") is None else f"{stat['rate']:.3f}"
+
+
+def _p(test: dict) -> str:
+    if test.get("p_value") is None:
+        return "-"
+    effect = test.get("effect_size")
+    return f"{test['p_value']:.3g} ({effect:.3g})" if effect is not None else f"{test['p_value']:.3g}"

@@ -12,6 +12,7 @@ provider using it is disabled with a reason that `switchyard check` and startup 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -230,6 +231,7 @@ class MatchConfig(_Strict):
     after: datetime | None = None
     before: datetime | None = None
     stream: bool | None = None
+    complexity: list[Literal["simple", "medium", "complex"]] | None = None  # from the prompt classifier
 
     @field_validator("after", "before")
     @classmethod
@@ -269,6 +271,40 @@ class ResilienceConfig(_Strict):
     balance: Balance = "weighted"  # how a split (or a list of targets) picks
 
 
+class VariantConfig(_Strict):
+    to: NonEmpty
+    weight: float = Field(1, gt=0)
+
+
+class ExperimentConfig(_Strict):
+    name: NonEmpty | None = None  # defaults to the route's name; rows and reports use it
+    variants: dict[str, VariantConfig | NonEmpty]  # name: target, or name: {to, weight}
+    sticky: Literal["user", "team", "request"] = "user"  # who always sees the same variant
+    objective: Literal["cost", "latency", "feedback", "errors"] = "cost"
+    min_samples: int = Field(100, ge=2)  # per variant, before any verdict (guards against peeking)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    promote_when_significant: bool = False  # once a winner is clear, send new traffic to it
+
+    @field_validator("variants")
+    @classmethod
+    def _two_or_more(cls, variants: dict[str, Any]) -> dict[str, Any]:
+        if len(variants) < 2:
+            raise ValueError("an experiment needs at least two variants")
+        return variants
+
+
+class ComplexityConfig(_Strict):
+    medium: float = Field(0.35, ge=0, le=1)  # score at which a prompt stops being simple
+    complex: float = Field(0.65, ge=0, le=1)  # ... and becomes complex
+    weights: dict[str, float] = {}  # per feature, laid over the defaults (see README)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ComplexityConfig:
+        if self.medium > self.complex:
+            raise ValueError("medium must not be above complex")
+        return self
+
+
 class RouteConfig(_Strict):
     name: NonEmpty
     match: MatchConfig = MatchConfig()
@@ -277,6 +313,7 @@ class RouteConfig(_Strict):
     fallbacks: list[NonEmpty] = []
     cache: RouteCacheConfig | bool = True  # false (or off): never cache this route
     balance: Balance | None = None  # overrides resilience.balance for this route
+    experiment: ExperimentConfig | None = None
 
     @field_validator("to")
     @classmethod
@@ -297,8 +334,8 @@ class RouteConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> RouteConfig:
-        if (self.to is None) == (self.split is None):
-            raise ValueError("needs exactly one action: to or split")
+        if sum(x is not None for x in (self.to, self.split, self.experiment)) != 1:
+            raise ValueError("needs exactly one action: to, split or experiment")
         return self
 
 
@@ -309,6 +346,7 @@ class Config(_Strict):
     ledger: LedgerConfig = LedgerConfig()
     accounting: AccountingConfig = AccountingConfig()
     resilience: ResilienceConfig = ResilienceConfig()
+    complexity: ComplexityConfig = ComplexityConfig()
     providers: dict[str, ProviderConfig] = {}
     pricing: dict[str, PriceConfig] = {}
     teams: dict[str, TeamConfig] = {}
@@ -384,9 +422,30 @@ def _strip_missing(node: Any) -> Any:
 # ---------------------------------------------------------------- loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of repeated keys; YAML forbids them, and a team or provider
+    written twice would silently lose its first definition."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges; keys written beside it may override the merged ones
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
@@ -452,9 +511,12 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def _is_union_tag(part: str) -> bool:
-    # pydantic names union members in locations (`str`, `list[str]`, `function-after[...]`)
-    return part in ("str", "list[str]", "float", "int", "bool") or part.startswith(
-        ("function-", "list[", "constrained-")
+    # pydantic names union members in locations (`str`, `list[str]`, `function-after[...]`,
+    # `literal['timeout','connect']`, or a model's class name such as `RouteCacheConfig`)
+    return (
+        part in ("str", "list[str]", "float", "int", "bool")
+        or part.startswith(("function-", "list[", "constrained-", "literal["))
+        or part in {cls.__name__ for cls in _Strict.__subclasses__()}
     )
 
 
@@ -480,6 +542,7 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     providers = config.providers
     seen_routes: dict[str, int] = {}
+    seen_experiments: set[str] = set()
     for i, route in enumerate(config.routes):
         where = f"routes[{i}]"
         if route.name in seen_routes:
@@ -487,6 +550,11 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
                 (f"{where}.name", f"duplicate route name {route.name!r} (also routes[{seen_routes[route.name]}])")
             )
         seen_routes.setdefault(route.name, i)
+        if route.experiment is not None:
+            experiment = route.experiment.name or route.name
+            if experiment in seen_experiments:
+                problems.append((f"{where}.experiment.name", f"duplicate experiment name {experiment!r}"))
+            seen_experiments.add(experiment)
         targets: list[tuple[str, str]] = []
         if isinstance(route.to, str):
             targets.append((f"{where}.to", route.to))
@@ -494,6 +562,9 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
             targets.append((f"{where}.to[{j}]", target))
         for target in route.split or {}:
             targets.append((f"{where}.split.{target}", target))
+        for variant, spec in (route.experiment.variants.items() if route.experiment else ()):
+            target = spec if isinstance(spec, str) else spec.to
+            targets.append((f"{where}.experiment.variants.{variant}", target))
         for j, target in enumerate(route.fallbacks):
             targets.append((f"{where}.fallbacks[{j}]", target))
         for path, target in targets:
@@ -508,7 +579,8 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
             path = f"teams.{team_name}.keys[{k}]"
             if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
                 problems.append((path, "a sha256: key needs 64 hex digits"))
-            normal = key.lower() if key.startswith("sha256:") else key
+            # compare what the key index stores, so a plain key and its sha256: form collide
+            normal = key[7:].lower() if key.startswith("sha256:") else hashlib.sha256(key.encode()).hexdigest()
             owner = key_owner.get(normal)
             if owner is not None and owner != team_name:
                 problems.append((path, f"key also belongs to team {owner!r}"))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+from types import MappingProxyType
 import os
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -40,7 +41,7 @@ from proxy.relay import (
     upstream_headers,
 )
 from proxy.resilience import Attempt, Health, attempt_upstream
-from proxy.routing import RouteRequest, Target, decide
+from proxy.routing import RouteRequest, Target, classify_level, decide
 from proxy.snapshot import Snapshot
 from proxy.telemetry import TRACE_HEADERS, RequestRecord, Telemetry
 from proxy.usage import UsageStripper, UsageTap
@@ -57,6 +58,7 @@ class Active:
     adapters: Mapping[str, Adapter]
     cache: ResponseCache | None = None
     accounting: Accounting | None = None
+    promoted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # experiment -> variant
 
 
 # request headers never forwarded upstream: the client's credentials, hop-by-hop
@@ -149,11 +151,16 @@ class ProxyEndpoint:
                 stream=stream,
                 now=datetime.now(timezone.utc),
                 rand=random.random(),
+                complexity=classify_level(snapshot, body) if snapshot.uses_complexity else None,
+                promoted=active.promoted,
             ),
         )
         target = decision.target
         target_name = str(target)
         record.route = decision.route
+        if decision.experiment is not None:
+            record.experiment, record.variant = decision.experiment, decision.variant
+            out.append((b"x-switchyard-experiment", f"{decision.experiment}:{decision.variant}".encode()))
         record.provider = target.provider
         record.model = target.model
         record.known_model = target_name in snapshot.known_targets

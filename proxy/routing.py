@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
+from typing import Mapping
 
 from proxy.errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NoHealthyUpstream
-from proxy.snapshot import Route, Snapshot, Team
+from proxy.snapshot import Experiment, Route, Snapshot, Team
+
+
+_NO_PROMOTIONS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,8 @@ class RouteRequest:
     stream: bool
     now: datetime
     rand: float  # uniform in [0, 1): picks among weighted split targets
+    complexity: str | None = None  # the prompt classifier's level, when a route asks for it
+    promoted: Mapping[str, str] = field(default_factory=lambda: _NO_PROMOTIONS)  # experiment -> winning variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,8 @@ class Decision:
     # weighted draw already made here (empty for a single target)
     pool: tuple[tuple[Target, float], ...] = ()
     balance: str = "weighted"
+    experiment: str | None = None
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +82,11 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
         groups = _match(route, model, req, trace)
         if groups is None:
             continue
-        targets = _resolve_all(route, model, groups, req.rand)
+        variant = None
+        if route.experiment is not None:
+            variant = assign_variant(route.experiment, req)
+            _note(trace, route.name, "variant", f"experiment {route.experiment.name}: variant {variant}")
+        targets = _resolve_all(route, model, groups, req.rand, variant)
         if isinstance(targets, str):
             _note(trace, route.name, "skipped", targets)
             continue
@@ -94,7 +107,9 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
             extra = f"; skipped disabled {', '.join(skipped)}" if skipped else ""
             _note(trace, route.name, "matched", f"target {usable[0]}{extra}")
         pool = _pool(route, model, groups, snapshot) if route.split is not None else ()
-        return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]), pool, route.balance)
+        experiment = route.experiment.name if route.experiment is not None else None
+        return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]), pool, route.balance,
+                        experiment, variant)
     raise ModelNotFound(
         f"model {model!r} does not exist or is not routed for team {req.team.name!r}; "
         f"allowed: {_allowed_text(snapshot, req.team)}",
@@ -141,6 +156,9 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
         return _fail(trace, route, f"before the rule's start {m.after.isoformat()}")
     if m.before is not None and req.now >= m.before:
         return _fail(trace, route, f"after the rule's end {m.before.isoformat()}")
+    if m.complexity is not None and req.complexity not in m.complexity:
+        return _fail(trace, route, f"prompt is {req.complexity or 'unclassified'}, rule wants "
+                                   f"{', '.join(sorted(m.complexity))}")
     if m.percent is not None:
         subject = req.user or req.team.name
         bucket = percent_bucket(route.name, subject)
@@ -160,6 +178,34 @@ def percent_bucket(route_name: str, subject: str) -> float:
     return int.from_bytes(digest, "big") * 100.0 / 2**64
 
 
+def classify_level(snapshot: Snapshot, body: dict) -> str:
+    """The prompt's complexity level under the snapshot's classifier settings."""
+    from proxy.complexity import classify_body
+
+    return classify_body(body, snapshot.complexity).level
+
+
+def assign_variant(experiment: Experiment, req: RouteRequest) -> str:
+    """Stable: hash(experiment, subject) picks by weight, so a subject keeps its variant.
+    A declared winner (promotion) takes all traffic."""
+    promoted = req.promoted.get(experiment.name)
+    if promoted is not None and experiment.target_of(promoted) is not None:
+        return promoted
+    if experiment.sticky == "request":
+        draw = req.rand
+    else:
+        subject = req.team.name if experiment.sticky == "team" else (req.user or req.team.name)
+        draw = assignment_draw(experiment.name, subject)
+    return pick_weighted(tuple((name, weight) for name, _, weight in experiment.variants), draw)
+
+
+def assignment_draw(experiment: str, subject: str) -> float:
+    """Uniform in [0, 1), fixed per (experiment, subject)."""
+    # its own hash space: a route's `percent` bucket must not correlate with its variants
+    digest = hashlib.blake2b(f"experiment\x00{experiment}\x00{subject}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def pick_weighted(choices: tuple[tuple[str, float], ...], rand: float) -> str:
     total = sum(w for _, w in choices)
     point = rand * total
@@ -171,10 +217,13 @@ def pick_weighted(choices: tuple[tuple[str, float], ...], rand: float) -> str:
 
 
 def _resolve_all(
-    route: Route, model: str, groups: tuple[str, ...], rand: float
+    route: Route, model: str, groups: tuple[str, ...], rand: float, variant: str | None = None
 ) -> tuple[Target, tuple[Target, ...]] | str:
     """Primary and fallback targets, or the reason the rule cannot serve this name."""
-    if route.split is not None:
+    if route.experiment is not None and variant is not None:
+        # the other variants are not spares: an answer must belong to the variant assigned
+        templates = (route.experiment.target_of(variant) or "", *route.fallbacks)
+    elif route.split is not None:
         chosen = pick_weighted(route.split, rand)
         # the other split targets follow the configured fallbacks as spares
         spares = [t for t, _ in route.split if t != chosen]

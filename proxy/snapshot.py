@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from proxy.accounting.pricing import Price, PriceTable, load_prices, shipped_pricing_path
 from proxy.config import (
@@ -88,6 +88,7 @@ class Match:
     after: datetime | None
     before: datetime | None
     stream: bool | None
+    complexity: frozenset[str] | None = None  # prompt classifier levels
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +102,32 @@ class Route:
     cache_enabled: bool = True
     cache_ttl_s: int | None = None  # None: the cache section's ttl_s
     balance: str = "weighted"  # weighted | least_inflight | lowest_latency
+    experiment: Experiment | None = None
 
     def targets(self) -> tuple[str, ...]:
+        if self.experiment is not None:
+            return tuple(t for _, t, _ in self.experiment.variants)
         if self.to is not None:
             return (self.to,)
         return tuple(t for t, _ in self.split or ())
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    name: str
+    variants: tuple[tuple[str, str, float], ...]  # (variant, target template, weight)
+    sticky: str  # user | team | request
+    objective: str  # cost | latency | feedback | errors
+    min_samples: int
+    alpha: float
+    promote: bool
+
+    def target_of(self, variant: str) -> str | None:
+        for name, target, _ in self.variants:
+            if name == variant:
+                return target
+        return None
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +166,8 @@ class Snapshot:
     # provider/model names written literally in the config (targets, fallbacks, prices):
     # the only upstream model names used as metric labels, so their number is bounded
     known_targets: frozenset[str] = frozenset()
+    uses_complexity: bool = False  # some route matches on it: classify each prompt
+    complexity: Any = None  # complexity.ComplexitySettings when used
 
     def team_for_key(self, key: str) -> Team | None:
         name = self.key_index.get(hash_key(key))
@@ -235,6 +259,8 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         prices=prices,
         warnings=tuple(warnings),
         known_targets=_known_targets(routes, prices),
+        uses_complexity=any(r.match.complexity is not None for r in routes),
+        complexity=_complexity_settings(config) if _wants_complexity(config) else None,
     )
 
 
@@ -250,6 +276,7 @@ def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Rou
         after=m.after,
         before=m.before,
         stream=m.stream,
+        complexity=None if m.complexity is None else frozenset(m.complexity),
     )
     to, split = r.to, None if r.split is None else tuple(r.split.items())
     if isinstance(to, list):  # equivalent targets: an even split, balanced like one
@@ -257,7 +284,35 @@ def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Rou
         to = r.to[0] if split is None else None  # type: ignore[index]
     enabled = r.cache is not False
     ttl = r.cache.ttl_s if isinstance(r.cache, RouteCacheConfig) else None
-    return Route(index, r.name, match, to, split, tuple(r.fallbacks), enabled, ttl, r.balance or balance)
+    experiment = None
+    if r.experiment is not None:
+        e = r.experiment
+        variants = tuple(
+            (name, spec, 1.0) if isinstance(spec, str) else (name, spec.to, spec.weight)
+            for name, spec in e.variants.items()
+        )
+        experiment = Experiment(e.name or r.name, variants, e.sticky, e.objective, e.min_samples, e.alpha,
+                                e.promote_when_significant)
+    return Route(index, r.name, match, to, split, tuple(r.fallbacks), enabled, ttl, r.balance or balance,
+                 experiment)
+
+
+def _wants_complexity(config: Config) -> bool:
+    return bool(config.complexity.weights) or any(r.match.complexity for r in config.routes)
+
+
+def _complexity_settings(config: Config) -> Any:
+    from proxy.complexity import DEFAULT_WEIGHTS, ComplexitySettings
+
+    unknown = sorted(set(config.complexity.weights) - set(DEFAULT_WEIGHTS))
+    if unknown:
+        raise ConfigError([(f"complexity.weights.{name}", f"unknown feature; known: {', '.join(DEFAULT_WEIGHTS)}")
+                           for name in unknown])
+    return ComplexitySettings(
+        weights=MappingProxyType({**DEFAULT_WEIGHTS, **config.complexity.weights}),
+        medium=config.complexity.medium,
+        complex=config.complexity.complex,
+    )
 
 
 def _known_targets(routes: tuple[Route, ...], prices: PriceTable) -> frozenset[str]:

@@ -31,12 +31,18 @@ def event_data(event: bytes) -> bytes | None:
 class EventSplitter:
     """Feed byte chunks; get back each complete event (its raw bytes, separator excluded)."""
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_tail", "_after_cr")
 
     def __init__(self) -> None:
         self._tail = b""
+        self._after_cr = False  # the last chunk ended in \r, already counted as a line end
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the \n of a \r\n cut between two chunks: one line end, not two
+            self._after_cr = False
+        if chunk:
+            self._after_cr = chunk.endswith(b"\r")
         buf = self._tail + chunk if self._tail else chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")

@@ -73,8 +73,8 @@ def check_embeddings(body: dict[str, Any]) -> None:
         and value
         and (
             all(isinstance(v, str) for v in value)
-            or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            or all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
+            or all(_is_token(v) for v in value)
+            or all(isinstance(v, list) and all(_is_token(t) for t in v) for v in value)
         )
     )
     if not ok or value == "":
@@ -83,6 +83,10 @@ def check_embeddings(body: dict[str, Any]) -> None:
         )
     _check_type(body, "user", str, "a string")
     _check_int(body, "dimensions", 1)
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not token 1
 
 
 def _check_model(body: dict[str, Any]) -> None:
@@ -127,3 +131,20 @@ def _kind(value: Any) -> str:
         float: "a number",
         type(None): "null",
     }.get(type(value), type(value).__name__)
+
+
+def check_feedback(body: dict[str, Any]) -> tuple[str, float, str | None]:
+    """`POST /v1/feedback`: (request_id, score in [0, 1], optional comment)."""
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
+        raise InvalidRequest("'request_id' must be the x-request-id of one of your requests.", param="request_id")
+    score = body.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+        raise InvalidRequest("'score' must be a number from 0 to 1.", param="score")
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 4000):
+        raise InvalidRequest("'comment' must be a string of at most 4000 characters.", param="comment")
+    unknown = sorted(set(body) - {"request_id", "score", "comment"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}.", param=unknown[0])
+    return request_id, float(score), comment

@@ -176,6 +176,21 @@ class Accounting:
         if team.limits is not None and record.usage is not None:
             self.limiter.charge(record.team, record.user, team.limits, sum(tokens(record.usage)))
 
+    # --- feedback
+
+    async def request_of_team(self, request_id: str, team: str) -> bool:
+        """Whether the ledger has this request for this team (queued rows are written first)."""
+        if self.reader is None or self.writer is None:
+            return False
+        await self.ready()
+        await self.writer.flush()
+        rows = await self.reader.query("SELECT 1 FROM requests WHERE id = ? AND team = ? LIMIT 1", (request_id, team))
+        return bool(rows)
+
+    def record_feedback(self, request_id: str, team: str, score: float, comment: str | None) -> None:
+        assert self.writer is not None
+        self.writer.append_feedback((request_id, team, time.time(), score, comment))
+
     # --- reports
 
     async def team_usage(self, team: str) -> dict[str, Any]:

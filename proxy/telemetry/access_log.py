@@ -37,6 +37,8 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "outcome": record.outcome,
         "error": record.error_kind,
         "cache": record.cache,
+        "experiment": record.experiment,
+        "variant": record.variant,
         "attempts": sum(a.outcome != "circuit_open" for a in record.attempts),
         "input_tokens": input_tokens if record.usage is not None else None,
         "output_tokens": output_tokens if record.usage is not None else None,

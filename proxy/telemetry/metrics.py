@@ -110,6 +110,9 @@ class Metrics:
         self.circuit = _Children(Gauge(
             "llm_circuit_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
             ["provider", "model"], registry=r, multiprocess_mode="max"))
+        self.experiment_requests = _Children(Counter(
+            "llm_experiment_requests", "Requests per experiment variant.", ["experiment", "variant", "status"],
+            registry=r))
         self._digest: str | None = None
 
     # --- updates
@@ -124,6 +127,8 @@ class Metrics:
         model = _model_label(record)
         self.requests.get(team, record.route or NONE, provider, model, str(record.status), record.cache).inc()
         self.cache.get(record.cache).inc()
+        if record.experiment is not None:
+            self.experiment_requests.get(record.experiment, record.variant or NONE, str(record.status)).inc()
         self.overhead.observe(record.overhead())
         for attempt in record.attempts:
             target = attempt.target

@@ -100,6 +100,8 @@ class Tracing:
         _put(attributes, "gen_ai.response.model", record.model)
         _put(attributes, "switchyard.team", record.team)
         _put(attributes, "switchyard.route", record.route)
+        _put(attributes, "switchyard.experiment", record.experiment)
+        _put(attributes, "switchyard.variant", record.variant)
         _put(attributes, "switchyard.cost_usd", record.cost_usd)
         _put(attributes, "switchyard.saved_usd", record.saved_usd)
         _put(attributes, "switchyard.time_to_first_token_s", record.ttft())
