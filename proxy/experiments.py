@@ -70,8 +70,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
 
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         same = statistics.fmean(a) == statistics.fmean(b)
+        # no spread at all: the difference is certain, a standardised effect undefined
         return {"test": "welch_t", "p_value": 1.0 if same else 0.0, "statistic": None,
-                "effect_size": 0.0 if same else math.copysign(math.inf, statistics.fmean(b) - statistics.fmean(a))}
+                "effect_size": 0.0 if same else None}
     result = stats.ttest_ind(b, a, equal_var=False)
     pooled = math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b))
                        / (len(a) + len(b) - 2))
