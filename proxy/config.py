@@ -68,7 +68,7 @@ class ServerConfig(_Strict):
 
 
 class ProviderConfig(_Strict):
-    type: Literal["openai", "mock"]
+    type: Literal["openai", "anthropic", "azure", "mock"]
     base_url: str | None = None
     api_key: str | None = None
     headers: dict[str, str] = {}
@@ -79,11 +79,16 @@ class ProviderConfig(_Strict):
     # mock only: time before the answer and between streamed chunks
     latency_ms: float = Field(0, ge=0)
     chunk_interval_ms: float = Field(0, ge=0)
+    api_version: str | None = None  # azure only: the api-version query parameter
 
     @model_validator(mode="after")
     def _check_type_fields(self) -> ProviderConfig:
         if self.type != "mock" and (self.latency_ms or self.chunk_interval_ms):
             raise ValueError("latency_ms and chunk_interval_ms apply to type: mock only")
+        if self.type == "azure" and (not self.base_url or not self.api_version):
+            raise ValueError("type: azure needs base_url (https://<resource>.openai.azure.com) and api_version")
+        if self.type != "azure" and self.api_version is not None:
+            raise ValueError("api_version applies to type: azure only")
         if self.base_url is not None and not re.match(r"^https?://", self.base_url):
             raise ValueError("base_url must start with http:// or https://")
         return self
@@ -473,7 +478,7 @@ def load_text(text: str, env: dict[str, str] | None = None) -> LoadedConfig:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([(_loc(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+        raise ConfigError(validation_problems(exc)) from None
     problems = cross_check(config)
     if problems:
         raise ConfigError(problems)
@@ -498,6 +503,15 @@ def _strip_missing_deep(node: Any) -> Any:
     if isinstance(node, list):
         return [_strip_missing_deep(v) for v in node]
     return node
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Each of pydantic's errors as `(path, reason)`, the path under `prefix`."""
+    problems = []
+    for error in exc.errors():
+        loc = _loc(error["loc"])
+        problems.append((_join(prefix, loc) if loc else prefix, _reason(error)))
+    return problems
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -145,6 +145,7 @@ class ProviderSpec:
     max_keepalive: int
     latency_ms: float
     chunk_interval_ms: float
+    api_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,10 +327,13 @@ def _price_table(config: Config, source: str) -> PriceTable:
     return PriceTable(prices)
 
 
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+
+
 def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
     base_url = p.base_url
-    if base_url is None and p.type == "openai":
-        base_url = "https://api.openai.com/v1"
+    if base_url is None and p.type in DEFAULT_BASE_URLS:
+        base_url = DEFAULT_BASE_URLS[p.type]
     return ProviderSpec(
         name=name,
         type=p.type,
@@ -342,6 +346,7 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
         max_keepalive=p.max_keepalive,
         latency_ms=p.latency_ms,
         chunk_interval_ms=p.chunk_interval_ms,
+        api_version=p.api_version,
     )
 
 

@@ -207,7 +207,11 @@ class FakeUpstream:
         return self._route("GET", path)
 
     def _route(self, method: str, path: str) -> FakeRoute:
-        return self.routes.setdefault((method, "/v1" + path), FakeRoute())
+        return self.at(method, "/v1" + path)
+
+    def at(self, method: str, full_path: str) -> FakeRoute:
+        """A route by its whole path (for APIs not under /v1, like Azure's or Anthropic's)."""
+        return self.routes.setdefault((method, full_path), FakeRoute())
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         route = self.routes.get((request.method, request.path))

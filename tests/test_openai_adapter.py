@@ -534,3 +534,46 @@ async def test_pool_aclose_closes_everything():
     pool.sync(snap())
     await pool.aclose()
     assert [a.closed for a in factory.built] == [1, 1]
+
+
+# ---------------------------------------------------------------- Azure OpenAI
+
+
+async def test_azure_puts_the_deployment_in_the_url_and_the_key_in_api_key(upstream):
+    from proxy.providers.openai import AzureOpenAIAdapter
+
+    base = upstream.base_url.removesuffix("/v1")
+    route = upstream.at("POST", "/openai/deployments/gpt-4o-prod/chat/completions").respond(200, json={"id": "azure"})
+    a = AzureOpenAIAdapter(make_spec(type="azure", base_url=base, api_key="azure-key", headers=(),
+                                     api_version="2024-10-21"))
+    try:
+        response = await a.send(chat_request(model="gpt-4o-prod"))
+    finally:
+        await a.aclose()
+    assert response.status == 200
+    sent = route.calls.last.request
+    assert sent.url.endswith("/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21")
+    assert sent.headers["api-key"] == "azure-key"
+    assert "authorization" not in sent.headers
+
+
+@pytest.mark.parametrize(
+    "provider, problem",
+    [
+        ("{type: azure, base_url: 'https://x.openai.azure.com'}", "api_version"),
+        ("{type: azure, api_version: '2024-10-21'}", "base_url"),
+        ("{type: openai, api_version: '2024-10-21'}", "azure only"),
+    ],
+)
+def test_azure_config_checks(provider, problem):
+    from proxy.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        snapshot_from_text(f"providers: {{az: {provider}}}\nroutes: []")
+    assert any(problem in reason for _, reason in info.value.problems), info.value.problems
+
+
+def test_build_adapter_picks_azure():
+    from proxy.providers.openai import AzureOpenAIAdapter
+
+    assert isinstance(build_adapter(make_spec(type="azure", api_version="2024-10-21")), AzureOpenAIAdapter)

@@ -99,7 +99,9 @@ def shipped_pricing_path(config_path: str | None = None) -> str | None:
 
 def load_prices(path: str | None) -> dict[str, Price]:
     """The shipped price list; each entry is checked by the same schema as `pricing:`."""
-    from proxy.config import ConfigError, PriceConfig
+    from pydantic import ValidationError
+
+    from proxy.config import ConfigError, PriceConfig, validation_problems
 
     if path is None:
         log.warning("no config/pricing.yaml found; only proxy.yaml's pricing: applies")
@@ -115,8 +117,8 @@ def load_prices(path: str | None) -> dict[str, Price]:
     for name, fields in raw.items():
         try:
             p = PriceConfig.model_validate(fields)
-        except ValueError as exc:
-            raise ConfigError([(f"{path}: {name}", str(exc).splitlines()[-1].strip())]) from None
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(exc, f"{path}: {name}")) from None
         prices[name] = Price(p.input, p.output, p.cached_input)
     return prices
 

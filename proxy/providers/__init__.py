@@ -8,7 +8,7 @@ from typing import Callable, Mapping
 
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse, spawn
 from proxy.providers.mock import MockAdapter
-from proxy.providers.openai import OpenAIAdapter
+from proxy.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 from proxy.snapshot import ProviderSpec, Snapshot
 
 AdapterFactory = Callable[[ProviderSpec], Adapter]
@@ -19,6 +19,12 @@ def build_adapter(spec: ProviderSpec) -> Adapter:
         return MockAdapter(spec)
     if spec.type == "openai":
         return OpenAIAdapter(spec)
+    if spec.type == "azure":
+        return AzureOpenAIAdapter(spec)
+    if spec.type == "anthropic":
+        from proxy.providers.anthropic import AnthropicAdapter
+
+        return AnthropicAdapter(spec)
     raise ValueError(f"no adapter for provider type {spec.type!r}")
 
 

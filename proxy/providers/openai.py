@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
+from urllib.parse import quote
+
 import aiohttp
 import orjson
 
@@ -26,9 +28,7 @@ class OpenAIAdapter(Adapter):
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
         assert spec.base_url, "openai providers always have a base_url"
-        headers = {"content-type": "application/json"}
-        if spec.api_key:
-            headers["authorization"] = f"Bearer {spec.api_key}"
+        headers = {"content-type": "application/json", **self._auth_headers(spec)}
         headers.update({k.lower(): v for k, v in spec.headers})
         self._fixed_headers = headers
         self._base = spec.base_url.rstrip("/") + "/"
@@ -36,6 +36,13 @@ class OpenAIAdapter(Adapter):
             total=None, sock_connect=spec.connect_timeout_s, sock_read=spec.timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+
+    @staticmethod
+    def _auth_headers(spec: ProviderSpec) -> dict[str, str]:
+        return {"authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+
+    def _url(self, request: UpstreamRequest) -> str:
+        return self._base + request.endpoint
 
     def _client(self) -> aiohttp.ClientSession:
         # created on first use: a session belongs to the running event loop
@@ -64,7 +71,7 @@ class OpenAIAdapter(Adapter):
         headers.update(self._fixed_headers)
         try:
             response = await self._client().post(
-                self._base + request.endpoint, data=orjson.dumps(request.body), headers=headers
+                self._url(request), data=orjson.dumps(request.body), headers=headers
             )
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
@@ -130,3 +137,21 @@ def _describe(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
         return "connection closed unexpectedly"
     return type(exc).__name__
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """`type: azure`: Azure OpenAI. The same wire format; the upstream model names the
+    deployment in the URL, the key goes in `api-key`, and every call carries
+    `api-version`."""
+
+    @staticmethod
+    def _auth_headers(spec: ProviderSpec) -> dict[str, str]:
+        return {"api-key": spec.api_key} if spec.api_key else {}
+
+    def _url(self, request: UpstreamRequest) -> str:
+        deployment = quote(str(request.body.get("model", "")), safe="")
+        return f"{self._base}openai/deployments/{deployment}/{request.endpoint}?api-version={self._version}"
+
+    @property
+    def _version(self) -> str:
+        return quote(self.spec.api_version or "", safe="")
