@@ -239,7 +239,9 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="core")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
     args = parser.parse_args()
+    SUITES[args.suite] = [sc for sc in SUITES[args.suite] if args.only in sc.name]
     report = run(args.suite, args.seconds, args.warmup)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)

@@ -54,7 +54,6 @@ MIGRATIONS: tuple[str, ...] = (
         variant TEXT
     );
     CREATE INDEX requests_team_ts ON requests (team, ts);
-    CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_id ON requests (id);
     CREATE TABLE feedback (
         request_id TEXT NOT NULL,

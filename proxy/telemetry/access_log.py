@@ -91,6 +91,12 @@ class BufferedJsonLines:
             pass
 
 
+_second: list = [-1, ""]  # the formatted whole second, reused for every line within it
+
+
 def _utc_now() -> str:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
