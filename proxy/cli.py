@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--stream", action="store_true")
     route.add_argument("--at", default=None, help="evaluate at this ISO time instead of now")
     route.add_argument("--rand", type=float, default=None, help="fix the split draw (0..1)")
+    route.add_argument("--prompt", default=None, help="a user message: show its complexity (features, score, level)")
     route.set_defaults(run=_route)
 
     usage = sub.add_parser("usage", help="spend, tokens and savings from the ledger, as a table")
@@ -197,10 +198,12 @@ def _route(args: argparse.Namespace) -> int:
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     rand = args.rand if args.rand is not None else secrets.randbelow(10**6) / 10**6
-    request = RouteRequest(args.model, team, args.user, args.stream, now, rand)
+    level = _explain_prompt(snapshot, args.prompt) if args.prompt is not None else None
+    request = RouteRequest(args.model, team, args.user, args.stream, now, rand, complexity=level)
     trace: list[Step] = []
     print(f"model={args.model or '(team default: ' + str(team.default_model) + ')'} team={team.name} "
-          f"user={args.user or '-'} stream={str(args.stream).lower()} at={now.isoformat()}")
+          f"user={args.user or '-'} stream={str(args.stream).lower()} at={now.isoformat()}"
+          + (f" complexity={level}" if level else ""))
     try:
         decision = decide(snapshot, request, trace)
     except ProxyError as exc:
@@ -208,7 +211,8 @@ def _route(args: argparse.Namespace) -> int:
         print(f"\n=> {exc.status} {exc.code or exc.type}: {exc.message}")
         return 1
     _print_trace(trace)
-    print(f"\n=> route {decision.route}: {decision.target}")
+    print(f"\n=> route {decision.route}: {decision.target}"
+          + (f" (experiment {decision.experiment}, variant {decision.variant})" if decision.experiment else ""))
     if decision.fallbacks:
         print(f"   then: {', '.join(map(str, decision.fallbacks))}")
     return 0
@@ -361,3 +365,20 @@ def _p(test: dict) -> str:
         return "-"
     effect = test.get("effect_size")
     return f"{test['p_value']:.3g} ({effect:.3g})" if effect is not None else f"{test['p_value']:.3g}"
+
+
+def _explain_prompt(snapshot: Snapshot, prompt: str) -> str:
+    """Print the classifier's features, contributions and score; return the level."""
+    from proxy.complexity import DEFAULT, classify
+
+    settings = snapshot.complexity or DEFAULT
+    verdict = classify(prompt, settings)
+    rows = [("feature", "value", "weight", "contribution")]
+    for name, value in verdict.features.items():
+        weight = settings.weights.get(name, 0.0)
+        rows.append((name, f"{value:.3f}", f"{weight:g}", f"{verdict.contributions.get(name, 0.0):+.3f}"))
+    print(f"prompt complexity: {verdict.level} (score {verdict.score:.3f}; medium from {settings.medium:g}, "
+          f"complex from {settings.complex:g})")
+    _table(rows)
+    print()
+    return verdict.level

