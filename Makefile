@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check clean redis bench bench-cache
+.PHONY: install run test check clean redis bench bench-suites bench-anchors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,18 @@ redis: install
 test: install redis
 	$(BIN)/python -m pytest -q
 
-# Load tests (need wrk: apt-get install wrk); tables go to stdout and loadtest/results/.
+# Load tests (need wrk: apt-get install wrk); tables and charts go to stdout and loadtest/results/.
+# `make bench` puts Switchyard, the bare mock and (after `make bench-anchors`) LiteLLM and
+# Portkey side by side in one run; `make bench-suites` has the cache and telemetry detail.
 bench: install
-	$(BIN)/python loadtest/bench.py --suite core
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python loadtest/compare.py --scenarios steady,spike,stress
 
-bench-cache: install redis
-	$(BIN)/python loadtest/bench.py --suite cache
+bench-suites: install redis
+	for suite in core cache telemetry; do $(BIN)/python loadtest/bench.py --suite $$suite || exit 1; done
+
+bench-anchors:
+	bash loadtest/install_anchors.sh
 
 check: install
 	$(BIN)/switchyard check proxy.yaml

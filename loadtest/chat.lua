@@ -1,13 +1,15 @@
 -- wrk script: a two-message chat completion.
 -- Environment: MODEL (default "bench"), API_KEY (default "sk-bench"), STREAM=1 for SSE,
 -- USAGE=1 to ask for the usage chunk, UNIQUE=1 to make every request's prompt differ
--- (so a cache can never hit), HEADER="name: value" for one extra header.
+-- (so a cache can never hit), HEADER="name: value" for one extra header, HEADERS="a: 1|b: 2"
+-- for several.
 local model = os.getenv("MODEL") or "bench"
 local key = os.getenv("API_KEY") or "sk-bench"
 local stream = os.getenv("STREAM") == "1"
 local usage = os.getenv("USAGE") == "1"
 local unique = os.getenv("UNIQUE") == "1"
 local extra = os.getenv("HEADER")
+local extras = os.getenv("HEADERS")
 
 local function body(n)
   local prompt = "Say hello and tell me a short fact about the ocean."
@@ -26,9 +28,13 @@ wrk.method = "POST"
 wrk.body = body(nil)
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. key
-if extra then
-  local name, value = extra:match("^([^:]+):%s*(.*)$")
-  wrk.headers[name] = value
+local function add_header(text)
+  local name, value = text:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
+if extra then add_header(extra) end
+if extras then
+  for item in extras:gmatch("[^|]+") do add_header(item) end
 end
 
 if unique then

@@ -112,6 +112,9 @@ class Handler(asyncio.Protocol):
         events = _events(ARGS.chunks, b"include_usage" in body)
         cut = len(events) // 2 if ARGS.cut_rate and random.random() < ARGS.cut_rate else None
         t.write(_head(200, b"text/event-stream", None))
+        if not ARGS.chunk_interval_ms and cut is None:  # nothing to wait for: one write, as a fast server would
+            t.write(b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
+            return
         for i, event in enumerate(events):
             if cut is not None and i == cut:
                 t.close()

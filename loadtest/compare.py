@@ -1,0 +1,344 @@
+"""Switchyard beside LiteLLM and Portkey, in one run, against the same mock upstream.
+
+    python loadtest/compare.py                 # steady figures for every installed gateway
+    python loadtest/compare.py --scenarios steady,spike,stress --seconds 10
+    python loadtest/compare.py --soak-minutes 10 --only switchyard
+
+Gateways: "direct" (wrk against the mock: the zero-overhead limit), "switchyard", and,
+when `make bench-anchors` has installed them under $ANCHORS_DIR (default /tmp/anchors),
+"litellm" and "portkey". Each gateway runs alone on CPU 0; the mock upstreams and wrk
+share CPU 1. Scenarios:
+- steady: non-stream at 50 connections and at 1, streams of 20 chunks at 20 connections,
+  the added time to the first streamed event (20 sequential streams from a mock that
+  waits 50 ms between chunks), RSS after the load;
+- spike: 2 s at 1 connection, then 5 s at 200;
+- stress: 50, 100, 200, 400 connections, 5 s each, until errors or p99 > 1 s;
+- soak: `--soak-minutes` of c20 load with RSS sampled every 30 s (growth must stay flat).
+Writes loadtest/results/compare-<time>.md and a PNG chart beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import GATEWAY_CPU, HERE, LOAD_CPU, MOCK_PORT, ROOT, rss_kib, wait_http, wait_port, wrk  # noqa: E402
+
+SLOW_PORT = 18001
+ANCHORS = Path(os.environ.get("ANCHORS_DIR", "/tmp/anchors"))
+
+SWITCHYARD_CONFIG = f"""
+server: {{host: 127.0.0.1, port: 18080, watch: false}}
+ledger: {{path: bench-ledger.db}}
+providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{MOCK_PORT}/v1", api_key: sk-up}}
+  slow: {{type: openai, base_url: "http://127.0.0.1:{SLOW_PORT}/v1", api_key: sk-up}}
+pricing:
+  up/mock-gpt: {{input: 2.5, output: 10}}
+teams:
+  bench: {{keys: [sk-bench]}}
+routes:
+  - {{name: slow, match: {{model: mock-gpt-slow}}, to: slow/mock-gpt-slow}}
+  - {{name: bench, match: {{model: "*"}}, to: "up/{{model}}"}}
+"""
+
+LITELLM_CONFIG = f"""
+model_list:
+  - model_name: mock-gpt
+    litellm_params: {{model: openai/mock-gpt, api_base: "http://127.0.0.1:{MOCK_PORT}/v1", api_key: x}}
+  - model_name: mock-gpt-slow
+    litellm_params: {{model: openai/mock-gpt-slow, api_base: "http://127.0.0.1:{SLOW_PORT}/v1", api_key: x}}
+litellm_settings: {{telemetry: false, callbacks: []}}
+general_settings: {{master_key: sk-bench}}
+"""
+
+
+@dataclass
+class Gateway:
+    name: str
+    url: str  # the chat completions URL
+    ready: str  # a URL that answers once it is up
+    command: list[str] = field(default_factory=list)  # empty: nothing to start (direct)
+    cwd: Path = ROOT
+    env: dict[str, str] = field(default_factory=dict)
+    headers: str = ""  # for wrk's HEADERS
+    slow_model: str = "mock-gpt-slow"
+    slow_headers: dict[str, str] = field(default_factory=dict)
+
+
+def gateways(workdir: Path) -> dict[str, Gateway]:
+    (workdir / "switchyard.yaml").write_text(SWITCHYARD_CONFIG)
+    out = {
+        "direct": Gateway("direct", f"http://127.0.0.1:{MOCK_PORT}/v1/chat/completions",
+                          f"http://127.0.0.1:{MOCK_PORT}/v1/models"),
+        "switchyard": Gateway(
+            "switchyard", "http://127.0.0.1:18080/v1/chat/completions", "http://127.0.0.1:18080/healthz",
+            [sys.executable, "-m", "proxy", "serve", "--config", str(workdir / "switchyard.yaml")],
+            env={"PYTHONPATH": str(ROOT)},
+        ),
+    }
+    litellm = ANCHORS / "litellm-venv" / "bin" / "litellm"
+    if litellm.exists():
+        (workdir / "litellm.yaml").write_text(LITELLM_CONFIG)
+        out["litellm"] = Gateway(
+            "litellm", "http://127.0.0.1:4000/v1/chat/completions", "http://127.0.0.1:4000/health/liveliness",
+            [str(litellm), "--config", str(workdir / "litellm.yaml"), "--host", "127.0.0.1", "--port", "4000",
+             "--num_workers", "1"],
+            env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        )
+    portkey = ANCHORS / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if portkey.exists() and shutil.which("node"):
+        headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"http://127.0.0.1:{MOCK_PORT}/v1"}
+        out["portkey"] = Gateway(
+            "portkey", "http://127.0.0.1:8787/v1/chat/completions", "http://127.0.0.1:8787/",
+            ["node", str(portkey), "--port=8787", "--headless"], cwd=ANCHORS / "portkey",
+            headers="|".join(f"{k}: {v}" for k, v in headers.items()),
+            slow_model="mock-gpt",
+            slow_headers={**headers, "x-portkey-custom-host": f"http://127.0.0.1:{SLOW_PORT}/v1"},
+        )
+    return out
+
+
+class Running:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Running":
+        if not self.gateway.command:
+            return self  # direct: the mock is already up
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | self.gateway.env
+        self.proc = subprocess.Popen(["taskset", "-c", GATEWAY_CPU, *self.gateway.command], cwd=self.gateway.cwd,
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(self.gateway.ready, timeout=120)
+        return self
+
+    def pid(self, mock_pid: int) -> int:
+        return self.proc.pid if self.proc is not None else mock_pid
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def load(gateway: Gateway, connections: int, seconds: int, **env: str) -> dict[str, float]:
+    base = {"MODEL": "mock-gpt", "API_KEY": "sk-bench", "HEADERS": gateway.headers}
+    return wrk(gateway.url, connections, seconds, {**base, **env})
+
+
+def first_event_ms(gateway: Gateway, n: int = 20) -> float:
+    """p50 time to the first streamed event over n sequential streams (one keep-alive connection)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(gateway.url)
+    body = json.dumps({"model": gateway.slow_model, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench", **gateway.slow_headers}
+    times = []
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    for i in range(n + 3):
+        started = time.perf_counter()
+        conn.request("POST", parts.path, body=body, headers=headers)
+        response = conn.getresponse()
+        line = b""
+        while not line.startswith(b"data:"):
+            line = response.readline()
+            if not line:
+                break
+        first = time.perf_counter() - started
+        response.read()
+        if i >= 3:  # warm-up
+            times.append(first * 1000)
+    conn.close()
+    return statistics.median(times)
+
+
+def steady(gateway: Gateway, seconds: int, warmup: int) -> dict[str, float]:
+    load(gateway, 50, warmup)
+    out = {}
+    r = load(gateway, 50, seconds)
+    out.update(rps_c50=r["rps"], p99_c50=r.get("p99_ms", 0), errors_c50=r["errors"])
+    r = load(gateway, 1, max(seconds // 2, 3))
+    out.update(p50_c1=r.get("p50_ms", 0), p99_c1=r.get("p99_ms", 0))
+    load(gateway, 20, 2, STREAM="1")
+    r = load(gateway, 20, seconds, STREAM="1")
+    out.update(streams_c20=r["rps"], errors_stream=r["errors"])
+    out["first_event_ms"] = first_event_ms(gateway)
+    return out
+
+
+def spike(gateway: Gateway) -> dict[str, float]:
+    load(gateway, 1, 2)
+    r = load(gateway, 200, 5)
+    return {"spike_rps": r["rps"], "spike_p99": r.get("p99_ms", 0), "spike_errors": r["errors"]}
+
+
+def stress(gateway: Gateway) -> dict[str, float]:
+    out = {}
+    for c in (50, 100, 200, 400):
+        r = load(gateway, c, 5)
+        out[f"stress_c{c}_rps"], out[f"stress_c{c}_p99"] = r["rps"], r.get("p99_ms", 0)
+        if r["errors"] or r.get("p99_ms", 0) > 1000:
+            out["breaking_point"] = c
+            break
+    return out
+
+
+def soak(gateway: Gateway, minutes: float, pid: int) -> dict[str, float]:
+    samples = []
+    deadline = time.monotonic() + minutes * 60
+    while time.monotonic() < deadline:
+        load(gateway, 20, 30)
+        samples.append(rss_kib(pid) / 1024)
+    return {"soak_rss_start": samples[0], "soak_rss_end": samples[-1], "soak_rss_max": max(samples)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--scenarios", default="steady")
+    parser.add_argument("--only", default="", help="comma-separated gateways (default: all installed)")
+    parser.add_argument("--soak-minutes", type=float, default=0)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    scenarios = set(args.scenarios.split(","))
+    mocks = [
+        subprocess.Popen(["taskset", "-c", LOAD_CPU, sys.executable, str(HERE / "mock_upstream.py"), "--port", str(port),
+                          *extra], stdout=subprocess.DEVNULL)
+        for port, extra in ((MOCK_PORT, []), (SLOW_PORT, ["--chunk-interval-ms", "50"]))
+    ]
+    results: dict[str, dict[str, float]] = {}
+    try:
+        wait_port(MOCK_PORT)
+        wait_port(SLOW_PORT)
+        with tempfile.TemporaryDirectory() as tmp:
+            found = gateways(Path(tmp))
+            chosen = [g for g in found if not args.only or g in args.only.split(",")]
+            for name in chosen:
+                gateway = found[name]
+                with Running(gateway) as running:
+                    pid = running.pid(mocks[0].pid)
+                    r: dict[str, float] = {}
+                    if "steady" in scenarios:
+                        r.update(steady(gateway, args.seconds, args.warmup))
+                    if "spike" in scenarios:
+                        r.update(spike(gateway))
+                    if "stress" in scenarios:
+                        r.update(stress(gateway))
+                    if args.soak_minutes:
+                        r.update(soak(gateway, args.soak_minutes, pid))
+                    r["rss_mib"] = rss_kib(pid) / 1024
+                results[name] = r
+                print(name, json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
+    finally:
+        for m in mocks:
+            m.terminate()
+            m.wait(5)
+    report(results, args)
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    direct = results.get("direct", {})
+    rows = [
+        ("non-stream req/s, c50", "rps_c50", "{:,.0f}"),
+        ("p50 ms at c1 (added over direct)", "p50_c1", "{:.3f}"),
+        ("streams/s, 20 chunks, c20", "streams_c20", "{:,.0f}"),
+        ("first streamed event ms (added over direct)", "first_event_ms", "{:.2f}"),
+        ("RSS MiB after load", "rss_mib", "{:.0f}"),
+        ("spike c200 req/s (errors)", "spike_rps", "{:,.0f}"),
+        ("breaking point (connections)", "breaking_point", "{:.0f}"),
+        ("soak RSS MiB start → end", "soak_rss_end", "{:.0f}"),
+    ]
+    names = list(results)
+    lines = [f"### gateways side by side, {now:%Y-%m-%d %H:%M} UTC", "",
+             f"{os.cpu_count()} cores; each gateway alone on CPU {GATEWAY_CPU}, mocks and wrk on CPU {LOAD_CPU}; "
+             f"wrk -t1, {args.seconds} s per figure after a {args.warmup} s warm-up; scenarios {args.scenarios}.", "",
+             "| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for label, key, fmt in rows:
+        if not any(key in r for r in results.values()):
+            continue
+        cells = []
+        for name in names:
+            r = results[name]
+            if key not in r:
+                cells.append("-")
+                continue
+            text = fmt.format(r[key])
+            if key in ("p50_c1", "first_event_ms") and name != "direct" and key in direct:
+                text += f" (+{r[key] - direct[key]:.3f})"
+            if key == "spike_rps":
+                text += f" ({int(r.get('spike_errors', 0))})"
+            if key == "soak_rss_end":
+                text = f"{r['soak_rss_start']:.0f} → {r[key]:.0f}"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "switchyard" in results:
+        sy = results["switchyard"]
+        for other in ("litellm", "portkey"):
+            if other in results:
+                o = results[other]
+                lines.append("")
+                lines.append(f"Switchyard / {other}: non-stream throughput x{sy['rps_c50'] / o['rps_c50']:.1f}, "
+                             f"streams x{sy['streams_c20'] / max(o['streams_c20'], 1e-9):.1f}.")
+    text = "\n".join(lines) + "\n"
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"compare-{now:%Y%m%dT%H%M%SZ}.md"
+    path.write_text(text)
+    print("\n" + text)
+    chart(results, path.with_suffix(".png"))
+    print(f"written to {path.relative_to(ROOT)} (+ .png)")
+
+
+def chart(results: dict[str, dict[str, float]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        return
+    names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    panels = [("non-stream req/s, c50", "rps_c50"), ("streams/s, c20", "streams_c20"),
+              ("latency ms: p50 c1 / p99 c50", None)]
+    for ax, (title, key) in zip(axes, panels):
+        if key:
+            ax.bar(names, [results[n].get(key, 0) for n in names], color="#4477aa")
+            ax.set_yscale("log")
+        else:
+            x = range(len(names))
+            ax.bar([i - 0.2 for i in x], [results[n].get("p50_c1", 0) for n in names], 0.4, label="p50 c1")
+            ax.bar([i + 0.2 for i in x], [results[n].get("p99_c50", 0) for n in names], 0.4, label="p99 c50")
+            ax.set_xticks(list(x), names)
+            ax.set_yscale("log")
+            ax.legend()
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
