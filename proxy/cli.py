@@ -95,10 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     path = _config_path(args.config)
-    try:
-        snapshot = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
         return 1
     os.environ["SWITCHYARD_CONFIG"] = path  # the app factory reads it in every worker
     # every worker process sets its logging up from these (see telemetry/logs.py)
@@ -126,6 +124,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_or_explain(path: str) -> Snapshot | None:
+    """The compiled config, or None after printing why it is invalid."""
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return None
+
+
 def _print_problems(path: str, exc: ConfigError) -> None:
     print(f"{path}: invalid", file=sys.stderr)
     for where, reason in exc.problems:
@@ -134,10 +141,8 @@ def _print_problems(path: str, exc: ConfigError) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
-    try:
-        snapshot = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
         return 1
     print(f"{path}: ok")
     for warning in snapshot.warnings:
@@ -184,10 +189,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 def _route(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
-    try:
-        snapshot = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
         return 1
     team = _pick_team(snapshot, args.team)
     if team is None:
@@ -250,10 +253,8 @@ def _usage(args: argparse.Namespace) -> int:
     from proxy.accounting.spend import periods_at
 
     path = _config_path(args.config)
-    try:
-        snapshot = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
         return 1
     ledger = ledger_path(snapshot)
     if ledger is None:
@@ -313,10 +314,8 @@ def _experiments_report(args: argparse.Namespace) -> int:
     from proxy.experiments import experiments_of, report
 
     path = _config_path(args.config)
-    try:
-        snapshot = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
         return 1
     experiment = experiments_of(snapshot).get(args.name)
     if experiment is None:

@@ -59,6 +59,22 @@ def _non_empty(value: str) -> str:
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 
 
+def _redis_url(url: str) -> str:
+    if not re.match(r"^(redis|rediss|unix)://", url):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return url
+
+
+def _http_url(url: str) -> str:
+    if not re.match(r"^https?://", url):
+        raise ValueError("must start with http:// or https://")
+    return url
+
+
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -101,7 +117,7 @@ def _off_is_false(value: Any) -> Any:
 
 class CacheConfig(_Strict):
     backend: Annotated[Literal["redis", "memory", "off"], BeforeValidator(_off_is_false)] = "off"
-    url: str = "redis://127.0.0.1:6379/0"
+    url: RedisUrl = "redis://127.0.0.1:6379/0"
     ttl_s: int = Field(3600, ge=1)
     scope: Literal["team", "shared"] = "team"
     max_entries: int = Field(10_000, ge=1)  # memory backend, and the local fallback while Redis is down
@@ -109,12 +125,6 @@ class CacheConfig(_Strict):
     failures: int = Field(3, ge=1)  # consecutive Redis failures before it is skipped ...
     cooldown_s: float = Field(5, gt=0)  # ... for this long, then tried again
 
-    @field_validator("url")
-    @classmethod
-    def _redis_url(cls, url: str) -> str:
-        if not re.match(r"^(redis|rediss|unix)://", url):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return url
 
 
 class TelemetryConfig(_Strict):
@@ -149,7 +159,7 @@ class BudgetConfig(_Strict):
     daily_usd: float | None = Field(None, gt=0)
     monthly_usd: float | None = Field(None, gt=0)
     alerts: list[float] = [0.5, 0.75, 0.9]  # fractions of a budget; crossing 1.0 always alerts too
-    webhook_url: str | None = None  # overrides accounting.alert_webhook for this team
+    webhook_url: HttpUrl | None = None  # overrides accounting.alert_webhook for this team
 
     @field_validator("alerts")
     @classmethod
@@ -158,12 +168,6 @@ class BudgetConfig(_Strict):
             raise ValueError("alert thresholds are fractions of the budget, each in (0, 1]")
         return sorted(set(alerts))
 
-    @field_validator("webhook_url")
-    @classmethod
-    def _http(cls, url: str | None) -> str | None:
-        if url is not None and not re.match(r"^https?://", url):
-            raise ValueError("must start with http:// or https://")
-        return url
 
 
 class LimitsConfig(_Strict):
@@ -194,26 +198,14 @@ class AccountingConfig(_Strict):
     # where spend counters and rate limits live: redis (shared by replicas, local when it
     # is down) or memory (this process)
     backend: Annotated[Literal["redis", "memory"], BeforeValidator(_off_is_false)] = "memory"
-    url: str = "redis://127.0.0.1:6379/0"
+    url: RedisUrl = "redis://127.0.0.1:6379/0"
     timeout_ms: float = Field(20, gt=0)
     sync_interval_s: float = Field(1.0, gt=0)  # how often other replicas' spend is read
     baseline_model: NonEmpty | None = None  # e.g. openai/gpt-4o: "what it would have cost"
-    alert_webhook: str | None = None  # JSON POST for every budget alert
+    alert_webhook: HttpUrl | None = None  # JSON POST for every budget alert
     timezone: str = "UTC"  # where days and months begin
 
-    @field_validator("url")
-    @classmethod
-    def _redis_url(cls, url: str) -> str:
-        if not re.match(r"^(redis|rediss|unix)://", url):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return url
 
-    @field_validator("alert_webhook")
-    @classmethod
-    def _http(cls, url: str | None) -> str | None:
-        if url is not None and not re.match(r"^https?://", url):
-            raise ValueError("must start with http:// or https://")
-        return url
 
     @field_validator("timezone")
     @classmethod
