@@ -321,6 +321,8 @@ def chart(results: dict[str, dict[str, float]], path: Path) -> None:
         print("matplotlib is not installed (pip install -e '.[bench]'): no chart")
         return
     names = list(results)
+    if not any("rps_c50" in r for r in results.values()):
+        return  # a soak alone: nothing to chart
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("non-stream req/s, c50", "rps_c50"), ("streams/s, c20", "streams_c20"),
               ("latency ms: p50 c1 / p99 c50", None)]
