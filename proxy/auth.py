@@ -19,7 +19,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return None
+    # an Authorization header of another kind (Basic, from a corporate proxy) is not ours
     key = headers.get("api-key")
     return key.strip() if key and key.strip() else None
 

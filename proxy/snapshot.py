@@ -399,6 +399,7 @@ class SnapshotHolder:
             return self._fail("", [("", f"cannot read {self.path}: {exc.strerror}")])
         digest = _digest(data)
         if not force and self._current is not None and digest == self._current.digest:
+            self.last_failure = None  # the file is back to what is serving: nothing is wrong now
             return self._count("unchanged")
         try:
             text = data.decode("utf-8")

@@ -74,7 +74,7 @@ def check_embeddings(body: dict[str, Any]) -> None:
         and (
             all(isinstance(v, str) for v in value)
             or all(_is_token(v) for v in value)
-            or all(isinstance(v, list) and all(_is_token(t) for t in v) for v in value)
+            or all(isinstance(v, list) and v and all(_is_token(t) for t in v) for v in value)
         )
     )
     if not ok or value == "":

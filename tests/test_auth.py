@@ -168,3 +168,9 @@ def test_admin_api_disabled_without_admin_keys():
     with pytest.raises(AdminForbidden) as exc:
         authenticate_admin(s, {"authorization": "Bearer k"})
     assert (exc.value.status, exc.value.code) == (403, "admin_forbidden")
+
+
+def test_api_key_header_counts_beside_a_non_bearer_authorization():
+    # a corporate proxy's Basic credentials must not hide the Azure-style key
+    assert presented_key({"authorization": "Basic dXNlcjpwYXNz", "api-key": "sk-az"}) == "sk-az"
+    assert presented_key({"authorization": "Bearer sk-b", "api-key": "sk-az"}) == "sk-b"

@@ -230,3 +230,16 @@ def test_in_flight_requests_finish_on_the_snapshot_they_started_with(tmp_path):
             assert answer.status_code == 200
             assert answer.headers["x-switchyard-model"] == "slow-v1"
             assert answer.json()["model"] == "slow-v1"
+
+
+def test_reverting_a_bad_edit_clears_the_reported_failure(tmp_path):
+    from proxy.snapshot import SnapshotHolder
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(policy("v1"))
+    holder = SnapshotHolder(str(path))
+    assert holder.load() == "ok"
+    path.write_text("routes: [")
+    assert holder.load() == "error" and holder.last_failure is not None
+    path.write_text(policy("v1"))
+    assert holder.load() == "unchanged" and holder.last_failure is None

@@ -223,3 +223,11 @@ def test_bad_feedback_body(body, param):
 )
 def test_good_feedback_body(body, expected):
     assert check_feedback(body) == expected
+
+
+def test_empty_token_array_in_embeddings_input_is_refused():
+    from proxy.validation import check_embeddings
+
+    with pytest.raises(InvalidRequest) as info:
+        check_embeddings({"model": "m", "input": [[1, 2], []]})
+    assert info.value.param == "input"
