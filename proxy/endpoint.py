@@ -231,7 +231,8 @@ class ProxyEndpoint:
         storable = policy.store and cache is not None and target == decision.target
         latency = attempts[-1].duration_s if attempts else 0.0
         if upstream.chunks is not None:
-            capture = StreamCapture() if storable else None
+            # the assembler does not rebuild logprobs: such an answer would be stored incomplete
+            capture = StreamCapture() if storable and not body.get("logprobs") else None
             tap = UsageTap()
 
             def finished(outcome: str) -> None:

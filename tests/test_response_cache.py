@@ -563,3 +563,11 @@ def test_redis_killed_mid_test_fails_no_request(tmp_path, private_redis):
     assert hits_before > 0 and len(results) > 100
     assert slowest[0] < 1.0
     assert ready["cache"]["backend"] == "redis"
+
+
+async def test_streamed_answer_with_logprobs_is_not_stored(proxy, upstream):
+    upstream.post("/chat/completions").stream(chunk_events(["a", "b"]))
+    await post(proxy, chat(stream=True, logprobs=True), auth())
+    upstream.post("/chat/completions").respond(json=completion("with logprobs"))
+    again = await post(proxy, chat(logprobs=True), auth())
+    assert again.headers["x-switchyard-cache"] == "miss"
