@@ -104,6 +104,11 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["SWITCHYARD_LOG_FORMAT"] = snapshot.config.telemetry.log_format
     os.environ["SWITCHYARD_MANAGE_LOGGING"] = "1"
     setup_logging()
+    limited = any(t.budget or t.limits for t in snapshot.config.teams.values())
+    if args.workers > 1 and limited and snapshot.config.accounting.backend == "memory":
+        logging.getLogger("switchyard").warning(
+            "%d workers with accounting.backend: memory: each worker enforces budgets and rate limits on its "
+            "own share of traffic; use backend: redis to enforce them once", args.workers)
     if args.workers > 1 and not multiprocess_dir():
         # prometheus-client's multiprocess mode: workers write to files /metrics merges
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchyard-metrics-")
