@@ -78,10 +78,17 @@ class Adapter(ABC):
     def release(self) -> None:
         self.inflight -= 1
         if self._retired and self.inflight == 0:
-            spawn(self.aclose())
+            spawn(self._close_if_idle())
 
     async def retire(self) -> None:
         """No new requests will come; close once the last one in flight is done."""
         self._retired = True
+        await self._close_if_idle()
+
+    async def _close_if_idle(self) -> None:
+        # checked when it runs, not when it was scheduled: a request of the snapshot that
+        # held this adapter (one that had not reached it yet, or a retry) may have started
+        # on it in between. Such a late request reopens the connection pool (see aclose),
+        # and its own release closes it again.
         if self.inflight == 0:
             await self.aclose()

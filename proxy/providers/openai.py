@@ -62,8 +62,11 @@ class OpenAIAdapter(Adapter):
         return self._session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        # forget the session before closing it: a later request (an in-flight one of an
+        # older snapshot, retrying on this retired adapter) opens a fresh one, never a closed one
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         # names compared lower-case, so no spelling of a client header can shadow ours
