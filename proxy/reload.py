@@ -30,9 +30,10 @@ def reload_now(holder: SnapshotHolder, why: str, *, force: bool = False) -> str:
     elif result == "error":
         failure = holder.last_failure
         assert failure is not None
+        serving = holder._current  # None while starting: nothing to fall back on
+        state = f"still serving generation {serving.generation}" if serving is not None else "nothing loaded"
         for path, reason in failure.problems:
-            log.error("config rejected (%s), still serving generation %d: %s: %s",
-                      why, holder.current.generation, path or "<file>", reason)
+            log.error("config rejected (%s), %s: %s: %s: %s", why, state, holder.path, path or "<file>", reason)
     return result
 
 

@@ -398,6 +398,8 @@ class SnapshotHolder:
         except OSError as exc:
             return self._fail("", [("", f"cannot read {self.path}: {exc.strerror}")])
         digest = _digest(data)
+        if not data.strip():  # never a policy: most likely a write caught between truncate and write
+            return self._fail(digest, [("", "the file is empty; an empty config is never applied")])
         if not force and self._current is not None and digest == self._current.digest:
             self.last_failure = None  # the file is back to what is serving: nothing is wrong now
             return self._count("unchanged")
