@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import GATEWAY_CPU, HERE, LOAD_CPU, MOCK_PORT, ROOT, rss_kib, wait_http, wait_port, wrk  # noqa: E402
@@ -75,14 +77,17 @@ class Gateway:
     env: dict[str, str] = field(default_factory=dict)
     headers: str = ""  # for wrk's HEADERS
     slow_model: str = "mock-gpt-slow"
+    slow_url: str = ""  # where first_event_ms streams from the slow mock (default: url)
     slow_headers: dict[str, str] = field(default_factory=dict)
 
 
 def gateways(workdir: Path) -> dict[str, Gateway]:
     (workdir / "switchyard.yaml").write_text(SWITCHYARD_CONFIG)
     out = {
+        # the first-event baseline streams from the slow mock itself, as the anchors' harness does
         "direct": Gateway("direct", f"http://127.0.0.1:{MOCK_PORT}/v1/chat/completions",
-                          f"http://127.0.0.1:{MOCK_PORT}/v1/models"),
+                          f"http://127.0.0.1:{MOCK_PORT}/v1/models",
+                          slow_url=f"http://127.0.0.1:{SLOW_PORT}/v1/chat/completions"),
         "switchyard": Gateway(
             "switchyard", "http://127.0.0.1:18080/v1/chat/completions", "http://127.0.0.1:18080/healthz",
             [sys.executable, "-m", "proxy", "serve", "--config", str(workdir / "switchyard.yaml")],
@@ -144,11 +149,18 @@ def load(gateway: Gateway, connections: int, seconds: int, **env: str) -> dict[s
 
 
 def first_event_ms(gateway: Gateway, n: int = 20) -> float:
-    """p50 time to the first streamed event over n sequential streams (one keep-alive connection)."""
-    import http.client
-    from urllib.parse import urlsplit
+    """p50 time to the first streamed event over n sequential streams (one keep-alive connection),
+    measured from CPU 1 like the load generator, so the client never competes with the gateway."""
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    try:
+        return _first_event_ms(gateway, n)
+    finally:
+        os.sched_setaffinity(0, affinity)
 
-    parts = urlsplit(gateway.url)
+
+def _first_event_ms(gateway: Gateway, n: int) -> float:
+    parts = urlsplit(gateway.slow_url or gateway.url)
     body = json.dumps({"model": gateway.slow_model, "stream": True,
                        "messages": [{"role": "user", "content": "hi"}]})
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench", **gateway.slow_headers}

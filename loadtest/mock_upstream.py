@@ -119,10 +119,13 @@ class Handler(asyncio.Protocol):
             if cut is not None and i == cut:
                 t.close()
                 return
+            if t.is_closing():  # the client left mid-stream (a load generator stopping)
+                return
             t.write(b"%x\r\n%s\r\n" % (len(event), event))
             if ARGS.chunk_interval_ms:
                 await asyncio.sleep(ARGS.chunk_interval_ms / 1000)
-        t.write(b"0\r\n\r\n")
+        if not t.is_closing():
+            t.write(b"0\r\n\r\n")
 
 
 async def main() -> None:
