@@ -41,6 +41,23 @@ def free_port() -> int:
 # ------------------------------------------------------------------ fake upstream
 
 
+class UnansweredPort:
+    """A port whose connects hang (SYNs dropped): a listener with a full accept queue.
+    The only way to stage a connect timeout on loopback."""
+
+    def __enter__(self) -> int:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        port = self._listener.getsockname()[1]
+        self._filler = socket.create_connection(("127.0.0.1", port))  # the queue's one place
+        return port
+
+    def __exit__(self, *exc: object) -> None:
+        self._filler.close()
+        self._listener.close()
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     method: str

@@ -1,0 +1,529 @@
+"""The upstream HTTP/1.1 client (proxy/providers/http.py) against scripted servers.
+
+Each server is a plain asyncio server whose handler writes exact bytes, so every framing,
+fault and timing the client must survive is staged for real on loopback: body framings,
+keep-alive reuse and its limits, a server dropping an idle connection, cut and malformed
+answers, connect/read/pool timeouts, back-pressure, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import pytest
+
+from proxy.providers.http import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    HttpPool,
+    PoolTimeout,
+    ReadTimeout,
+)
+from support import UnansweredPort, free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
+
+
+class Server:
+    """Runs `handler(reader, writer, server)` for every connection; counts them."""
+
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.requests: list[tuple[bytes, bytes]] = []  # (head, body) as received
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> "Server":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    def url(self, scheme: str = "http", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}/v1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.handler(reader, writer, self)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bool:
+        """Read one request (head and content-length body); False at end of connection."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await reader.readexactly(length)
+        self.requests.append((head, body))
+        return True
+
+
+def answer(body: bytes = b'{"ok":true}', status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        status, len(body), extra, body)
+
+
+def serving(response: bytes | Callable[[int], bytes], *, close_after: bool = False) -> Handler:
+    """Answer every request on a connection with `response` (or `response(n)` for the nth)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await server.read_request(reader):
+            writer.write(response(len(server.requests)) if callable(response) else response)
+            await writer.drain()
+            if close_after:
+                return
+
+    return handler
+
+
+async def get(pool: HttpPool, target: str = "/v1/chat/completions", body: bytes = b"{}") -> tuple[int, bytes]:
+    response = await pool.request("POST", target, [("content-type", "application/json")], body)
+    try:
+        return response.status, await response.read()
+    finally:
+        response.close()
+
+
+# ---------------------------------------------------------------- framings
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+GZ = gzip.compress(b'{"zipped":true}')
+DEFLATED = zlib.compress(b'{"deflated":true}')
+
+FRAMINGS = [
+    ("content-length", answer(b'{"a":1}'), b'{"a":1}', True),
+    ("chunked", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(b'{"a"', b":1", b"}"), b'{"a":1}', True),
+    ("empty content-length", answer(b""), b"", True),
+    ("until close", b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + b'{"a":2}', b'{"a":2}', False),
+    ("gzip", answer(GZ, extra=b"content-encoding: gzip\r\n"), b'{"zipped":true}', True),
+    ("deflate", answer(DEFLATED, extra=b"content-encoding: deflate\r\n"), b'{"deflated":true}', True),
+    ("gzip chunked", b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
+     + chunked(GZ[:7], GZ[7:]), b'{"zipped":true}', True),
+    ("204", b"HTTP/1.1 204 No Content\r\n\r\n", b"", True),
+    ("4xx with body", answer(b'{"error":{}}', status=b"400 Bad Request"), b'{"error":{}}', True),
+    ("5xx with body", answer(b"oops", status=b"503 Service Unavailable"), b"oops", True),
+    ("connection: close header", answer(b"x", extra=b"connection: close\r\n"), b"x", False),
+]
+
+
+@pytest.mark.parametrize("raw, body, reusable", [f[1:] for f in FRAMINGS], ids=[f[0] for f in FRAMINGS])
+async def test_framings(raw: bytes, body: bytes, reusable: bool) -> None:
+    until_close = b"content-length" not in raw and b"chunked" not in raw and not raw.startswith(b"HTTP/1.1 204")
+    async with Server(serving(raw, close_after=until_close)) as server:
+        pool = HttpPool(server.url())
+        for _ in range(2):
+            status, got = await get(pool)
+            assert got == body
+            assert status == int(raw.split(b" ", 2)[1])
+        # a connection is kept only when the answer allows it
+        assert server.connections == (1 if reusable else 2)
+        await pool.aclose()
+
+
+async def test_request_bytes() -> None:
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url())
+        response = await pool.request("POST", "/v1/embeddings?x=1", [("authorization", "Bearer k"), ("x-a", "b")],
+                                      b'{"input":"hi"}')
+        await response.read()
+        head, body = server.requests[0]
+        assert head.startswith(b"POST /v1/embeddings?x=1 HTTP/1.1\r\n")
+        assert f"host: 127.0.0.1:{server.port}\r\n".encode() in head
+        assert b"authorization: Bearer k\r\n" in head and b"x-a: b\r\n" in head
+        assert b"content-length: 14\r\n" in head
+        assert body == b'{"input":"hi"}'
+        await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    "base, host",
+    [
+        ("https://api.openai.com/v1", b"api.openai.com"),
+        ("http://api.example.com/", b"api.example.com"),
+        ("http://127.0.0.1:8080/v1", b"127.0.0.1:8080"),
+        ("https://example.com:443", b"example.com"),
+        ("https://example.com:8443/x", b"example.com:8443"),
+        ("http://[::1]:9000/v1", b"[::1]:9000"),
+        ("http://[::1]/v1", b"[::1]"),
+        ("https://bücher.example/v1", b"xn--bcher-kva.example"),
+    ],
+)
+def test_host_header(base: str, host: bytes) -> None:
+    assert HttpPool(base)._host_header == host
+
+
+@pytest.mark.parametrize("bad", ["ftp://x/", "localhost:8080", "http:///v1", ""])
+def test_only_http_urls(bad: str) -> None:
+    with pytest.raises(ValueError):
+        HttpPool(bad)
+
+
+@pytest.mark.parametrize(
+    "name, value", [("x-a", "b\r\nx-injected: 1"), ("x-a", "b\nc"), ("x-a\r\nx-b", "c"), ("x:a", "b")]
+)
+async def test_header_injection_is_refused(name: str, value: str) -> None:
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url())
+        with pytest.raises(ValueError):
+            await pool.request("POST", "/v1/x", [(name, value)], b"")
+        assert server.requests == []
+        await pool.aclose()
+
+
+# ---------------------------------------------------------------- the pool
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url())
+        for _ in range(5):
+            assert (await get(pool))[0] == 200
+        assert server.connections == 1 and len(server.requests) == 5
+        assert pool.open_connections == 1
+        await pool.aclose()
+        assert pool.open_connections == 0
+
+
+async def test_max_keepalive_zero_opens_a_connection_per_request() -> None:
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url(), max_keepalive=0)
+        for _ in range(3):
+            await get(pool)
+        assert server.connections == 3
+        assert pool.open_connections == 0
+        await pool.aclose()
+
+
+async def test_idle_connections_expire() -> None:
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url(), keepalive_s=0.05)
+        await get(pool)
+        await asyncio.sleep(0.1)
+        await get(pool)
+        assert server.connections == 2
+        await pool.aclose()
+
+
+async def test_max_connections_bounds_concurrency() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await server.read_request(reader):
+            await asyncio.sleep(0.05)
+            writer.write(answer())
+
+    async with Server(slow) as server:
+        pool = HttpPool(server.url(), max_connections=2, max_keepalive=2)
+        results = await asyncio.gather(*(get(pool) for _ in range(8)))
+        assert [status for status, _ in results] == [200] * 8
+        assert server.most_open <= 2
+        assert pool.open_connections <= 2
+        await pool.aclose()
+
+
+async def test_waiting_for_a_free_connection_times_out() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")  # and the body never comes
+        await asyncio.sleep(5)
+
+    async with Server(stall) as server:
+        pool = HttpPool(server.url(), max_connections=1, read_timeout_s=0.2)
+        busy = await pool.request("POST", "/v1/x", [], b"")  # holds the only connection, body unread
+        with pytest.raises(PoolTimeout):
+            await get(pool)
+        busy.close()  # gives the room back ...
+        assert pool.open_connections == 0
+        with pytest.raises(ReadTimeout):  # ... and the next request gets a connection
+            await get(pool)
+        assert server.connections == 2
+        await pool.aclose()
+
+
+async def test_a_connection_the_server_dropped_while_idle_leaves_the_pool() -> None:
+    # answers one request per connection, then closes it without saying so
+    async with Server(serving(answer(), close_after=True)) as server:
+        pool = HttpPool(server.url())
+        await get(pool)
+        for _ in range(100):  # the pool notices the close while the connection is idle
+            if pool.open_connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.open_connections == 0
+        assert (await get(pool))[0] == 200
+        assert server.connections == 2 and len(server.requests) == 2
+        await pool.aclose()
+
+
+async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once() -> None:
+    # the race the retry exists for: the request is written, then the server closes
+    # the (idle-looking) connection without reading it
+    async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(answer())
+        await reader.readuntil(b"\r\n\r\n")  # the second request: dropped unanswered
+
+    handlers = [drop_second]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await (handlers.pop(0) if handlers else serving(answer()))(reader, writer, server)
+
+    async with Server(handler) as server:
+        pool = HttpPool(server.url())
+        await get(pool)
+        assert (await get(pool))[0] == 200
+        assert server.connections == 2
+        await pool.aclose()
+
+
+async def test_a_fresh_connection_closed_before_the_answer_is_an_error_not_a_retry_loop() -> None:
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+
+    async with Server(drop) as server:
+        pool = HttpPool(server.url())
+        with pytest.raises(ConnectionClosed):
+            await get(pool)
+        assert server.connections == 1
+        assert pool.open_connections == 0
+        await pool.aclose()
+
+
+async def test_a_closed_pool_refuses_requests() -> None:
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url())
+        await pool.aclose()
+        assert pool.closed
+        with pytest.raises(ConnectionClosed):
+            await get(pool)
+
+
+# ---------------------------------------------------------------- faults
+
+
+async def test_connection_refused() -> None:
+    pool = HttpPool(f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(ConnectError) as info:
+        await get(pool)
+    assert "refused" in str(info.value).lower()
+    assert "127.0.0.1" not in str(info.value)
+    assert pool.open_connections == 0
+
+
+async def test_connect_timeout() -> None:
+    with UnansweredPort() as port:
+        pool = HttpPool(f"http://127.0.0.1:{port}/v1", connect_timeout_s=0.2)
+        with pytest.raises(ConnectTimeout):
+            await get(pool)
+        assert pool.open_connections == 0
+
+
+async def test_read_timeout_waiting_for_the_head() -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(5)
+
+    async with Server(hang) as server:
+        pool = HttpPool(server.url(), read_timeout_s=0.2)
+        with pytest.raises(ReadTimeout):
+            await get(pool)
+        assert pool.open_connections == 0
+        await pool.aclose()
+
+
+async def test_read_timeout_is_per_wait_not_for_the_whole_body() -> None:
+    # 10 pieces 50 ms apart: 0.5 s in all, never 0.2 s of silence
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(10):
+            writer.write(b"1\r\n%d\r\n" % i)
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await asyncio.sleep(1)
+
+    async with Server(drip) as server:
+        pool = HttpPool(server.url(), read_timeout_s=0.2)
+        assert await get(pool) == (200, b"0123456789")
+        await pool.aclose()
+
+
+async def test_read_timeout_mid_body() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await asyncio.sleep(5)
+
+    async with Server(stall) as server:
+        pool = HttpPool(server.url(), read_timeout_s=0.2)
+        response = await pool.request("POST", "/v1/x", [], b"")
+        pieces = []
+        with pytest.raises(ReadTimeout):
+            async for piece in response.chunks():
+                pieces.append(piece)
+        assert pieces == [b"partial"]
+        assert pool.open_connections == 0
+        await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this",  # cut mid-body
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",  # cut between chunks
+        b"HTTP/1.1 200 OK\r\ncontent-len",  # cut mid-head
+        b"NOT HTTP AT ALL\r\n\r\n",  # malformed
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",  # fine, but then ...
+    ],
+    ids=["mid-body", "mid-chunks", "mid-head", "malformed", "complete"],
+)
+async def test_broken_answers_raise_connection_closed(raw: bytes) -> None:
+    async with Server(serving(raw, close_after=True)) as server:
+        pool = HttpPool(server.url())
+        if raw.endswith(b"hello"):
+            assert await get(pool) == (200, b"hello")  # ... a complete answer is not broken by a close after it
+        else:
+            with pytest.raises(ConnectionClosed):
+                await get(pool)
+        await asyncio.sleep(0.05)
+        assert pool.open_connections == 0  # nothing broken is pooled; the healthy one was dropped on close
+        await pool.aclose()
+
+
+async def test_undecodable_gzip_is_an_error() -> None:
+    async with Server(serving(answer(b"not gzip at all", extra=b"content-encoding: gzip\r\n"))) as server:
+        pool = HttpPool(server.url())
+        with pytest.raises(ConnectionClosed):
+            await get(pool)
+        await pool.aclose()
+
+
+# ---------------------------------------------------------------- streams
+
+
+async def test_pieces_arrive_as_they_are_sent() -> None:
+    release = asyncio.Event()
+
+    async def two_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\ndata: 1\r\n")
+        await release.wait()
+        writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+
+    async with Server(two_parts) as server:
+        pool = HttpPool(server.url())
+        response = await pool.request("POST", "/v1/x", [], b"")
+        assert response.header("Content-Type") == "text/event-stream"
+        stream = response.chunks()
+        assert await asyncio.wait_for(stream.__anext__(), 1) == b"data: 1"  # before the rest exists
+        release.set()
+        assert [piece async for piece in stream] == [b"data: 2"]
+        assert response.at_eof
+        assert pool.open_connections == 1  # read to the end: pooled
+        await pool.aclose()
+
+
+async def test_closing_a_stream_early_drops_its_connection() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    async with Server(endless) as server:
+        pool = HttpPool(server.url())
+        response = await pool.request("POST", "/v1/x", [], b"")
+        async for _ in response.chunks():
+            break
+        response.close()
+        response.close()  # idempotent
+        assert pool.open_connections == 0
+        for _ in range(100):
+            if server.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.open == 0  # the server saw the connection go: it stops generating
+        await pool.aclose()
+
+
+async def test_a_slow_reader_pauses_the_server() -> None:
+    body = b"x" * (2 * 1024 * 1024)
+
+    async with Server(serving(answer(body))) as server:
+        pool = HttpPool(server.url())
+        response = await pool.request("POST", "/v1/x", [], b"")
+        await asyncio.sleep(0.2)  # not reading: the client must stop reading from the socket
+        assert response._paused
+        assert response._buffered < len(body)
+        assert await response.read() == body
+        response.close()
+        await pool.aclose()
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    async with Server(serving(answer(b'{"secure":true}')), ssl_context=server_context) as server:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        pool = HttpPool(server.url("https", "localhost"), ssl_context=trusting)
+        assert await get(pool) == (200, b'{"secure":true}')
+        assert await get(pool) == (200, b'{"secure":true}')
+        assert server.connections == 1
+        await pool.aclose()
+
+        # the system's CAs do not know this certificate: refused, and said so
+        untrusting = HttpPool(server.url("https", "localhost"))
+        with pytest.raises(ConnectError) as info:
+            await get(untrusting)
+        assert "certificate" in str(info.value).lower() or "tls" in str(info.value).lower()
+        await untrusting.aclose()
