@@ -6,7 +6,6 @@ import asyncio
 import json
 from typing import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -15,7 +14,7 @@ from proxy.providers import ProviderPool, build_adapter
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai import OpenAIAdapter
 from proxy.snapshot import ProviderSpec, snapshot_from_text
-from support import FakeUpstream, free_port
+from support import FakeUpstream, UnansweredPort, free_port
 
 BASE = "https://up.example/v1"  # for specs that are never sent to
 
@@ -222,15 +221,14 @@ async def test_read_timeout_becomes_upstream_timeout(upstream):
     assert "waiting for data" in info.value.message
 
 
-async def test_connect_timeout_becomes_upstream_timeout(adapter, monkeypatch):
-    # a connect that never completes cannot be staged on loopback; the session raises
-    # exactly what aiohttp raises for it
-    async def slow_connect(*args, **kwargs):
-        raise aiohttp.ConnectionTimeoutError("Connection timeout to host")
-
-    monkeypatch.setattr(adapter._client(), "post", slow_connect)
-    with pytest.raises(UpstreamTimeout) as info:
-        await adapter.send(chat_request())
+async def test_connect_timeout_becomes_upstream_timeout():
+    with UnansweredPort() as port:
+        a = OpenAIAdapter(make_spec(base_url=f"http://127.0.0.1:{port}/v1", connect_timeout_s=0.2))
+        try:
+            with pytest.raises(UpstreamTimeout) as info:
+                await a.send(chat_request())
+        finally:
+            await a.aclose()
     assert info.value.status == 504
     assert "connecting" in info.value.message
 
@@ -508,18 +506,18 @@ async def test_pool_delays_close_while_request_in_flight():
     await pool.aclose()
 
 
-async def test_pool_retires_real_openai_adapter_closing_its_client():
+async def test_pool_retires_real_openai_adapter_closing_its_connections():
     pool = ProviderPool()
     first = pool.sync(snap(up_timeout=30))
     old = first["up"]
     assert isinstance(old, OpenAIAdapter)
-    old_session = old._client()
+    old_session = old._pool()
     new_session = None
     old.acquire()
     second = pool.sync(snap(up_timeout=31, generation=2))
     await settle()
     assert not old_session.closed
-    new_session = second["up"]._client()
+    new_session = second["up"]._pool()
     old.release()
     await settle()
     assert old_session.closed

@@ -16,17 +16,15 @@ bodies become OpenAI-shaped ones (529 overloaded → 503).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, AsyncIterator
 
-import aiohttp
 import orjson
 
 from proxy import sse
-from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from proxy.errors import InvalidRequest, UpstreamError
 from proxy.providers.base import UpstreamRequest, UpstreamResponse
-from proxy.providers.openai import OpenAIAdapter, _closer, _describe, _timeout_message
+from proxy.providers.openai import OpenAIAdapter, closer
 from proxy.snapshot import ProviderSpec
 
 API_VERSION = "2023-06-01"
@@ -49,8 +47,8 @@ class AnthropicAdapter(OpenAIAdapter):
             headers["x-api-key"] = spec.api_key
         return headers
 
-    def _url(self, request: UpstreamRequest) -> str:
-        return self._base + "v1/messages"
+    def _target(self, request: UpstreamRequest) -> str:
+        return self._path + "v1/messages"
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         if request.endpoint != "chat/completions":
@@ -60,12 +58,7 @@ class AnthropicAdapter(OpenAIAdapter):
         # never a client credential, whatever the endpoint let through
         headers = {k.lower(): v for k, v in request.headers if k.lower() not in _CREDENTIALS}
         headers.update(self._fixed_headers)
-        try:
-            response = await self._client().post(self._url(request), data=orjson.dumps(payload), headers=headers)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.spec.name} unreachable: {_describe(exc)}") from None
+        response = await self._post(self._target(request), headers, orjson.dumps(payload))
         if response.status >= 400 or not request.stream:
             body = await self._read(response)
             if response.status >= 400:
@@ -78,28 +71,8 @@ class AnthropicAdapter(OpenAIAdapter):
             return UpstreamResponse(200, JSON_HEADERS, body=orjson.dumps(answer))
         options = request.body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        chunks = translate_stream(self._raw_chunks(response), include_usage, self.spec.name)
-        return UpstreamResponse(200, [("content-type", "text/event-stream")], chunks=chunks, close=_closer(response))
-
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        try:
-            return await response.read()
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.spec.name} broke off the answer: {_describe(exc)}") from None
-        finally:
-            response.release()
-
-    async def _raw_chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in response.content.iter_any():
-                yield chunk
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.spec.name} broke off the stream: {_describe(exc)}",
-                                kind="stream_cut") from None
+        chunks = translate_stream(self._chunks(response), include_usage, self.spec.name)
+        return UpstreamResponse(200, [("content-type", "text/event-stream")], chunks=chunks, close=closer(response))
 
 
 # ---------------------------------------------------------------- request

@@ -1,26 +1,29 @@
 """`type: openai`: any OpenAI-compatible API (OpenAI, OpenRouter, vLLM, a local mock).
 
 The request body passes through with only the model rewritten; the client's auth is
-replaced by the provider's key. One pooled aiohttp session per provider, with connect
-and read timeouts from the config. Streams are relayed chunk by chunk as they arrive.
-
-aiohttp rather than httpx: on this project's benchmark (one core, 50 concurrent
-requests to a local mock) httpx managed about 630 requests/s and aiohttp about 13,500,
-and the upstream client is most of a proxy's cost (see README, Performance).
+replaced by the provider's key. One keep-alive connection pool per provider
+(proxy/providers/http.py, sized by `max_connections`/`max_keepalive`, with connect and
+read timeouts from the config). Streams are relayed chunk by chunk as they arrive.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import AsyncIterator
+from urllib.parse import quote, urlsplit
 
-from urllib.parse import quote
-
-import aiohttp
 import orjson
 
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
+from proxy.providers.http import (
+    ConnectError,
+    ConnectTimeout,
+    HttpError,
+    HttpPool,
+    HttpResponse,
+    PoolTimeout,
+    ReadTimeout,
+)
 from proxy.snapshot import ProviderSpec
 
 
@@ -32,114 +35,95 @@ class OpenAIAdapter(Adapter):
         headers.update({k.lower(): v for k, v in spec.headers})
         self._fixed_headers = headers
         self._base = spec.base_url.rstrip("/") + "/"
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=spec.connect_timeout_s, sock_read=spec.timeout_s
-        )
-        self._session: aiohttp.ClientSession | None = None
+        self._path = urlsplit(self._base).path  # every request target starts here
+        self._http: HttpPool | None = None
 
     @staticmethod
     def _auth_headers(spec: ProviderSpec) -> dict[str, str]:
         return {"authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
 
-    def _url(self, request: UpstreamRequest) -> str:
-        return self._base + request.endpoint
+    def _target(self, request: UpstreamRequest) -> str:
+        return self._path + request.endpoint
 
-    def _client(self) -> aiohttp.ClientSession:
-        # created on first use: a session belongs to the running event loop
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.spec.max_connections,
-                limit_per_host=self.spec.max_connections,
-                keepalive_timeout=30 if self.spec.max_keepalive else 0,
-                force_close=self.spec.max_keepalive == 0,
+    def _pool(self) -> HttpPool:
+        if self._http is None:
+            self._http = HttpPool(
+                self._base,
+                max_connections=self.spec.max_connections,
+                max_keepalive=self.spec.max_keepalive,
+                connect_timeout_s=self.spec.connect_timeout_s,
+                read_timeout_s=self.spec.timeout_s,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+        return self._http
 
     async def aclose(self) -> None:
-        # forget the session before closing it: a later request (an in-flight one of an
+        # forget the pool before closing it: a later request (an in-flight one of an
         # older snapshot, retrying on this retired adapter) opens a fresh one, never a closed one
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._http = self._http, None
+        if pool is not None:
+            await pool.aclose()
+
+    async def _post(self, target: str, headers: dict[str, str], payload: bytes) -> HttpResponse:
+        try:
+            return await self._pool().request("POST", target, headers.items(), payload)
+        except HttpError as exc:
+            raise upstream_error(self.spec.name, exc, "unreachable") from None
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         # names compared lower-case, so no spelling of a client header can shadow ours
         headers = {k.lower(): v for k, v in request.headers}
         headers.update(self._fixed_headers)
-        try:
-            response = await self._client().post(
-                self._url(request), data=orjson.dumps(request.body), headers=headers
-            )
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.spec.name} unreachable: {_describe(exc)}") from None
-        relay_headers = list(response.headers.items())
+        response = await self._post(self._target(request), headers, orjson.dumps(request.body))
         streaming = request.stream and response.status < 300 and _is_event_stream(response)
         if streaming:
             return UpstreamResponse(
-                response.status, relay_headers, chunks=self._chunks(response), close=_closer(response)
+                response.status, response.headers, chunks=self._chunks(response), close=closer(response)
             )
+        body = await self._read(response)
+        return UpstreamResponse(response.status, response.headers, body=body)
+
+    async def _read(self, response: HttpResponse) -> bytes:
         try:
-            body = await response.read()
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.spec.name} broke off the answer: {_describe(exc)}") from None
+            return await response.read()
+        except HttpError as exc:
+            raise upstream_error(self.spec.name, exc, "broke off the answer") from None
         finally:
-            response.release()
-        return UpstreamResponse(response.status, relay_headers, body=body)
+            response.close()
 
-    async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _chunks(self, response: HttpResponse) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.chunks():
                 yield chunk
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(_timeout_message(self.spec.name, exc)) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"provider {self.spec.name} broke off the stream: {_describe(exc)}", kind="stream_cut"
-            ) from None
+        except HttpError as exc:
+            raise upstream_error(self.spec.name, exc, "broke off the stream", kind="stream_cut") from None
 
 
-def _closer(response: aiohttp.ClientResponse):  # type: ignore[no-untyped-def]
+def closer(response: HttpResponse):  # type: ignore[no-untyped-def]
     async def close() -> None:
         # a stream read to its end returns the connection to the pool; one cut short
-        # (client gone, error) must close it so the upstream stops generating
-        if response.content.is_eof():
-            response.release()
-        else:
-            response.close()
+        # (client gone, error) closes it so the upstream stops generating
+        response.close()
 
     return close
 
 
-def _is_event_stream(response: aiohttp.ClientResponse) -> bool:
-    return response.headers.get("content-type", "").startswith("text/event-stream")
-
-
-def _timeout_message(provider: str, exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        phase = "connecting"
-    elif isinstance(exc, aiohttp.SocketTimeoutError):
-        phase = "waiting for data"
+def upstream_error(provider: str, exc: HttpError, doing: str, kind: str | None = None) -> ProxyError:
+    """Our 502/504 for a transport failure: timeouts say which wait ran out."""
+    if isinstance(exc, ConnectTimeout):
+        return UpstreamTimeout(f"provider {provider} timed out connecting")
+    if isinstance(exc, PoolTimeout):
+        return UpstreamTimeout(f"provider {provider} timed out waiting for a free connection")
+    if isinstance(exc, ReadTimeout):
+        return UpstreamTimeout(f"provider {provider} timed out waiting for data")
+    if isinstance(exc, ConnectError):
+        detail = f"connection refused or failed ({exc})"
     else:
-        phase = "waiting"
-    return f"provider {provider} timed out {phase}"
+        detail = f"connection closed unexpectedly ({exc})"
+    return UpstreamError(f"provider {provider} {doing}: {detail}", kind=kind)
 
 
-def _describe(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connection refused or failed"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
-        return "connection closed unexpectedly"
-    return type(exc).__name__
+def _is_event_stream(response: HttpResponse) -> bool:
+    return (response.header("content-type") or "").startswith("text/event-stream")
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):
@@ -151,9 +135,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def _auth_headers(spec: ProviderSpec) -> dict[str, str]:
         return {"api-key": spec.api_key} if spec.api_key else {}
 
-    def _url(self, request: UpstreamRequest) -> str:
+    def _target(self, request: UpstreamRequest) -> str:
         deployment = quote(str(request.body.get("model", "")), safe="")
-        return f"{self._base}openai/deployments/{deployment}/{request.endpoint}?api-version={self._version}"
+        return f"{self._path}openai/deployments/{deployment}/{request.endpoint}?api-version={self._version}"
 
     @property
     def _version(self) -> str:
