@@ -51,8 +51,8 @@ class UsageTap:
             self._read(complete)
 
     def _read(self, events: bytes) -> None:
-        for event in events.split(b"\n\n"):
-            data = sse.event_data(event)
+        for start, end in _usage_events(events):
+            data = sse.event_data(events[start:end])
             if data is None or not _USAGE_OBJECT.search(data):
                 continue
             try:
@@ -88,7 +88,27 @@ class UsageStripper:
         complete, self._tail = buf[: cut + 2], buf[cut + 2 :]
         if not _USAGE_OBJECT.search(complete):
             return complete
-        return b"".join(_without_usage(event) for event in complete.split(b"\n\n")[:-1])
+        pieces, last = [], 0
+        for start, end in _usage_events(complete):  # only those events are rewritten
+            pieces += (complete[last:start], _without_usage(complete[start:end]))
+            last = end + 2
+        pieces.append(complete[last:])
+        return b"".join(pieces)
+
+
+def _usage_events(buf: bytes):  # type: ignore[no-untyped-def]
+    """(start, end) of each event in `buf` (whole events, `\n\n`-separated) that holds
+    a usage object, without splitting the others: a batch of 20 events holds one."""
+    done = 0
+    for match in _USAGE_OBJECT.finditer(buf):
+        if match.start() < done:
+            continue  # a second match inside an event already found
+        start = buf.rfind(b"\n\n", 0, match.start())
+        start = 0 if start < 0 else start + 2
+        end = buf.find(b"\n\n", match.end())
+        end = len(buf) if end < 0 else end
+        yield start, end
+        done = end
 
 
 def _without_usage(event: bytes) -> bytes:

@@ -52,7 +52,7 @@ class AlertDispatcher:
             await self._post(url, alert)
 
     async def _post(self, url: str, alert: Alert) -> None:
-        import aiohttp
+        import httpx  # rare and off the request path: the convenient client will do
 
         body = orjson.dumps({
             "event": "budget_alert", "team": alert.team, "period": alert.period, "period_key": alert.period_key,
@@ -60,14 +60,14 @@ class AlertDispatcher:
             "at": alert.ts,
         })
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            self._session = httpx.AsyncClient(timeout=10)
         for attempt in range(3):
             try:
-                async with self._session.post(url, data=body, headers={"content-type": "application/json"}) as r:
-                    if r.status < 300:
-                        return
-                    log.warning("budget alert webhook answered %d", r.status)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                r = await self._session.post(url, content=body, headers={"content-type": "application/json"})
+                if r.status_code < 300:
+                    return
+                log.warning("budget alert webhook answered %d", r.status_code)
+            except httpx.HTTPError as exc:
                 log.warning("budget alert webhook failed: %s", exc or type(exc).__name__)
             await asyncio.sleep(0.5 * 2**attempt)
         if self.metrics is not None:
@@ -75,4 +75,4 @@ class AlertDispatcher:
 
     async def aclose(self) -> None:
         if self._session is not None:
-            await self._session.close()
+            await self._session.aclose()
