@@ -527,3 +527,21 @@ async def test_tls(certificate: tuple[Path, Path]) -> None:
             await get(untrusting)
         assert "certificate" in str(info.value).lower() or "tls" in str(info.value).lower()
         await untrusting.aclose()
+
+
+async def test_a_reused_connection_closed_late_is_an_error_not_a_resend() -> None:
+    # the server read the second request, worked on it for a while, then closed: it may
+    # have acted on it, so the client must not send it again by itself
+    async def slow_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(answer())
+        await server.read_request(reader)
+        await asyncio.sleep(0.4)
+
+    async with Server(slow_drop) as server:
+        pool = HttpPool(server.url())
+        await get(pool)
+        with pytest.raises(ConnectionClosed):
+            await get(pool)
+        assert len(server.requests) == 2 and server.connections == 1
+        await pool.aclose()

@@ -14,9 +14,10 @@ connection handling a gateway needs and nothing else:
 - one write per request (head and body together), TLS with the system's CAs for https;
 - `connect_timeout_s` for connecting, `read_timeout_s` for each wait on the server (the
   head, then every piece of the body), so a stream can run as long as it keeps talking;
-- a request that finds its reused connection closed before any byte of an answer (the
-  server dropped it while idle) is sent once more on a fresh connection, as browsers,
-  urllib3 and aiohttp do;
+- a request whose reused connection closes right after it was written, with no byte of
+  an answer (the server had dropped it as idle and never saw the request), is sent once
+  more on a fresh connection; a connection that closes later is an error, not a resend,
+  since the server may have worked on the request (the retry policy decides);
 - back-pressure: reading from the server pauses while a slow client leaves more than
   `_HIGH_WATER` bytes unread;
 - gzip/deflate answers are decompressed (we ask for none, but a server may insist).
@@ -39,6 +40,7 @@ import httptools
 _HIGH_WATER = 256 * 1024  # unread body bytes at which reading from the server pauses
 _LOW_WATER = 64 * 1024  # ... and resumes
 _NO_BODY = frozenset({204, 304})
+_RESEND_WINDOW_S = 0.25  # a reused connection closing this soon after a request: resend it once
 
 
 class HttpError(Exception):
@@ -243,6 +245,7 @@ class _Connection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[HttpResponse] | None = None
         self._headers: list[tuple[str, str]] = []
         self._received_any = False
+        self._written_at = 0.0
 
     @property
     def usable(self) -> bool:
@@ -270,7 +273,10 @@ class _Connection(asyncio.Protocol):
             else:
                 self._fail(ConnectionClosed("connection closed before the answer was complete"))
         elif self._head_waiter is not None and not self._head_waiter.done():
-            error: Exception = _StaleConnection() if not self._received_any else ConnectionClosed(
+            # closed at once, unanswered: the server had dropped the connection as idle and
+            # never saw the request. Later than that it may have worked on it: no resend.
+            stale = not self._received_any and time.monotonic() - self._written_at < _RESEND_WINDOW_S
+            error: Exception = _StaleConnection() if stale else ConnectionClosed(
                 "connection closed before the answer was complete")
             self._head_waiter.set_exception(error)
         if self.response is None and self._head_waiter is None:
@@ -313,6 +319,7 @@ class _Connection(asyncio.Protocol):
         waiter: asyncio.Future[HttpResponse] = loop.create_future()
         self._head_waiter = waiter
         self._received_any = False
+        self._written_at = time.monotonic()
         self.transport.write(payload)
         timer = loop.call_later(read_timeout_s, _expire, waiter, "waiting for the answer")
         try:
