@@ -50,6 +50,7 @@ routes:
 """
 # the mock answers any POST with 200, so it doubles as an OTLP/HTTP sink for span exports
 TRACING = f'telemetry: {{otlp_endpoint: "http://127.0.0.1:{MOCK_PORT}"}}'
+TRACING_SAMPLED = f'telemetry: {{otlp_endpoint: "http://127.0.0.1:{MOCK_PORT}", sample_ratio: 0.1}}'
 NO_ACCESS_LOG = "telemetry: {access_log: false}"
 
 
@@ -92,6 +93,7 @@ SUITES: dict[str, list[Scenario]] = {
         Scenario("metrics only (access log off), c50", "{backend: off}", extra=NO_ACCESS_LOG),
         Scenario("metrics + access log (default), c50", "{backend: off}"),
         Scenario("metrics + access log + OTLP tracing, c50", "{backend: off}", extra=TRACING),
+        Scenario("metrics + access log + OTLP tracing 10% sampled, c50", "{backend: off}", extra=TRACING_SAMPLED),
         Scenario("metrics only (access log off), c1", "{backend: off}", 1, extra=NO_ACCESS_LOG),
         Scenario("metrics + access log (default), c1", "{backend: off}", 1),
         Scenario("metrics + access log + OTLP tracing, c1", "{backend: off}", 1, extra=TRACING),

@@ -91,7 +91,7 @@ class ProviderConfig(_Strict):
     timeout_s: float = Field(600, gt=0)  # read timeout between bytes of the answer
     connect_timeout_s: float = Field(10, gt=0)
     max_connections: int = Field(200, ge=1)
-    max_keepalive: int = Field(100, ge=0)
+    max_keepalive: int | None = Field(None, ge=0)  # idle connections kept; None: max_connections
     # mock only: time before the answer and between streamed chunks
     latency_ms: float = Field(0, ge=0)
     chunk_interval_ms: float = Field(0, ge=0)

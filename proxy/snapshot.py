@@ -343,7 +343,8 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
         timeout_s=p.timeout_s,
         connect_timeout_s=p.connect_timeout_s,
         max_connections=p.max_connections,
-        max_keepalive=p.max_keepalive,
+        # under bursts every connection in use comes back at once: keep them all by default
+        max_keepalive=p.max_connections if p.max_keepalive is None else p.max_keepalive,
         latency_ms=p.latency_ms,
         chunk_interval_ms=p.chunk_interval_ms,
         api_version=p.api_version,

@@ -244,6 +244,17 @@ def test_off_means_off():
     assert s.config.cache.backend == "off" and s.config.ledger.path == "off"
 
 
+@pytest.mark.parametrize(
+    "settings, connections, keepalive",
+    [("", 200, 200), ("max_connections: 50", 50, 50), ("max_keepalive: 10", 200, 10),
+     ("max_connections: 8, max_keepalive: 0", 8, 0)],
+)
+def test_connection_pool_sizes(settings: str, connections: int, keepalive: int) -> None:
+    # idle connections kept default to all of them: a burst returns every one at once
+    s = snapshot_from_text(f'providers: {{up: {{type: openai, base_url: "http://x/v1", {settings}}}}}', env={})
+    assert (s.providers["up"].max_connections, s.providers["up"].max_keepalive) == (connections, keepalive)
+
+
 def test_compiled_snapshot_indexes_keys_by_hash():
     s = snapshot_from_text(f"teams: {{a: {{keys: ['sha256:{HEX.upper()}']}}, b: {{keys: [plain]}}}}", env={})
     assert dict(s.key_index) == {HEX: "a", hash_key("plain"): "b"}

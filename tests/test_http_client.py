@@ -227,6 +227,22 @@ async def test_max_keepalive_zero_opens_a_connection_per_request() -> None:
         await pool.aclose()
 
 
+@pytest.mark.parametrize("max_keepalive, opened", [(None, 8), (8, 8), (3, 13), (0, 16)])
+async def test_a_burst_keeps_what_max_keepalive_allows(max_keepalive: int | None, opened: int) -> None:
+    # two bursts of 8 concurrent requests: the second reuses what the first left idle
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await server.read_request(reader):
+            await asyncio.sleep(0.05)
+            writer.write(answer())
+
+    async with Server(slow) as server:
+        pool = HttpPool(server.url(), max_connections=8, max_keepalive=max_keepalive)
+        for _ in range(2):
+            assert [s for s, _ in await asyncio.gather(*(get(pool) for _ in range(8)))] == [200] * 8
+        assert server.connections == opened
+        await pool.aclose()
+
+
 async def test_idle_connections_expire() -> None:
     async with Server(serving(answer())) as server:
         pool = HttpPool(server.url(), keepalive_s=0.05)
@@ -249,6 +265,51 @@ async def test_max_connections_bounds_concurrency() -> None:
         assert [status for status, _ in results] == [200] * 8
         assert server.most_open <= 2
         assert pool.open_connections <= 2
+        await pool.aclose()
+
+
+async def test_a_full_pool_serves_waiters_in_order() -> None:
+    # new arrivals queue behind waiters instead of taking a connection handed back: no
+    # request starves however busy the pool
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await server.read_request(reader):
+            await asyncio.sleep(0.02)
+            writer.write(answer())
+
+    async with Server(slow) as server:
+        pool = HttpPool(server.url(), max_connections=2)
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.ensure_future(get(pool, body=b'{"n":%d}' % i)))
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+        order = [int(body[5:-1]) for _, body in server.requests]
+        assert order == list(range(8))
+        assert server.connections == 2
+        await pool.aclose()
+
+
+async def test_a_waiter_that_gives_up_passes_its_turn_on() -> None:
+    gate = asyncio.Event()
+
+    async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await server.read_request(reader):
+            await gate.wait()
+            writer.write(answer())
+
+    async with Server(gated) as server:
+        pool = HttpPool(server.url(), max_connections=1)
+        holder = asyncio.ensure_future(get(pool))
+        await asyncio.sleep(0.02)
+        quitter = asyncio.ensure_future(get(pool))
+        patient = asyncio.ensure_future(get(pool))
+        await asyncio.sleep(0.02)
+        quitter.cancel()
+        gate.set()
+        assert (await holder)[0] == 200
+        assert (await asyncio.wait_for(patient, 2))[0] == 200
+        assert quitter.cancelled()
+        assert pool.open_connections == 1 and server.connections == 1
         await pool.aclose()
 
 

@@ -75,7 +75,7 @@ class HttpPool:
         base_url: str,
         *,
         max_connections: int = 100,
-        max_keepalive: int = 20,
+        max_keepalive: int | None = None,  # idle connections kept; None: max_connections
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
         keepalive_s: float = 30.0,
@@ -92,13 +92,13 @@ class HttpPool:
         self._host_header = host.encode("idna") if not host.isascii() else host.encode()
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.max_connections = max_connections
-        self.max_keepalive = max_keepalive
+        self.max_keepalive = max_connections if max_keepalive is None else max_keepalive
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
         self._open = 0  # connections open or being opened
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
 
     @property
@@ -131,57 +131,87 @@ class HttpPool:
         self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
+            connection.counted = False
             connection.close()
             self._open -= 1
-        for waiter in self._waiting:
+        while self._waiting:
+            waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectionClosed("the connection pool was closed"))
 
-    # --- the pool
+    # --- the pool: first come, first served once it is full
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         if self._closed:
             raise ConnectionClosed("the connection pool was closed")
+        if not self._waiting:  # nobody queued before us
+            connection = self._take_idle()
+            if connection is not None:
+                return connection, True
+            if self._open < self.max_connections:
+                self._open += 1
+                return await self._open_new(), False
+        handed = await self._wait_in_line()
+        if handed is not None:
+            return handed, True
+        return await self._open_new(), False  # our place was counted when it was handed over
+
+    def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
-            connection = self._idle.pop()
+            connection = self._idle.pop()  # the newest: the likeliest to be alive
             if connection.usable and now - connection.idle_since < self.keepalive_s:
-                return connection, True
+                return connection
+            connection.counted = False
             connection.close()
             self._open -= 1
-        while self._open >= self.max_connections:
-            await self._wait_for_room()
-            if self._idle:  # handed back while we waited
-                return await self._acquire()
-        self._open += 1
+        return None
+
+    async def _open_new(self) -> _Connection:
         try:
-            return await self._connect(), False
+            return await self._connect()
         except BaseException:
             self._open -= 1
-            self._wake_one()
+            self._pass_room()
             raise
 
-    async def _wait_for_room(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _wait_in_line(self) -> _Connection | None:
+        """Wait to be handed a connection, or (None) room to open one."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
-            await asyncio.wait_for(waiter, self.read_timeout_s)
-        except asyncio.TimeoutError:
-            raise PoolTimeout(f"no free connection within {self.read_timeout_s:g} s") from None
-        except asyncio.CancelledError:
+            return await asyncio.wait_for(waiter, self.read_timeout_s)
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._wake_one()  # we were woken but will not use the room: pass it on
+                self._give_back(waiter.result())  # handed over, but we are leaving (cancelled)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise PoolTimeout(f"no free connection within {self.read_timeout_s:g} s") from None
             raise
         finally:
             if waiter in self._waiting:
                 self._waiting.remove(waiter)
 
-    def _wake_one(self) -> None:
+    def _give_back(self, handed: _Connection | None) -> None:
+        if handed is None:
+            self._open -= 1
+            self._pass_room()
+        else:
+            self._release(handed)
+
+    def _hand_over(self, handed: _Connection | None) -> bool:
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                waiter.set_result(handed)
+                return True
+        return False
+
+    def _pass_room(self) -> None:
+        """A connection closed: the first in line may open one (its place counted now)."""
+        if self._waiting and self._open < self.max_connections:
+            self._open += 1
+            if not self._hand_over(None):
+                self._open -= 1
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -205,12 +235,15 @@ class HttpPool:
         return connection
 
     def _release(self, connection: _Connection) -> None:
-        """An answer was read to its end: keep the connection for the next request if we may."""
-        if not self._closed and connection.usable and len(self._idle) < self.max_keepalive:
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-            self._wake_one()
-            return
+        """An answer was read to its end: the next in line gets the connection, or it waits
+        idle for the next request (within max_keepalive), or it closes."""
+        if not self._closed and connection.usable:
+            if self._hand_over(connection):
+                return
+            if len(self._idle) < self.max_keepalive:
+                connection.idle_since = time.monotonic()
+                self._idle.append(connection)
+                return
         self._discard(connection)
 
     def _discard(self, connection: _Connection) -> None:
@@ -218,7 +251,7 @@ class HttpPool:
             connection.counted = False
             connection.close()
             self._open -= 1
-            self._wake_one()
+            self._pass_room()
 
     def _forget_idle(self, connection: _Connection) -> None:
         """The server closed a connection that was waiting in the pool."""
