@@ -82,12 +82,16 @@ class Runtime:
         log.warning("circuit for %s is now %s", target, state.replace("_", "-"))
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        async with _timed("closing provider connections"):
+            await self.pool.aclose()
         if self.cache is not None:
-            await self.cache.aclose()
+            async with _timed("closing the cache"):
+                await self.cache.aclose()
         if self.accounting is not None:
-            await self.accounting.aclose()  # writes the ledger rows still queued
-        await self.telemetry.aclose()
+            async with _timed("closing accounting (writing queued ledger rows)"):
+                await self.accounting.aclose()
+        async with _timed("closing telemetry"):
+            await self.telemetry.aclose()
 
     def active(self) -> Active:
         assert self._active is not None, "no config loaded"
@@ -298,7 +302,8 @@ def create_app(
         try:
             yield
         finally:
-            await watcher.stop()
+            async with _timed("stopping the config watcher"):
+                await watcher.stop()
             await runtime.aclose()
 
     chat = ProxyEndpoint(runtime.active, "chat/completions", runtime.telemetry, runtime.health)
@@ -401,3 +406,15 @@ def redacted(snapshot: Snapshot) -> dict[str, Any]:
         team["keys"] = [f"<key {i + 1}>" for i in range(len(team.get("keys", [])))]
     data["server"]["admin_keys"] = [f"<key {i + 1}>" for i in range(len(data["server"].get("admin_keys", [])))]
     return data
+
+
+@contextlib.asynccontextmanager
+async def _timed(step: str, slow_s: float = 2.0) -> AsyncIterator[None]:
+    """Say so when a shutdown step is slow: a stuck one otherwise looks like a hung process."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        took = time.monotonic() - started
+        if took > slow_s:
+            log.warning("shutdown: %s took %.1f s", step, took)

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -144,7 +145,10 @@ def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
             threading.Event().wait(0.05)
         server.signal(signal.SIGTERM)  # rows are flushed every 30 s: only shutdown can write them
         assert server.proc is not None
-        server.proc.wait(30)
+        try:
+            server.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit 30 s after SIGTERM; the server's log ends:\n{server.log()[-3000:]}") from None
     finally:
         stop.set()
         for t in threads:

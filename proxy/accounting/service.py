@@ -116,11 +116,15 @@ class Accounting:
     async def aclose(self) -> None:
         if self._started is None:
             return
-        await self.counters.close()
-        await self.limiter.aclose()
-        await self.alerts.aclose()
+        # the ledger first: its rows are the record of what was spent, and nothing that
+        # talks to Redis (bounded below) may stand between them and the disk
         if self.writer is not None:
             await self.writer.close()
+        for closing in (self.counters.close(), self.limiter.aclose(), self.alerts.aclose()):
+            try:
+                await asyncio.wait_for(closing, 5)
+            except asyncio.TimeoutError:
+                log.warning("accounting: a Redis client did not close within 5 s; leaving it")
 
     def configure(self, snapshot: Snapshot) -> None:
         settings = snapshot.config.accounting
