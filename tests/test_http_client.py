@@ -92,11 +92,14 @@ def answer(body: bytes = b'{"ok":true}', status: bytes = b"200 OK", extra: bytes
         status, len(body), extra, body)
 
 
-def serving(response: bytes | Callable[[int], bytes], *, close_after: bool = False) -> Handler:
-    """Answer every request on a connection with `response` (or `response(n)` for the nth)."""
+def serving(response: bytes | Callable[[int], bytes], *, close_after: bool = False, delay_s: float = 0) -> Handler:
+    """Answer every request on a connection with `response` (or `response(n)` for the nth),
+    `delay_s` after it arrived."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         while await server.read_request(reader):
+            if delay_s:
+                await asyncio.sleep(delay_s)
             writer.write(response(len(server.requests)) if callable(response) else response)
             await writer.drain()
             if close_after:
@@ -230,12 +233,7 @@ async def test_max_keepalive_zero_opens_a_connection_per_request() -> None:
 @pytest.mark.parametrize("max_keepalive, opened", [(None, 8), (8, 8), (3, 13), (0, 16)])
 async def test_a_burst_keeps_what_max_keepalive_allows(max_keepalive: int | None, opened: int) -> None:
     # two bursts of 8 concurrent requests: the second reuses what the first left idle
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        while await server.read_request(reader):
-            await asyncio.sleep(0.05)
-            writer.write(answer())
-
-    async with Server(slow) as server:
+    async with Server(serving(answer(), delay_s=0.05)) as server:
         pool = HttpPool(server.url(), max_connections=8, max_keepalive=max_keepalive)
         for _ in range(2):
             assert [s for s, _ in await asyncio.gather(*(get(pool) for _ in range(8)))] == [200] * 8
@@ -254,12 +252,7 @@ async def test_idle_connections_expire() -> None:
 
 
 async def test_max_connections_bounds_concurrency() -> None:
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        while await server.read_request(reader):
-            await asyncio.sleep(0.05)
-            writer.write(answer())
-
-    async with Server(slow) as server:
+    async with Server(serving(answer(), delay_s=0.05)) as server:
         pool = HttpPool(server.url(), max_connections=2, max_keepalive=2)
         results = await asyncio.gather(*(get(pool) for _ in range(8)))
         assert [status for status, _ in results] == [200] * 8
@@ -271,12 +264,7 @@ async def test_max_connections_bounds_concurrency() -> None:
 async def test_a_full_pool_serves_waiters_in_order() -> None:
     # new arrivals queue behind waiters instead of taking a connection handed back: no
     # request starves however busy the pool
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        while await server.read_request(reader):
-            await asyncio.sleep(0.02)
-            writer.write(answer())
-
-    async with Server(slow) as server:
+    async with Server(serving(answer(), delay_s=0.02)) as server:
         pool = HttpPool(server.url(), max_connections=2)
         tasks = []
         for i in range(8):
