@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 import subprocess
 import zlib
@@ -594,3 +595,24 @@ async def test_a_reused_connection_closed_late_is_an_error_not_a_resend() -> Non
             await get(pool)
         assert len(server.requests) == 2 and server.connections == 1
         await pool.aclose()
+
+
+async def test_an_address_that_never_answers_does_not_hold_up_the_next() -> None:
+    # a name with two addresses, the first a black hole (think IPv6 without a route):
+    # the second is tried 250 ms later, long before the connect timeout
+    async with Server(serving(answer())) as server:
+        with UnansweredPort() as dead:
+            loop = asyncio.get_running_loop()
+
+            async def two_addresses(host: str, port: int, **kwargs: object) -> list:
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in (dead, server.port)]
+
+            original, loop.getaddrinfo = loop.getaddrinfo, two_addresses  # type: ignore[method-assign]
+            try:
+                pool = HttpPool("http://api.example.test/v1", connect_timeout_s=5)
+                started = loop.time()
+                assert (await get(pool))[0] == 200
+                assert loop.time() - started < 2
+            finally:
+                loop.getaddrinfo = original  # type: ignore[method-assign]
+            await pool.aclose()

@@ -298,6 +298,8 @@ def test_edits_under_load_apply_within_two_seconds_with_no_failed_request(
     config_path.write_text(text(1))
     with ServerProcess(config_path) as server:
         with Load(server.base_url, models=("fast", "up")) as load:
+            load.wait_until(lambda answers: {"model-v1", "up-v1"} <= {a.model for a in answers}, 10,
+                            "both targets to answer under version 1")
             for v in (2, 3, 4):
                 written_at = time.monotonic()
                 write(config_path, text(v))

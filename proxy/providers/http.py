@@ -11,7 +11,9 @@ connection handling a gateway needs and nothing else:
 - a pool per (scheme, host, port): newest idle connection first, at most
   `max_connections` open and `max_keepalive` idle, idle ones dropped after
   `keepalive_s` or as soon as the server closes them;
-- one write per request (head and body together), TLS with the system's CAs for https;
+- connecting to every address a name has, IPv6 and IPv4 raced 250 ms apart (RFC 8305,
+  by aiohappyeyeballs), then TLS with the system's CAs for https;
+- one write per request (head and body together);
 - `connect_timeout_s` for connecting, `read_timeout_s` for each wait on the server (the
   head, then every piece of the body), so a stream can run as long as it keeps talking;
 - a request whose reused connection closes right after it was written, with no byte of
@@ -27,7 +29,9 @@ No redirects, cookies, proxies or HTTP/2: an LLM API needs none of them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import socket
 import ssl
 import time
 import zlib
@@ -35,12 +39,20 @@ from collections import deque
 from typing import AsyncIterator, Iterable
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import httptools
 
 _HIGH_WATER = 256 * 1024  # unread body bytes at which reading from the server pauses
 _LOW_WATER = 64 * 1024  # ... and resumes
 _NO_BODY = frozenset({204, 304})
 _RESEND_WINDOW_S = 0.25  # a reused connection closing this soon after a request: resend it once
+
+
+@functools.lru_cache(maxsize=1)
+def _default_tls() -> ssl.SSLContext:
+    """One context for every pool: loading the system's CAs takes ~10 ms on the event loop,
+    too long to repeat for each provider pool a config reload creates."""
+    return ssl.create_default_context()
 
 
 class HttpError(Exception):
@@ -90,7 +102,7 @@ class HttpPool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         host = host if default_port else f"{host}:{self.port}"
         self._host_header = host.encode("idna") if not host.isascii() else host.encode()
-        self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        self._ssl = (ssl_context or _default_tls()) if parts.scheme == "https" else None
         self.max_connections = max_connections
         self.max_keepalive = max_connections if max_keepalive is None else max_keepalive
         self.connect_timeout_s = connect_timeout_s
@@ -214,24 +226,30 @@ class HttpPool:
                 self._open -= 1
 
     async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl else None,
-                ),
-                self.connect_timeout_s,
-            )
+            return await asyncio.wait_for(self._open_connection(), self.connect_timeout_s)
         except asyncio.TimeoutError:
             raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s") from None
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS handshake failed: {exc.reason or exc}") from None
         except OSError as exc:  # the reason only: addresses and ports stay out of client-facing messages
             raise ConnectError(os.strerror(exc.errno) if exc.errno else "could not connect") from None
+
+    async def _open_connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        addresses = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        # every address the name has, IPv6 and IPv4 raced 250 ms apart (RFC 8305): a host
+        # whose IPv6 route is a black hole still connects at once over IPv4
+        sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=0.25, interleave=1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self), sock=sock, ssl=self._ssl,
+                server_hostname=self.host if self._ssl else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
         return connection
 
     def _release(self, connection: _Connection) -> None:
