@@ -156,10 +156,15 @@ class Proxy:
 
     def __enter__(self) -> Proxy:
         # info: the access log is written (to /dev/null), as it would be in production
+        with socket.socket() as probe:  # a leftover process would answer in the proxy's place
+            if probe.connect_ex(("127.0.0.1", PROXY_PORT)) == 0:
+                raise SystemExit(f"port {PROXY_PORT} is already in use: stop whatever listens there first")
         cmd = ["taskset", "-c", GATEWAY_CPU, sys.executable, "-m", "proxy", "serve", "--config", str(self.config),
                "--log-level", "info"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{PROXY_PORT}/healthz")
+        if self.proc.poll() is not None:
+            raise SystemExit(f"the proxy exited at startup (code {self.proc.returncode})")
         return self
 
     def __exit__(self, *exc: object) -> None:

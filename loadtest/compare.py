@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -124,10 +125,15 @@ class Running:
     def __enter__(self) -> "Running":
         if not self.gateway.command:
             return self  # direct: the mock is already up
+        port = urlsplit(self.gateway.ready).port
+        if port_in_use(port):  # a leftover process would answer in the gateway's place
+            raise SystemExit(f"port {port} is already in use: stop whatever listens there first")
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | self.gateway.env
         self.proc = subprocess.Popen(["taskset", "-c", GATEWAY_CPU, *self.gateway.command], cwd=self.gateway.cwd,
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(self.gateway.ready, timeout=120)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"{self.gateway.name} exited at startup (code {self.proc.returncode})")
         return self
 
     def pid(self, mock_pid: int) -> int:
@@ -141,6 +147,11 @@ class Running:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def port_in_use(port: int | None) -> bool:
+    with socket.socket() as probe:
+        return port is not None and probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def load(gateway: Gateway, connections: int, seconds: int, **env: str) -> dict[str, float]:
