@@ -406,6 +406,39 @@ async def test_spans_follow_genai_conventions_and_join_the_clients_trace(traced,
         assert SECRET_PROMPT not in str(attrs(span))
 
 
+@pytest.mark.parametrize(
+    "client_flags, exported",
+    [
+        (None, False),  # our own trace, sampled out at ratio 0
+        ("00", False),  # the client's trace, which it did not sample
+        ("01", True),  # the client sampled its trace: its decision wins over our ratio
+    ],
+)
+async def test_sampling(tmp_path, upstream, client_flags, exported):
+    upstream.post("/chat/completions").respond(json=completion(usage=USAGE))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = dict(AUTH)
+    if client_flags is not None:
+        headers["traceparent"] = f"00-{trace_id}-{parent_id}-{client_flags}"
+    async with OtlpReceiver() as receiver:
+        path = tmp_path / "proxy.yaml"
+        path.write_text(config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", sample_ratio: 0}}\n')
+        app, client = await make_client(path)
+        try:
+            for _ in range(3):
+                assert (await client.post("/v1/chat/completions", json=chat("priced"), headers=headers)).status_code == 200
+            await flush(app)
+        finally:
+            await client.aclose()
+            await app.state.runtime.aclose()
+    assert (len(receiver.spans) == 6) if exported else (receiver.spans == [])
+    # sampled or not, the upstream is told the trace and the decision
+    sent = upstream.post("/chat/completions").calls.last.request.headers["traceparent"].split("-")
+    assert int(sent[3], 16) & 1 == exported  # the sampled bit (0x02, "random", may be set too)
+    if client_flags is not None:
+        assert sent[1] == trace_id
+
+
 async def test_failed_request_span_has_error_status(traced, upstream):
     app, client, receiver = traced
     upstream.post("/chat/completions").respond(503, json={"error": {"message": "overloaded"}})

@@ -69,6 +69,8 @@ class Tracing:
         """Open the upstream attempt's span; the headers that carry its context upstream."""
         if record.span is None:
             return []
+        if not record.span.is_recording():  # not sampled: no attempt span, the trace id still travels
+            return _trace_headers(record.span)
         if record.attempt_span is not None:  # a new attempt: the previous one failed
             previous = record.attempts[-1] if record.attempts else None
             _end_attempt(record.attempt_span, previous.kind if previous else "failed", None)
@@ -78,13 +80,11 @@ class Tracing:
         attempt.set_attribute("gen_ai.provider.name", record.provider or "")
         attempt.set_attribute("gen_ai.request.model", record.model or "")
         record.attempt_span = attempt
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(attempt))
-        return list(carrier.items())
+        return _trace_headers(attempt)
 
     def finish(self, record: RequestRecord) -> None:
         span = record.span
-        if span is None:
+        if span is None or not span.is_recording():  # unsampled: nothing to describe or export
             return
         model = record.requested_model or record.model
         span.update_name(f"{record.operation} {model}" if model else record.operation)
@@ -128,6 +128,12 @@ class Tracing:
 
     def shutdown(self) -> None:
         self.provider.shutdown()  # flushes what is batched; blocking, run off the loop
+
+
+def _trace_headers(span: Any) -> list[tuple[str, str]]:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return list(carrier.items())
 
 
 def _end_attempt(span: Any, error_kind: str | None, message: str | None, end: int | None = None) -> None:
