@@ -20,8 +20,9 @@ import logging
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from proxy.accounting.ledger import LedgerReader
 from proxy.snapshot import Experiment, Snapshot
@@ -73,12 +74,22 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
         # no spread at all: the difference is certain, a standardised effect undefined
         return {"test": "welch_t", "p_value": 1.0 if same else 0.0, "statistic": None,
                 "effect_size": 0.0 if same else None}
-    result = stats.ttest_ind(b, a, equal_var=False)
+    result, notes = _quietly(stats.ttest_ind, b, a, equal_var=False)
     pooled = math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b))
                        / (len(a) + len(b) - 2))
     d = (statistics.fmean(b) - statistics.fmean(a)) / pooled if pooled > 0 else 0.0
     return {"test": "welch_t", "p_value": float(result.pvalue), "statistic": float(result.statistic),
-            "effect_size": d}
+            "effect_size": d, **notes}
+
+
+def _quietly(test: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, str]]:
+    """Run a scipy test, turning its warnings (precision loss on nearly identical samples,
+    say) into a `note` on the result instead of a stray line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = test(*args, **kwargs)
+    notes = sorted({str(w.message) for w in caught})
+    return result, ({"note": " ".join(notes)} if notes else {})
 
 
 def rate_test(errors_a: int, n_a: int, errors_b: int, n_b: int) -> dict[str, Any]:
@@ -94,9 +105,10 @@ def rate_test(errors_a: int, n_a: int, errors_b: int, n_b: int) -> dict[str, Any
     if total_errors == 0 or total_errors == total:
         return {"test": "none_needed", "p_value": 1.0, "effect_size": effect}
     if min(expected) < 5:
-        return {"test": "fisher_exact", "p_value": float(stats.fisher_exact(table)[1]), "effect_size": effect}
-    chi2, p, _, _ = stats.chi2_contingency(table)
-    return {"test": "chi_square", "p_value": float(p), "statistic": float(chi2), "effect_size": effect}
+        fisher, notes = _quietly(stats.fisher_exact, table)
+        return {"test": "fisher_exact", "p_value": float(fisher[1]), "effect_size": effect, **notes}
+    (chi2, p, _, _), notes = _quietly(stats.chi2_contingency, table)
+    return {"test": "chi_square", "p_value": float(p), "statistic": float(chi2), "effect_size": effect, **notes}
 
 
 def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
@@ -107,10 +119,10 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
 
     if len(set(a) | set(b)) == 1:
         return {"test": "mann_whitney_u", "p_value": 1.0, "effect_size": 0.0}
-    result = stats.mannwhitneyu(b, a, alternative="two-sided")
+    result, notes = _quietly(stats.mannwhitneyu, b, a, alternative="two-sided")
     r = 2 * float(result.statistic) / (len(a) * len(b)) - 1
     return {"test": "mann_whitney_u", "p_value": float(result.pvalue), "statistic": float(result.statistic),
-            "effect_size": r}
+            "effect_size": r, **notes}
 
 
 # ---------------------------------------------------------------- samples and the report

@@ -34,6 +34,14 @@ def test_welch_matches_known_values(a, b, p, t):
     assert (result["effect_size"] > 0) == (sum(b) > sum(a))
 
 
+def test_a_scipy_warning_becomes_a_note_not_a_stray_line():
+    """Nearly identical costs (the mock's, say) make scipy warn of precision loss; the
+    report carries that as a note (pytest turns any escaped warning into an error)."""
+    result = welch([0.000190] * 44 + [0.00019000000000001], [0.000019] * 76)
+    assert result["p_value"] is not None and "Precision loss" in result["note"]
+    assert "note" not in welch([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+
+
 def test_welch_cohens_d():
     assert welch([1, 2, 3, 4, 5], [2, 3, 4, 5, 6])["effect_size"] == pytest.approx(1 / 1.5811388, rel=1e-6)
 

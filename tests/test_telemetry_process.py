@@ -31,9 +31,17 @@ def requests_total(base_url: str) -> float:
     )
 
 
+# a team with a budget and limits on the memory backend: what crashed `--workers 2` once
+LIMITED = CONFIG.replace(
+    'search: {{keys: ["{KEY}"]}}'.format(KEY=KEY),
+    f'search: {{keys: ["{KEY}"], budget: {{daily_usd: 100}}, limits: {{rpm: 100000}}}}',
+) + f"ledger: {{path: ledger.db, flush_interval_s: 0.05}}\naccounting: {{backend: memory}}\n"
+
+
 def test_metrics_add_up_across_workers(tmp_path):
     path = tmp_path / "proxy.yaml"
-    path.write_text(CONFIG)
+    path.write_text(LIMITED)
+    assert "budget" in LIMITED
     with ServerProcess(path, args=["--workers", "2"]) as server:
         for _ in range(30):  # a fresh connection each time, so both workers take some
             with httpx.Client(base_url=server.base_url) as client:
@@ -47,6 +55,17 @@ def test_metrics_add_up_across_workers(tmp_path):
                 if s.name == "llm_requests_total"
             )
             assert total == 30
+    log = server.log()
+    lines = log.splitlines()
+    assert lines and all(line.startswith("{") for line in lines), "every line is JSON: " + log[:2000]
+    parsed = [json.loads(line) for line in lines]
+    assert not [p for p in parsed if p["logger"] == "py.warnings"], "no warnings from libraries"
+    messages = [p.get("message", "") for p in parsed]  # access-log lines have fields instead
+    startup = [m for m in messages if m.startswith("switchyard ") and " serving " in m]
+    assert len(startup) == 1 and "with 2 workers" in startup[0]
+    assert any("accounting.backend: memory" in m for m in messages)
+    workers = {m for m in messages if m.startswith("Started server process")}
+    assert len(workers) == 2
 
 
 def test_access_log_lines_are_json(tmp_path):

@@ -15,6 +15,7 @@ import orjson
 
 from proxy.accounting.budgets import Alert
 from proxy.providers.base import spawn
+from proxy.telemetry.logs import money
 
 log = logging.getLogger("switchyard.budget")
 
@@ -56,7 +57,7 @@ class AlertDispatcher:
 
         body = orjson.dumps({
             "event": "budget_alert", "team": alert.team, "period": alert.period, "period_key": alert.period_key,
-            "threshold": alert.threshold, "spent_usd": alert.spent_usd, "budget_usd": alert.budget_usd,
+            "threshold": alert.threshold, "spent_usd": money(alert.spent_usd), "budget_usd": alert.budget_usd,
             "at": alert.ts,
         })
         if self._session is None:

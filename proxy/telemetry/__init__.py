@@ -36,8 +36,8 @@ class Telemetry:
     def configure(self, settings: TelemetryConfig) -> None:
         """Apply a (re)loaded `telemetry:` section; a changed endpoint swaps the exporter."""
         if os.environ.get("SWITCHYARD_MANAGE_LOGGING") == "1":  # a served process, not a test
-            setup_logging(settings.log_format)
-            fast = settings.access_log and settings.log_format == "json" and access_log.log.isEnabledFor(logging.INFO)
+            log_format = setup_logging(settings.log_format)
+            fast = settings.access_log and log_format == "json" and access_log.log.isEnabledFor(logging.INFO)
             if fast and self._lines is None:
                 self._lines = access_log.BufferedJsonLines(sys.stderr)
             elif not fast and self._lines is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from proxy.telemetry.logs import money
 from proxy.telemetry.record import RequestRecord
 from proxy.usage import tokens
 
@@ -42,8 +43,8 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "attempts": sum(a.outcome != "circuit_open" for a in record.attempts),
         "input_tokens": input_tokens if record.usage is not None else None,
         "output_tokens": output_tokens if record.usage is not None else None,
-        "cost_usd": record.cost_usd,
-        "saved_usd": record.saved_usd,
+        "cost_usd": money(record.cost_usd),
+        "saved_usd": money(record.saved_usd),
         "latency_ms": round(record.duration() * 1000, 3),
         "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
         "overhead_ms": round(record.overhead() * 1000, 3),

@@ -160,8 +160,12 @@ class Metrics:
         self._digest = digest
 
     def team_budgets(self, budgets: dict[str, tuple[float | None, float | None]]) -> None:
-        """Export each team's (daily, monthly) budget; teams without one have no series."""
-        self.team_budget.clear()
+        """Export each team's (daily, monthly) budget; teams without one have no series.
+
+        With several workers the series live in per-process files that prometheus-client
+        cannot remove from: a budget dropped by a reload stays exported until a restart."""
+        if not multiprocess_dir():
+            self.team_budget.clear()
         for team, (daily, monthly) in budgets.items():
             if daily is not None:
                 self.team_budget.labels(team, "day").set(daily)

@@ -1,0 +1,76 @@
+"""Log formatting: which format, every line in it, and money without float noise."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+
+import pytest
+
+from proxy.telemetry.logs import JsonFormatter, TextFormatter, money, resolve_format
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class Closed(io.StringIO):
+    def isatty(self) -> bool:
+        raise ValueError("I/O operation on closed file")
+
+
+@pytest.mark.parametrize(
+    ("env", "configured", "stream", "expected"),
+    [
+        (None, None, Terminal(), "text"),  # a person at a terminal reads text
+        (None, None, io.StringIO(), "json"),  # a pipe, a file, a container's log: JSON
+        (None, "auto", Terminal(), "text"),
+        (None, "json", Terminal(), "json"),  # the config's choice wins over the guess
+        (None, "text", io.StringIO(), "text"),
+        ("json", "text", Terminal(), "json"),  # and the environment over the config
+        ("TEXT", "json", io.StringIO(), "text"),
+        ("yaml", None, io.StringIO(), "json"),  # not a format: ignored
+        (None, None, Closed(), "json"),
+    ],
+)
+def test_resolve_format(monkeypatch, env, configured, stream, expected):
+    if env is None:
+        monkeypatch.delenv("SWITCHYARD_LOG_FORMAT", raising=False)
+    else:
+        monkeypatch.setenv("SWITCHYARD_LOG_FORMAT", env)
+    assert resolve_format(configured, stream) == expected
+
+
+def record(message: str, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("py.warnings", logging.WARNING, __file__, 1, message, None, None)
+    for k, v in extra.items():
+        setattr(rec, k, v)
+    return rec
+
+
+def test_a_captured_warning_is_one_json_line():
+    """logging.captureWarnings sends warnings.warn() through the same formatter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        message = warnings.formatwarning("Precision loss occurred", RuntimeWarning, "/x/scipy.py", 12)
+    line = JsonFormatter().format(record(message))
+    assert "\n" not in line
+    assert json.loads(line)["logger"] == "py.warnings" and "Precision loss" in json.loads(line)["message"]
+
+
+def test_fields_and_text():
+    rec = record("request", fields={"team": "a", "cost_usd": money(1.0949999999999998e-05), "user": None})
+    data = json.loads(JsonFormatter().format(rec))
+    assert data["team"] == "a" and data["cost_usd"] == 1.095e-05 and "message" not in data
+    assert TextFormatter().format(rec).endswith("team=a cost_usd=1.095e-05")
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [(0.000010949999999999998, 1.095e-05), (0.1 + 0.2, 0.3), (12.5, 12.5), (0.0, 0.0), (None, None), (3e-11, 0.0)],
+)
+def test_money(raw, shown):
+    assert money(raw) == shown
