@@ -1,7 +1,7 @@
 # Switchyard: slim, non-root, with a health check.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY proxy ./proxy
 RUN pip install --no-cache-dir --prefix=/install .
 
@@ -10,9 +10,6 @@ RUN useradd --system --uid 10001 --create-home --home-dir /app switchyard
 COPY --from=build /install /usr/local
 WORKDIR /app
 COPY proxy.yaml ./proxy.yaml
-COPY config ./config
-# the shipped price list, wherever the policy file is mounted
-ENV SWITCHYARD_PRICING=/app/config/pricing.yaml
 # the ledger's home when the policy puts it there (deploy/switchyard/proxy.yaml does)
 RUN mkdir -p /var/lib/switchyard && chown switchyard /var/lib/switchyard
 VOLUME ["/var/lib/switchyard"]

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy import __version__
 from proxy.accounting.service import Accounting
 from proxy.auth import authenticate, authenticate_admin
 from proxy.endpoint import Active, ProxyEndpoint
@@ -29,6 +30,7 @@ from proxy.reload import ConfigWatcher, install_sighup, reload_now
 from proxy.experiments import ExperimentState, experiments_of
 from proxy.experiments import report as experiment_stats
 from proxy.resilience import Health
+from proxy.routing import check_model
 from proxy.validation import check_feedback, parse_json_object
 from proxy.snapshot import Snapshot, SnapshotHolder
 from proxy.telemetry import Telemetry
@@ -130,8 +132,7 @@ def create_app(
         snapshot = runtime.active().snapshot
         team = authenticate(snapshot, request.headers)
         name = request.path_params["name"]
-        if name not in snapshot.model_names(team):
-            raise NotFound(f"The model {name!r} does not exist or you do not have access to it.")
+        check_model(snapshot, team, name)  # the 403/404 a chat request for it would get
         return json_response(_model(name))
 
     async def usage(request: Request) -> Response:
@@ -224,7 +225,7 @@ def create_app(
         return Response(runtime.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def healthz(request: Request) -> Response:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> Response:
         active = runtime.active()
@@ -232,6 +233,7 @@ def create_app(
         return json_response(
             {
                 "status": "ready",
+                "version": __version__,
                 "generation": snapshot.generation,
                 "providers": sorted(snapshot.providers),
                 "disabled_providers": dict(snapshot.disabled_providers),

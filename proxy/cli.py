@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import signal
@@ -10,10 +11,11 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 
+from proxy import __version__
 from proxy.config import ConfigError
 from proxy.errors import ProxyError
 from proxy.routing import RouteRequest, Step, decide
-from proxy.snapshot import Route, Snapshot, Team, compile_snapshot, hash_key, load_file
+from proxy.snapshot import Route, Snapshot, Team, hash_key, snapshot_from_file
 from proxy.telemetry.logs import setup_logging
 from proxy.telemetry.metrics import multiprocess_dir
 
@@ -23,6 +25,12 @@ DEFAULT_CONFIG = "proxy.yaml"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # before anything can log (the config and price list loads): every line in one format.
+    # The level is exported so the server's worker processes use it too.
+    default_level = "info" if args.command == "serve" else "warning"
+    level = getattr(args, "log_level", None) or os.environ.get("SWITCHYARD_LOG_LEVEL") or default_level
+    os.environ["SWITCHYARD_LOG_LEVEL"] = level
+    setup_logging(level=level)
     if args.command not in (None, "serve"):
         # print-and-exit commands: a closed pipe (`| head`) ends them quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -34,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchyard", description="An OpenAI-compatible LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"switchyard {__version__}")
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the proxy")
@@ -41,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="default: server.host from the config")
     serve.add_argument("--port", type=int, default=None, help="default: server.port from the config")
     serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="default: $SWITCHYARD_LOG_LEVEL, else info")
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser("check", help="validate a config and print its route table")
@@ -69,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
     experiments = sub.add_parser("experiments", help="A/B experiments")
     experiments_sub = experiments.add_subparsers(dest="experiments_command", required=True)
+    listing = experiments_sub.add_parser("list", help="the experiments in the config, their variants and objective")
+    listing.add_argument("--config", default=None)
+    listing.set_defaults(run=_experiments_list)
     report = experiments_sub.add_parser("report", help="per-variant statistics and the verdict, from the ledger")
     report.add_argument("name")
     report.add_argument("--config", default=None)
@@ -79,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="print a fresh key and the line to put in proxy.yaml")
     new.add_argument("--team", required=True)
+    new.add_argument("--config", default=None)
     new.set_defaults(run=_keys_new)
+    key_list = keys_sub.add_parser("list", help="teams and their key fingerprints (never the keys)")
+    key_list.add_argument("--config", default=None)
+    key_list.set_defaults(run=_keys_list)
     return parser
 
 
@@ -88,7 +105,7 @@ def _config_path(given: str | None) -> str:
 
 
 def _load(path: str) -> Snapshot:
-    return compile_snapshot(load_file(path), source=path, digest="", generation=1)
+    return snapshot_from_file(path)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -99,34 +116,87 @@ def _serve(args: argparse.Namespace) -> int:
     if snapshot is None:
         return 1
     os.environ["SWITCHYARD_CONFIG"] = path  # the app factory reads it in every worker
-    # every worker process sets its logging up from these (see telemetry/logs.py)
-    os.environ["SWITCHYARD_LOG_LEVEL"] = args.log_level
-    os.environ["SWITCHYARD_LOG_FORMAT"] = snapshot.config.telemetry.log_format
-    os.environ["SWITCHYARD_MANAGE_LOGGING"] = "1"
-    setup_logging()
+    os.environ["SWITCHYARD_MANAGE_LOGGING"] = "1"  # a served process: workers set their logging up
+    server = snapshot.config.server
+    host, port = args.host or server.host, args.port or server.port
+    log = logging.getLogger("switchyard")
+    log.info(startup_line(snapshot, path, host, port, args.workers))
+    for warning in snapshot.warnings:
+        log.warning("config: %s", warning)
+    # the workers load the same file: they need not repeat what was just said
+    os.environ["SWITCHYARD_STARTUP_DIGEST"] = snapshot.digest
     limited = any(t.budget or t.limits for t in snapshot.config.teams.values())
     if args.workers > 1 and limited and snapshot.config.accounting.backend == "memory":
-        logging.getLogger("switchyard").warning(
+        log.warning(
             "%d workers with accounting.backend: memory: each worker enforces budgets and rate limits on its "
             "own share of traffic; use backend: redis to enforce them once", args.workers)
     if args.workers > 1 and not multiprocess_dir():
         # prometheus-client's multiprocess mode: workers write to files /metrics merges
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchyard-metrics-")
-    server = snapshot.config.server
     uvicorn.run(
         "proxy.app:create_app",
         factory=True,
-        host=args.host or server.host,
-        port=args.port or server.port,
+        host=host,
+        port=port,
         workers=args.workers,
         loop="uvloop",
         http="httptools",
         access_log=False,  # ours is richer: telemetry/access_log.py
         log_config=None,
-        log_level=args.log_level,
+        log_level=os.environ["SWITCHYARD_LOG_LEVEL"],
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def startup_line(snapshot: Snapshot, path: str, host: str, port: int, workers: int) -> str:
+    """Everything an operator checks first, in one line: what runs, where, on what."""
+    from proxy.accounting.service import ledger_path
+
+    config = snapshot.config
+    shown_host = f"[{host}]" if ":" in host else host
+    parts = [f"switchyard {__version__} serving http://{shown_host}:{port} from {os.path.abspath(path)}"
+             + (f" with {workers} workers" if workers > 1 else "")]
+    providers = [f"{name} ({spec.type})" for name, spec in snapshot.providers.items()]
+    parts.append("providers: " + (", ".join(providers) or "none"))
+    if snapshot.disabled_providers:
+        parts.append("disabled: " + "; ".join(f"{n}: {why}" for n, why in snapshot.disabled_providers.items()))
+    parts.append(f"cache: {config.cache.backend}"
+                 + (f" at {_redact_url(config.cache.url)} ({_redis_state(config.cache.url)})"
+                    if config.cache.backend == "redis" else ""))
+    parts.append(f"accounting: {config.accounting.backend}"
+                 + (f" at {_redact_url(config.accounting.url)} ({_redis_state(config.accounting.url)})"
+                    if config.accounting.backend == "redis" else ""))
+    ledger = ledger_path(snapshot)
+    parts.append(f"ledger: {ledger}" if ledger else "ledger: off")
+    parts.append("admin API: on" if snapshot.admin_key_hashes
+                 else "admin API: off (no server.admin_keys; set SWITCHYARD_ADMIN_KEY)")
+    return "; ".join(parts)
+
+
+def _redis_state(url: str) -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not answering"; say which
+        return f"not answering: {type(exc).__name__}; serving without it until it does"
+    return "answering"
+
+
+def _redact_url(url: str) -> str:
+    """A URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _load_or_explain(path: str) -> Snapshot | None:
@@ -240,11 +310,61 @@ def _pick_team(snapshot: Snapshot, name: str | None) -> Team | None:
 
 
 def _keys_new(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
+        return 1
+    if args.team not in snapshot.teams:
+        known = ", ".join(snapshot.teams) or "none"
+        print(f"no team {args.team!r} in {path} (teams: {known}); add the team first", file=sys.stderr)
+        return 2
     key = "sk-sy-" + secrets.token_urlsafe(32)
     print(f"key for team {args.team} (shown once, give it to the team):")
     print(f"  {key}")
-    print("\nadd this line under the team's keys in proxy.yaml:")
-    print(f'  teams:\n    {args.team}:\n      keys: ["sha256:{hash_key(key)}"]')
+    print(f"\nappend this item to teams.{args.team}.keys in {path} (the team's other keys keep working):")
+    print(f'  "sha256:{hash_key(key)}"')
+    print("\nthe server applies the edit live; `switchyard keys list` shows the fingerprint")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from proxy.config import key_sources
+
+    path = _config_path(args.config)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
+        return 1
+    rows = [("team", "key", "fingerprint", "from")]
+    for source in key_sources(path):
+        rows.append((source.team, f"[{source.index}]", _fingerprint(source.stored) if source.stored else "-",
+                     source.origin))
+    _table(rows)
+    return 0
+
+
+def _fingerprint(stored: str) -> str:
+    """What identifies a key without revealing it: the start of its SHA-256."""
+    digest = stored[7:].lower() if stored.startswith("sha256:") else hash_key(stored)
+    return f"sha256:{digest[:12]}"
+
+
+def _experiments_list(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    snapshot = _load_or_explain(path)
+    if snapshot is None:
+        return 1
+    rows = [("experiment", "route", "variants (weight)", "sticky", "objective", "min samples", "promote")]
+    for route in snapshot.routes:
+        e = route.experiment
+        if e is None:
+            continue
+        variants = ", ".join(f"{name}={target} ({weight:g})" for name, target, weight in e.variants)
+        rows.append((e.name, route.name, variants, e.sticky, e.objective, str(e.min_samples),
+                     "yes" if e.promote else "no"))
+    if len(rows) == 1:
+        print(f"no experiments in {path}")
+        return 0
+    _table(rows)
     return 0
 
 
@@ -264,6 +384,10 @@ def _usage(args: argparse.Namespace) -> int:
     ledger = ledger_path(snapshot)
     if ledger is None:
         print("the ledger is off (ledger.path: off): nothing to report", file=sys.stderr)
+        return 1
+    if not os.path.exists(ledger):
+        print(f"no ledger at {ledger}: the server has not recorded a request there yet "
+              f"(is ledger.path in {path} the one the server uses?)", file=sys.stderr)
         return 1
     zone = ZoneInfo(snapshot.config.accounting.timezone)
     periods = periods_at(datetime.now(timezone.utc).timestamp(), zone)
@@ -296,8 +420,9 @@ def _usage(args: argparse.Namespace) -> int:
         for team, budget in budgets:
             if budget is None:
                 continue
-            daily = asyncio.run(reports.daily_spend(reader, team, periods.month_start, periods.now + 1))
-            p = reports.projection(month.get(team, 0.0), daily, periods, budget.monthly_usd)
+            since = asyncio.run(reports.observed_since(reader, periods.month_start, periods.now))
+            daily = asyncio.run(reports.daily_spend(reader, team, since, periods.now + 1))
+            p = reports.projection(month.get(team, 0.0), daily, periods, budget.monthly_usd, since)
             span = f" ({p['low_usd']:.4f}..{p['high_usd']:.4f}, 95%)" if p["confidence"] else ""
             lines.append((team, f"{today.get(team, 0.0):.6f}", _money(budget.daily_usd),
                           f"{month.get(team, 0.0):.6f}", _money(budget.monthly_usd),

@@ -72,6 +72,16 @@ def _http_url(url: str) -> str:
 
 
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+
+
+def _key_prefix(prefix: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", prefix):
+        raise ValueError("1 to 64 letters, digits and _ . : - { } (for example \"sy:\" or \"staging:\")")
+    return prefix
+
+
+# what every Redis key of a section starts with: deployments sharing one Redis keep apart
+KeyPrefix = Annotated[str, AfterValidator(_key_prefix)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
@@ -124,6 +134,7 @@ class CacheConfig(_Strict):
     timeout_ms: float = Field(10, gt=0)  # every Redis call is cut off after this
     failures: int = Field(3, ge=1)  # consecutive Redis failures before it is skipped ...
     cooldown_s: float = Field(5, gt=0)  # ... for this long, then tried again
+    key_prefix: KeyPrefix = "sy:"  # Redis keys are <prefix>c:<scope>:<target>:<hash>
 
 
 
@@ -135,7 +146,8 @@ class TelemetryConfig(_Strict):
     sample_ratio: float = Field(1.0, ge=0, le=1)  # of traces started here; a client's sampled flag wins
     capture_content: bool = False  # put prompt and completion text on spans
     access_log: bool = True  # one line per request on the switchyard.access logger
-    log_format: Literal["json", "text"] = "json"
+    # auto: text on a terminal, JSON otherwise; $SWITCHYARD_LOG_FORMAT overrides all three
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("otlp_endpoint")
     @classmethod
@@ -204,6 +216,7 @@ class AccountingConfig(_Strict):
     baseline_model: NonEmpty | None = None  # e.g. openai/gpt-4o: "what it would have cost"
     alert_webhook: HttpUrl | None = None  # JSON POST for every budget alert
     timezone: str = "UTC"  # where days and months begin
+    key_prefix: KeyPrefix = "sy:"  # Redis keys are <prefix>spend:..., <prefix>rl:...
 
 
 
@@ -450,9 +463,16 @@ def parse_yaml(text: str) -> Any:
         raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
 
 
-def load_text(text: str, env: dict[str, str] | None = None) -> LoadedConfig:
+EMPTY = "the file is empty (or only comments); an empty config is never applied"
+
+
+def load_text(text: str, env: dict[str, str] | None = None, *, allow_empty: bool = True) -> LoadedConfig:
+    """`allow_empty=False` for files: an empty one is most likely a write caught between
+    truncate and write, never a policy (the server and `switchyard check` both refuse it)."""
     raw = parse_yaml(text)
     if raw is None:
+        if not allow_empty:
+            raise ConfigError([("", EMPTY)])
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([("", "the top level must be a mapping")])
@@ -485,7 +505,40 @@ def load_file(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
             text = fh.read()
     except OSError as exc:
         raise ConfigError([("", f"cannot read config: {exc.strerror}")]) from None
-    return load_text(text, env)
+    return load_text(text, env, allow_empty=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where one of a team's keys comes from, for `switchyard keys list` (never the key)."""
+
+    team: str
+    index: int
+    stored: str | None  # what the key index is built from (sha256:<hex> or a plain key); None: unset
+    origin: str
+
+
+def key_sources(path: str, env: dict[str, str] | None = None) -> list[KeySource]:
+    """Each team key as written in the file: a sha256: hash, an environment variable, or plain text."""
+    with open(path, encoding="utf-8") as fh:
+        raw = parse_yaml(fh.read())
+    env = dict(os.environ) if env is None else env
+    teams = raw.get("teams") if isinstance(raw, dict) else None
+    out = []
+    for team, spec in (teams or {}).items():
+        keys = spec.get("keys") if isinstance(spec, dict) else None
+        for i, written in enumerate(keys if isinstance(keys, list) else []):
+            value = interpolate(str(written), env)
+            stored = None if isinstance(value, _Missing) else value
+            names = [m.group(1) for m in _VAR.finditer(str(written))]
+            if names:
+                origin = f"${{{names[0]}}}" + (" (unset: ignored)" if stored is None else "")
+            elif str(written).startswith("sha256:"):
+                origin = "sha256 in the file"
+            else:
+                origin = "plain text in the file (prefer sha256:, from `switchyard keys new`)"
+            out.append(KeySource(str(team), i, stored, origin))
+    return out
 
 
 def _strip_missing_deep(node: Any) -> Any:

@@ -21,12 +21,25 @@ log = logging.getLogger("switchyard.config")
 
 
 def reload_now(holder: SnapshotHolder, why: str, *, force: bool = False) -> str:
+    before = holder._current
+    was_rejected = holder.last_failure is not None
     result = holder.load(force=force)
     if result == "ok":
         snap = holder.current
-        log.info("config generation %d loaded from %s (%s, digest %s)", snap.generation, snap.source, why, snap.digest)
-        for warning in snap.warnings:
-            log.warning("config: %s", warning)
+        # `switchyard serve` has said all this once already for the file its workers load
+        told = why == "startup" and os.environ.get("SWITCHYARD_STARTUP_DIGEST") == snap.digest
+        log.log(logging.DEBUG if told else logging.INFO, "config generation %d loaded from %s (%s, digest %s)",
+                snap.generation, snap.source, why, snap.digest)
+        if was_rejected:
+            log.info("config is valid again: the rejected edit is fixed")
+        # once per change: a warning that held before this reload was logged then
+        known = () if before is None else before.warnings
+        for warning in () if told else snap.warnings:
+            if warning not in known:
+                log.warning("config: %s", warning)
+    elif result == "unchanged" and was_rejected:
+        log.info("config is valid again: the file is back to generation %d, which kept serving",
+                 holder.current.generation)
     elif result == "error":
         failure = holder.last_failure
         assert failure is not None

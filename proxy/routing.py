@@ -74,10 +74,7 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
     if not model:
         raise InvalidRequest("you must provide a model parameter (this team has no default_model)", param="model")
     if not req.team.allows(model):
-        raise ModelNotAllowed(
-            f"team {req.team.name!r} may not use model {model!r}; allowed: {_allowed_text(snapshot, req.team)}",
-            param="model",
-        )
+        raise _not_allowed(snapshot, req.team, model)
     for route in snapshot.routes:
         groups = _match(route, model, req, trace)
         if groups is None:
@@ -110,9 +107,33 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
         experiment = route.experiment.name if route.experiment is not None else None
         return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]), pool, route.balance,
                         experiment, variant)
-    raise ModelNotFound(
-        f"model {model!r} does not exist or is not routed for team {req.team.name!r}; "
-        f"allowed: {_allowed_text(snapshot, req.team)}",
+    raise _not_found(snapshot, req.team, model)
+
+
+def check_model(snapshot: Snapshot, team: Team, model: str) -> None:
+    """What `GET /v1/models/{name}` asks: may this team request the name, and would a rule
+    take it? Raises the same 403/404 a chat request for it would get. Conditions other than
+    the model and team (percent, users, time, ...) are not evaluated: some request can meet them."""
+    if not team.allows(model):
+        raise _not_allowed(snapshot, team, model)
+    for route in snapshot.routes:
+        if route.match.teams is not None and team.name not in route.match.teams:
+            continue
+        if route.match.models is None or any(g.match(model) is not None for g in route.match.models):
+            return
+    raise _not_found(snapshot, team, model)
+
+
+def _not_allowed(snapshot: Snapshot, team: Team, model: str) -> ModelNotAllowed:
+    return ModelNotAllowed(
+        f"team {team.name!r} may not use model {model!r}; allowed: {_allowed_text(snapshot, team)}", param="model"
+    )
+
+
+def _not_found(snapshot: Snapshot, team: Team, model: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"model {model!r} does not exist or is not routed for team {team.name!r}; "
+        f"allowed: {_allowed_text(snapshot, team)}",
         param="model",
     )
 
@@ -147,9 +168,9 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
     if m.teams is not None and req.team.name not in m.teams:
         return _fail(trace, route, f"team {req.team.name!r} not in teams")
     if m.users is not None and req.user not in m.users:
-        return _fail(trace, route, f"user {req.user!r} not in users")
+        return _fail(trace, route, f"user {_shown(req.user)} not in users")
     if m.exclude_users is not None and req.user in m.exclude_users:
-        return _fail(trace, route, f"user {req.user!r} is excluded")
+        return _fail(trace, route, f"user {_shown(req.user)} is excluded")
     if m.stream is not None and req.stream != m.stream:
         return _fail(trace, route, f"stream is {str(req.stream).lower()}, rule wants {str(m.stream).lower()}")
     if m.after is not None and req.now < m.after:
@@ -163,8 +184,13 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
         subject = req.user or req.team.name
         bucket = percent_bucket(route.name, subject)
         if bucket >= m.percent:
-            return _fail(trace, route, f"{subject!r} is in bucket {bucket:.2f}, outside the first {m.percent:g}%")
+            who = f"user {req.user!r}" if req.user else f"team {req.team.name!r} (no user)"
+            return _fail(trace, route, f"{who} is in bucket {bucket:.2f}, outside the first {m.percent:g}%")
     return groups
+
+
+def _shown(user: str | None) -> str:
+    return "-" if user is None else repr(user)
 
 
 def _fail(trace: list[Step] | None, route: Route, reason: str) -> None:

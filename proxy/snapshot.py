@@ -15,7 +15,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from proxy.accounting.pricing import Price, PriceTable, load_prices, shipped_pricing_path
+from proxy.accounting.pricing import Price, PriceTable, load_prices, pricing_source
 from proxy.config import (
     Config,
     ConfigError,
@@ -239,7 +239,7 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         for name, p in config.providers.items()
         if name not in loaded.disabled_providers
     }
-    prices = _price_table(config, source)
+    prices = _price_table(config)
     warnings = list(loaded.warnings)
     for name, team in config.teams.items():
         if not team.keys:
@@ -321,8 +321,8 @@ def _known_targets(routes: tuple[Route, ...], prices: PriceTable) -> frozenset[s
     return frozenset(literal | set(prices.names()))
 
 
-def _price_table(config: Config, source: str) -> PriceTable:
-    prices = load_prices(shipped_pricing_path(None if source.startswith("<") else source))
+def _price_table(config: Config) -> PriceTable:
+    prices = load_prices(pricing_source())
     prices.update({name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()})
     return PriceTable(prices)
 
@@ -354,6 +354,26 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
 def snapshot_from_text(text: str, *, source: str = "<text>", generation: int = 1, env: dict[str, str] | None = None) -> Snapshot:
     loaded = load_text(text, env)
     return compile_snapshot(loaded, source=source, digest=_digest(text.encode()), generation=generation)
+
+
+def snapshot_from_file(path: str, *, generation: int = 1, env: dict[str, str] | None = None) -> Snapshot:
+    """The policy file compiled exactly as the server compiles it (`switchyard check` and
+    the server must agree on what is valid), with the same digest."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    return _compile_bytes(data, path, generation, env)
+
+
+def _compile_bytes(data: bytes, path: str, generation: int, env: dict[str, str] | None) -> Snapshot:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([("", "config is not UTF-8 text")]) from None
+    loaded = load_text(text, env, allow_empty=False)
+    return compile_snapshot(loaded, source=path, digest=_digest(data), generation=generation)
 
 
 def _digest(data: bytes) -> str:
@@ -399,18 +419,12 @@ class SnapshotHolder:
         except OSError as exc:
             return self._fail("", [("", f"cannot read {self.path}: {exc.strerror}")])
         digest = _digest(data)
-        if not data.strip():  # never a policy: most likely a write caught between truncate and write
-            return self._fail(digest, [("", "the file is empty; an empty config is never applied")])
         if not force and self._current is not None and digest == self._current.digest:
             self.last_failure = None  # the file is back to what is serving: nothing is wrong now
             return self._count("unchanged")
+        generation = 1 if self._current is None else self._current.generation + 1
         try:
-            text = data.decode("utf-8")
-            loaded = load_text(text, self._env)
-            generation = 1 if self._current is None else self._current.generation + 1
-            snapshot = compile_snapshot(loaded, source=self.path, digest=digest, generation=generation)
-        except UnicodeDecodeError:
-            return self._fail(digest, [("", "config is not UTF-8 text")])
+            snapshot = _compile_bytes(data, self.path, generation, self._env)
         except ConfigError as exc:
             return self._fail(digest, exc.problems)
         self.install(snapshot)
@@ -445,5 +459,6 @@ __all__ = [
     "compile_snapshot",
     "hash_key",
     "load_file",
+    "snapshot_from_file",
     "snapshot_from_text",
 ]

@@ -31,6 +31,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The shared Redis the tests use: a database of their own (15, not the 0 a deployment
+# uses), and a key prefix of this run's own in every config and key they write, so two
+# runs never meet and conftest.py deletes exactly what this run left.
+REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_PREFIX = f"sytest{os.getpid()}:"
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -163,6 +163,42 @@ def test_budget_refuses_once_spent():
     assert budgets.admit("a", budget, tomorrow)
 
 
+@pytest.mark.parametrize(
+    ("at", "zone", "daily", "monthly", "spent", "retry_after"),
+    [
+        ("2026-11-24T10:00:00", "UTC", 1.0, None, 1.0, 14 * 3600),  # until midnight
+        ("2026-11-24T23:59:59.5", "UTC", 1.0, None, 1.0, 1),  # never 0: at least a second
+        ("2026-11-24T10:00:00", "UTC", None, 5.0, 5.0, 6 * 86400 + 14 * 3600),  # until the 1st
+        ("2026-11-24T10:00:00", "UTC", 1.0, 5.0, 1.0, 14 * 3600),  # only the day is spent
+        ("2026-11-24T10:00:00", "UTC", 1.0, 1.0, 1.0, 6 * 86400 + 14 * 3600),  # both: the later reset
+        # 01:30 in Berlin (ts() reads UTC) on a 23-hour day: 22.5 hours on the clock, 21.5 real ones
+        ("2026-03-29T00:30:00", "Europe/Berlin", 1.0, None, 1.0, 21 * 3600 + 1800),
+    ],
+)
+def test_a_spent_budget_says_when_to_retry(at, zone, daily, monthly, spent, retry_after):
+    """retry-after is the time until the period resets, so an SDK's automatic retries are not wasted."""
+    budgets, _ = make_budgets()
+    budget = BudgetConfig(daily_usd=daily, monthly_usd=monthly)
+    p = periods_at(ts(at), ZoneInfo(zone))
+    budgets.spend("a", spent, budget, p)
+    with pytest.raises(BudgetExceeded) as info:
+        budgets.admit("a", budget, p)
+    assert info.value.headers == [(b"retry-after", str(retry_after).encode())]
+
+
+def test_a_budget_lowered_below_the_spend_raises_its_alerts_as_crossing_would():
+    budgets, raised = make_budgets()
+    p = periods_at(ts("2026-11-24T10:00:00"), UTC)
+    budgets.spend("a", 6.0, BudgetConfig(daily_usd=10.0, alerts=[0.5]), p)
+    assert [a.threshold for a in raised] == [0.5]
+    budgets.check_alerts("a", BudgetConfig(daily_usd=10.0, alerts=[0.5]), p)
+    assert len(raised) == 1  # unchanged budget: nothing new
+    budgets.check_alerts("a", BudgetConfig(daily_usd=5.0, alerts=[0.5, 0.75]), p)  # a reload lowers it
+    assert [(a.threshold, a.budget_usd) for a in raised[1:]] == [(0.75, 5.0), (1.0, 5.0)]
+    budgets.check_alerts("a", BudgetConfig(daily_usd=5.0, alerts=[0.5, 0.75]), p)
+    assert len(raised) == 3  # once per period and threshold
+
+
 def test_monthly_budget_resets_at_the_month_boundary():
     budgets, _ = make_budgets()
     budget = BudgetConfig(monthly_usd=5.0)
@@ -226,6 +262,29 @@ def test_projection_without_history_has_no_interval():
     assert out["confidence"] is None and out["low_usd"] is None
     assert out["month_end_usd"] == pytest.approx(1.0 + 2.0 * 29.5)  # 1 $ in half a day
     assert out["over_budget"] is False
+
+
+@pytest.mark.parametrize(
+    ("since", "complete", "rate"),
+    [
+        (None, 29, 30.0 / 29.5),  # a ledger older than the month: every day before today counts
+        ("2026-11-30T00:00:00", 0, 30.0 / 0.5),  # born today: half a day observed, no zero-spend days
+        ("2026-11-28T12:00:00", 2, 15.0),  # two complete 24-hour spans since its first row
+        ("2026-10-15T00:00:00", 29, 30.0 / 29.5),  # older than the month: the month's start applies
+    ],
+)
+def test_projection_counts_only_the_days_the_ledger_saw(since, complete, rate):
+    p = periods_at(ts("2026-11-30T12:00:00"), UTC)
+    start = None if since is None else ts(since)
+    first = p.month_start if start is None else max(start, p.month_start)
+    daily = {i: 0.0 for i in range(40)}
+    if start is not None and start > p.month_start:
+        daily = {0: 15.0, 1: 15.0} if complete == 2 else {}
+    out = projection(30.0, daily, p, monthly_budget=None, since=start)
+    assert out["complete_days"] == complete
+    if complete in (0, 2):
+        assert out["daily_rate_usd"] == pytest.approx(rate)
+    assert out["observed_since"].startswith(datetime.fromtimestamp(first, timezone.utc).strftime("%Y-%m-%d"))
 
 
 def test_projection_with_history_has_an_interval_around_the_mean():
@@ -534,6 +593,9 @@ async def test_usage_endpoints(tmp_path):
         assert usage["spend"]["month_usd"] > 0
         assert usage["budget"]["monthly_usd"] == 100 and usage["budget"]["remaining_month_usd"] < 100
         assert usage["projection"]["month_end_usd"] >= usage["spend"]["month_usd"]
+        # the ledger began today: no day of this month is complete, none counts as a zero-spend day
+        assert usage["projection"]["complete_days"] == 0
+        assert usage["projection"]["daily_rate_usd"] > 0
         assert usage["savings"]["routing_usd"] == pytest.approx(usage["spend"]["month_usd"] * 9)
         assert usage["savings"]["baseline_model"] == "mock/expensive"
         by_model = (await client.get("/admin/usage?group_by=model", headers=ADMIN_AUTH)).json()

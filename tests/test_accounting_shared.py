@@ -17,9 +17,8 @@ import pytest
 import redis
 
 from proxy.app import create_app
-from support import ServerProcess
+from support import REDIS_PREFIX, REDIS_URL, ServerProcess
 
-REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 KEY = "sk-shared-team-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -35,7 +34,7 @@ def redis_required() -> None:
 def config(team: str, ledger: str, *, budget: str = "", limits: str = "") -> str:
     return f"""
 ledger: {{path: {ledger}, flush_interval_s: 0.05}}
-accounting: {{backend: redis, url: "{REDIS_URL}", sync_interval_s: 0.1}}
+accounting: {{backend: redis, url: "{REDIS_URL}", key_prefix: "{REDIS_PREFIX}", sync_interval_s: 0.1}}
 providers:
   mock: {{type: mock}}
 pricing:
@@ -70,7 +69,7 @@ def team() -> str:
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"sy:*{name}*", count=1000):
+    for key in client.scan_iter(match=f"{REDIS_PREFIX}*{name}*", count=1000):
         client.delete(key)
 
 

@@ -11,6 +11,8 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
+import proxy
+
 from proxy.app import create_app
 from proxy.providers import build_adapter
 from support import FakeUpstream, free_port
@@ -630,17 +632,31 @@ async def test_model_found(client):
     assert response.json()["object"] == "model"
 
 
-@pytest.mark.parametrize("name", ["secret", "nothing", "up/gpt-4o"])
-async def test_model_not_found(client, name):
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("secret", 403, "model_not_allowed"),  # routed, but not in the team's models
+        ("nothing", 403, "model_not_allowed"),
+        ("up/gpt-4o", 403, "model_not_allowed"),
+        ("up-anything", 404, "model_not_found"),  # allowed by a glob, but no rule takes it
+        ("gpt-4.1", 200, None),  # allowed by a glob and routed by one
+    ],
+)
+async def test_model_lookup_answers_as_a_chat_request_for_it_would(client, name, status, code):
     response = await client.get(f"/v1/models/{name}", headers=AUTH)
-    error = assert_error(response, 404, "not_found")
+    if status == 200:
+        assert response.status_code == 200 and response.json()["id"] == name
+        return
+    error = assert_error(response, status, code, param="model")
     assert name in error["message"]
+    chat = await client.post("/v1/chat/completions", json={**GOOD_CHAT, "model": name}, headers=AUTH)
+    assert assert_error(chat, status, code, param="model")["message"] == error["message"]
 
 
 async def test_healthz(client):
     response = await client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "version": proxy.__version__}
 
 
 async def test_readyz(client):

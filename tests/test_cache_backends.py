@@ -25,9 +25,8 @@ from proxy.cache import Entry, ResponseCache, build_cache, decode_entry
 from proxy.cache.backends import MemoryBackend, RedisBackend
 from proxy.cache.keys import cache_key, purge_pattern
 from proxy.config import CacheConfig
-from support import free_port
+from support import REDIS_PREFIX, REDIS_URL, free_port
 
-REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN = uuid.uuid4().hex[:10]  # every key this file puts in the shared Redis has it in its scope
 
 
@@ -43,7 +42,8 @@ def shared_redis() -> redis.Redis:
 
 
 def key(scope: str, target: str = "openai/gpt-4o", n: int = 0) -> str:
-    return cache_key(scope=scope, target=target, endpoint="chat/completions", body={"messages": [n]})
+    return cache_key(scope=scope, target=target, endpoint="chat/completions", body={"messages": [n]},
+                     prefix=REDIS_PREFIX)
 
 
 # ---------------------------------------------------------------- memory backend
@@ -119,6 +119,10 @@ async def test_memory_backend_ttl_and_recency():
 names = st.text(min_size=1, max_size=8)  # including '*', '?', '[', '\\', ':' and '%'
 
 
+def pattern(*, scope: str | None, model: str | None) -> str:
+    return purge_pattern(scope=scope, model=model, prefix=REDIS_PREFIX)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(names, st.sampled_from(["p", "q/r", "p:x"]), names), min_size=1, max_size=6),
@@ -133,21 +137,21 @@ def test_memory_purge_matches_exactly_one_scope_or_model(entries, data):
     bare = target.split("/")[-1]
 
     async def run() -> None:
-        for how, pattern, doomed in [
-            ("scope", purge_pattern(scope=scope, model=None), {k for k, (s, _) in stored.items() if s == scope}),
-            ("target", purge_pattern(scope=None, model=target), {k for k, (_, t) in stored.items() if t == target}),
-            ("bare", purge_pattern(scope=None, model=bare),
+        for how, glob, doomed in [
+            ("scope", pattern(scope=scope, model=None), {k for k, (s, _) in stored.items() if s == scope}),
+            ("target", pattern(scope=None, model=target), {k for k, (_, t) in stored.items() if t == target}),
+            ("bare", pattern(scope=None, model=bare),
              {k for k, (_, t) in stored.items() if t.endswith("/" + bare)}),
-            ("both", purge_pattern(scope=scope, model=target),
+            ("both", pattern(scope=scope, model=target),
              {k for k, (s, t) in stored.items() if s == scope and t == target}),
-            ("all", purge_pattern(scope=None, model=None), set(stored)),
+            ("all", pattern(scope=None, model=None), set(stored)),
         ]:
             lru = MemoryBackend(100)
             for k in stored:
                 await lru.set(k, b"v", 60)
-            assert await lru.purge(pattern) == len(doomed), (how, pattern)
+            assert await lru.purge(glob) == len(doomed), (how, glob)
             for k in stored:
-                assert (await lru.get(k) is None) is (k in doomed), (how, pattern, k)
+                assert (await lru.get(k) is None) is (k in doomed), (how, glob, k)
 
     asyncio.run(run())
 
@@ -163,7 +167,7 @@ async def backend() -> AsyncIterator[RedisBackend]:
         yield rb
     finally:
         await rb.aclose()
-        doomed = list(sync.scan_iter(match=f"sy:c:*{RUN}*", count=500))
+        doomed = list(sync.scan_iter(match=f"{REDIS_PREFIX}c:*{RUN}*", count=500))
         if doomed:
             sync.delete(*doomed)
         sync.close()
@@ -206,21 +210,21 @@ async def test_redis_purge_patterns(backend):
         return {name for name, k in keys.items() if sync.exists(k)}
 
     await fill()
-    assert await backend.purge(purge_pattern(scope=odd, model=None)) == 1  # glob characters are literal
+    assert await backend.purge(purge_pattern(scope=odd, model=None, prefix=REDIS_PREFIX)) == 1  # glob characters are literal
     assert left() == set(keys) - {(odd, "openai/gpt-4o")}
-    assert await backend.purge(purge_pattern(scope=a, model=None)) == 3
+    assert await backend.purge(purge_pattern(scope=a, model=None, prefix=REDIS_PREFIX)) == 3
     assert left() == {(b, "openai/gpt-4o"), (b, "ollama/llama3:8b")}
     await fill()
-    assert await backend.purge(purge_pattern(scope=b, model="llama3:8b")) == 1  # a bare model, ':' and all
+    assert await backend.purge(purge_pattern(scope=b, model="llama3:8b", prefix=REDIS_PREFIX)) == 1  # a bare model, ':' and all
     # a bare model name matches under every provider; a target only itself
-    assert await backend.purge(purge_pattern(scope=a, model="openai/gpt-4o")) == 1
-    assert await backend.purge(purge_pattern(scope=a, model="gpt-4o")) == 1  # openrouter/openai/gpt-4o
+    assert await backend.purge(purge_pattern(scope=a, model="openai/gpt-4o", prefix=REDIS_PREFIX)) == 1
+    assert await backend.purge(purge_pattern(scope=a, model="gpt-4o", prefix=REDIS_PREFIX)) == 1  # openrouter/openai/gpt-4o
     assert left() == {(a, "openai/gpt-4o-mini"), (b, "openai/gpt-4o"), (odd, "openai/gpt-4o")}
     sync.close()
 
 
 async def test_response_cache_over_redis(backend):
-    settings_ = CacheConfig(backend="redis", url=REDIS_URL, scope="team")
+    settings_ = CacheConfig(backend="redis", url=REDIS_URL, scope="team", key_prefix=REDIS_PREFIX)
     cache = ResponseCache(settings_, backend)
     k = cache.key(team=f"t-{RUN}-rc", target="openai/gpt-4o", endpoint="chat/completions",
                   body={"messages": [{"role": "user", "content": "x"}]})

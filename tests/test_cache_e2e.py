@@ -22,9 +22,17 @@ import pytest
 import redis
 from aiohttp import web
 
-from support import FakeRoute, FakeUpstream, ServerProcess, chunk_events, completion, free_port
+from support import (
+    REDIS_PREFIX,
+    REDIS_URL,
+    FakeRoute,
+    FakeUpstream,
+    ServerProcess,
+    chunk_events,
+    completion,
+    free_port,
+)
 
-REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN = uuid.uuid4().hex[:10]  # in every team and model name, so this run's keys are its own
 TEAM_A, TEAM_B = f"a-{RUN}", f"b-{RUN}"
 KEY_A, KEY_B, ADMIN = f"sk-a-{RUN}", f"sk-b-{RUN}", f"admin-{RUN}"
@@ -70,7 +78,7 @@ def require_redis() -> redis.Redis:
 
 def forget_this_run() -> None:
     client = require_redis()
-    doomed = list(client.scan_iter(match=f"sy:c:*{RUN}*", count=1000))
+    doomed = list(client.scan_iter(match=f"{REDIS_PREFIX}c:*{RUN}*", count=1000))
     if doomed:
         client.delete(*doomed)
     client.close()
@@ -94,7 +102,7 @@ def proxy(request, tmp_path_factory, upstream) -> Iterator[ServerProcess]:
     """Team scope, ttl_s 60 (route `short`: 1 s, route `never`: off)."""
     if request.param == "redis":
         require_redis()
-        cache = f'{{backend: redis, url: "{REDIS_URL}", ttl_s: 60, timeout_ms: 500}}'
+        cache = f'{{backend: redis, url: "{REDIS_URL}", key_prefix: "{REDIS_PREFIX}", ttl_s: 60, timeout_ms: 500}}'
     else:
         cache = "{backend: memory, ttl_s: 60, max_entries: 1000}"
     server = serve(tmp_path_factory.mktemp(f"cache-{request.param}"), upstream, cache)
@@ -112,7 +120,8 @@ def shared_proxy(request, tmp_path_factory, upstream) -> Iterator[ServerProcess]
     """Shared scope, ttl_s 1 (route `long`: 60 s)."""
     if request.param == "redis":
         require_redis()
-        cache = f'{{backend: redis, url: "{REDIS_URL}", ttl_s: 1, scope: shared, timeout_ms: 500}}'
+        cache = (f'{{backend: redis, url: "{REDIS_URL}", key_prefix: "{REDIS_PREFIX}", ttl_s: 1, scope: shared, '
+                 'timeout_ms: 500}')
     else:
         cache = "{backend: memory, ttl_s: 1, scope: shared}"
     server = serve(tmp_path_factory.mktemp(f"shared-{request.param}"), upstream, cache)

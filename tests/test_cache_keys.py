@@ -158,8 +158,8 @@ def test_scope_and_target_always_separate_keys(body, scope_a, scope_b, target_a,
 @given(bodies, names, names)
 def test_key_layout_is_prefix_scope_target_digest(body, scope, target):
     k = key(body, scope=scope, target=target)
-    assert k.startswith(PREFIX)
-    parts = k[len(PREFIX):].split(":")
+    assert k.startswith(PREFIX + "c:")
+    parts = k[len(PREFIX) + 2:].split(":")
     assert len(parts) == 3  # ':' inside a name is escaped, so purges can match by part
     assert len(parts[2]) == 64 and all(c in "0123456789abcdef" for c in parts[2])
 

@@ -378,3 +378,28 @@ def test_shipped_configs_compile(path, env):
 
 def test_shipped_examples_exist():
     assert len(SHIPPED) >= 3
+
+
+@pytest.mark.parametrize("env", [{}, {"OPENROUTER_API_KEY": "sk-or", "OPENAI_API_KEY": "sk-o"}])
+def test_the_shipped_demo_canary_splits_as_its_comment_says(env):
+    """`sonnet-canary`: 10% of users, sticky; alice always, bob never; a team's anonymous
+    traffic moves as a whole, and neither demo team's is in the canary."""
+    from datetime import datetime, timezone
+
+    from proxy.routing import RouteRequest, decide
+
+    s = snapshot_from_text((REPO / "proxy.yaml").read_text(), source=str(REPO / "proxy.yaml"), env=env)
+    now = datetime(2026, 11, 30, tzinfo=timezone.utc)
+
+    def route(team: str, user: str | None, rand: float = 0.5) -> str:
+        return decide(s, RouteRequest("smart", s.teams[team], user, False, now, rand)).route
+
+    canary = {"sonnet-canary", "smart-alice"}
+    users = [f"user-{i}" for i in range(4000)]
+    share = sum(route("search", u) == "sonnet-canary" for u in users) / len(users)
+    assert 0.085 < share < 0.115
+    assert all(route("search", u) == route("research", u) for u in users[:200])  # by user, not team
+    assert all(route("search", u, rand) == route("search", u) for u in users[:200] for rand in (0.01, 0.99))
+    assert route("search", "alice") in canary and route("search", "bob") == "smart"
+    for team in ("search", "research"):
+        assert route(team, None) == "smart"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from proxy.accounting import pricing
-from proxy.accounting.pricing import Price, PriceTable, load_prices, shipped_pricing_path, warn_unpriced
+from proxy.accounting.pricing import Price, PriceTable, load_prices, pricing_source, warn_unpriced
 from proxy.config import ConfigError
 from proxy.snapshot import snapshot_from_text
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "config" / "pricing.yaml"
+SHIPPED = REPO / "proxy" / "data" / "pricing.yaml"
 
 TABLE = PriceTable(
     {
@@ -170,18 +170,25 @@ def test_shipped_price_list_loads():
         assert price.cached_input is None or price.cached_input <= price.input, name
 
 
-def test_shipped_pricing_path(monkeypatch, tmp_path):
+def test_the_shipped_list_is_package_data_and_the_environment_overrides_it(monkeypatch, tmp_path):
     monkeypatch.delenv("SWITCHYARD_PRICING", raising=False)
-    assert shipped_pricing_path() == str(SHIPPED)
-    # beside the policy file wins over the source tree
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "pricing.yaml").write_text("x/y: {input: 1, output: 1}\n")
-    assert shipped_pricing_path(str(tmp_path / "proxy.yaml")) == str(tmp_path / "config" / "pricing.yaml")
-    # and the environment wins over both
+    assert pricing_source() is None
+    assert load_prices() == load_prices(str(SHIPPED))  # read through importlib.resources
     other = tmp_path / "other.yaml"
     other.write_text("x/z: {input: 1, output: 1}\n")
     monkeypatch.setenv("SWITCHYARD_PRICING", str(other))
-    assert shipped_pricing_path(str(tmp_path / "proxy.yaml")) == str(other)
+    assert pricing_source() == str(other)
+    s = snapshot_from_text("", env={})
+    assert s.prices.price("x/z") == Price(1, 1) and s.prices.price("openai/gpt-4o") is None
+
+
+def test_a_missing_pricing_file_named_by_the_environment_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SWITCHYARD_PRICING", str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError) as exc:
+        snapshot_from_text("", env={})
+    (where, reason), = exc.value.problems
+    assert where == str(tmp_path / "nope.yaml")
+    assert reason.startswith("cannot read the price list (set by SWITCHYARD_PRICING)")
 
 
 @pytest.mark.parametrize(
@@ -208,12 +215,6 @@ def test_unreadable_price_list(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_prices(str(path))
     assert exc.value.problems[0][1].startswith("cannot read the price list")
-
-
-def test_no_price_list(caplog):
-    with caplog.at_level(logging.WARNING, logger="switchyard.pricing"):
-        assert load_prices(None) == {}
-    assert "no config/pricing.yaml found" in caplog.text
 
 
 def test_proxy_yaml_pricing_overrides_and_extends_the_shipped_list():

@@ -638,3 +638,30 @@ def test_an_empty_file_is_never_applied(config_path: Path, text: str) -> None:
     assert holder.load() == "error"
     assert holder.current.generation == 1
     assert holder.last_failure is not None and "empty" in holder.last_failure.problems[0][1]
+
+
+def test_the_log_says_when_a_rejected_edit_is_fixed_and_warns_once_per_change(config_path: Path, caplog) -> None:
+    from proxy.reload import reload_now
+    from proxy.snapshot import SnapshotHolder
+
+    disabled = "  gone: {type: openai, base_url: 'http://127.0.0.1:9', api_key: '${RELOAD_TEST_UNSET}'}\n"
+    text = policy(1).replace("providers:\n", "providers:\n" + disabled)
+    assert "gone:" in text
+    config_path.write_text(text)
+    holder = SnapshotHolder(str(config_path), env={})
+    with caplog.at_level("INFO", logger="switchyard.config"):
+        assert reload_now(holder, "startup") == "ok"
+        config_path.write_text(text + "\n# an unrelated edit\n")
+        assert reload_now(holder, "file changed") == "ok"
+        config_path.write_text("routes: [")
+        assert reload_now(holder, "file changed") == "error"
+        config_path.write_text(text + "\n# fixed\n")
+        assert reload_now(holder, "file changed") == "ok"
+        config_path.write_text("routes: [")
+        assert reload_now(holder, "file changed") == "error"
+        config_path.write_text(text + "\n# fixed\n")  # back to what kept serving
+        assert reload_now(holder, "file changed") == "unchanged"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("provider gone disabled" in m for m in messages) == 1, messages
+    assert sum(m.startswith("config is valid again") for m in messages) == 2, messages
+    assert "back to generation 3" in messages[-1]

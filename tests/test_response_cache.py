@@ -30,9 +30,8 @@ from proxy.cache.backends import MemoryBackend, RedisBackend
 from proxy.cache.keys import IGNORED_FIELDS, cache_key, purge_pattern
 from proxy.cache.streams import StreamCapture, choices_identical, replay_events
 from proxy.config import CacheConfig
-from support import FakeUpstream, ServerProcess, chunk_events, completion, free_port
+from support import REDIS_PREFIX, REDIS_URL, FakeUpstream, ServerProcess, chunk_events, completion, free_port
 
-REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def redis_client() -> redis.Redis:
@@ -58,7 +57,7 @@ bodies = st.dictionaries(answer_fields, json_values, min_size=1, max_size=6)
 
 
 def key(body: dict, *, scope: str = "team-a", target: str = "openai/gpt-4o", endpoint: str = "chat/completions") -> str:
-    return cache_key(scope=scope, target=target, endpoint=endpoint, body=body)
+    return cache_key(scope=scope, target=target, endpoint=endpoint, body=body, prefix=REDIS_PREFIX)
 
 
 @settings(max_examples=200, deadline=None)
@@ -94,11 +93,15 @@ def test_scope_target_and_endpoint_separate_keys(body):
 
 
 def test_key_layout_allows_purges_by_scope_and_model():
-    k = key({"messages": []}, scope="search", target="ollama/llama3:8b")
-    assert k.startswith("sy:c:search:ollama/llama3%3A8b:")
+    k = cache_key(scope="search", target="ollama/llama3:8b", endpoint="chat/completions", body={"messages": []})
+    assert k.startswith("sy:c:search:ollama/llama3%3A8b:")  # cache.key_prefix's default, then c:
     import fnmatch
 
     assert fnmatch.fnmatchcase(k, purge_pattern(scope="search", model=None))
+    other = cache_key(scope="search", target="x/y", endpoint="chat/completions", body={}, prefix="staging:")
+    assert other.startswith("staging:c:search:x/y:")
+    assert not fnmatch.fnmatchcase(other, purge_pattern(scope="search", model=None))
+    assert fnmatch.fnmatchcase(other, purge_pattern(scope="search", model=None, prefix="staging:"))
     assert fnmatch.fnmatchcase(k, purge_pattern(scope=None, model="llama3:8b"))
     assert fnmatch.fnmatchcase(k, purge_pattern(scope=None, model="ollama/llama3:8b"))
     assert not fnmatch.fnmatchcase(k, purge_pattern(scope="other", model=None))
@@ -237,7 +240,7 @@ async def redis_backend() -> AsyncIterator[RedisBackend]:
     redis_client()
     backend = RedisBackend(REDIS_URL, timeout_ms=200, failures=3, cooldown_s=5, fallback=MemoryBackend(100))
     yield backend
-    await backend.purge("sy:c:test-*")
+    await backend.purge(f"{REDIS_PREFIX}c:test-*")
     await backend.aclose()
 
 
@@ -251,7 +254,7 @@ async def test_redis_backend_round_trip_ttl_and_purge(redis_backend):
     assert await redis_backend.get(k) is None
     for i in range(3):
         await redis_backend.set(key({"messages": [i]}, scope=scope), b"v", 60)
-    assert await redis_backend.purge(purge_pattern(scope=scope, model=None)) == 3
+    assert await redis_backend.purge(purge_pattern(scope=scope, model=None, prefix=REDIS_PREFIX)) == 3
 
 
 class PrivateRedis:
@@ -365,7 +368,8 @@ async def app_for(tmp_path: Path, text: str) -> tuple:
 async def proxy(request, tmp_path, upstream) -> AsyncIterator[httpx.AsyncClient]:
     if request.param == "redis":
         redis_client()
-        text = config(upstream.base_url, f'{{backend: redis, url: "{REDIS_URL}", timeout_ms: 200}}')
+        text = config(upstream.base_url, f'{{backend: redis, url: "{REDIS_URL}", key_prefix: "{REDIS_PREFIX}", '
+                                         'timeout_ms: 200}')
     else:
         text = config(upstream.base_url, "{backend: memory, max_entries: 100}")
     app, client = await app_for(tmp_path, text)

@@ -416,7 +416,7 @@ def test_trace_explains_every_rule_tried():
         Step("streaming", "skipped", "stream is false, rule wants true"),
         Step("later", "skipped", "before the rule's start 2030-01-01T00:00:00+00:00"),
         Step("earlier", "skipped", "after the rule's end 2020-01-01T00:00:00+00:00"),
-        Step("nobody", "skipped", f"'bob' is in bucket {percent_bucket('nobody', 'bob'):.2f}, outside the first 0%"),
+        Step("nobody", "skipped", f"user 'bob' is in bucket {percent_bucket('nobody', 'bob'):.2f}, outside the first 0%"),
         Step("templ", "matched", "target mock/-x"),
     ]
 

@@ -13,6 +13,8 @@ import openai
 import pytest
 from aiohttp import web
 
+import proxy
+
 from support import FakeUpstream, ServerProcess, chunk_events, completion
 
 KEY = "sk-sdk-team-1"
@@ -124,8 +126,10 @@ def test_models_list_and_retrieve(client, server):
     assert client.models.retrieve("fast").id == "fast"
     with sdk(server, OTHER) as other:
         assert [m.id for m in other.models.list()] == ["fast"]
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.PermissionDeniedError):  # as chat with it would: not this team's
             other.models.retrieve("smart")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
 
 def call_with(server: ServerProcess, key: str, model: str) -> object:
@@ -221,6 +225,6 @@ def test_upstream_cut_mid_stream_ends_with_an_error_the_sdk_raises(client, upstr
 
 
 def test_health_and_readiness(server):
-    assert httpx.get(server.base_url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(server.base_url + "/healthz").json() == {"status": "ok", "version": proxy.__version__}
     ready = httpx.get(server.base_url + "/readyz").json()
     assert ready["status"] == "ready" and ready["generation"] == 1

@@ -11,6 +11,7 @@ at most one request's worth (per replica, with shared counters).
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -68,7 +69,8 @@ class Budgets:
         remaining = self.remaining(team, budget, periods)
         if remaining is not None:
             if remaining <= 0:
-                raise BudgetExceeded(_spent_message(team, budget, self, periods))
+                raise BudgetExceeded(_spent_message(team, budget, self, periods),
+                                     retry_after=self._until_reset(team, budget, periods))
             if state.inflight and remaining < (state.inflight + 1) * state.estimate():
                 raise BudgetExceeded(
                     f"team {team!r} has ${remaining:.4f} of budget left, less than the requests in flight "
@@ -89,6 +91,26 @@ class Budgets:
             left.append(budget.monthly_usd - self.counters.spent(team, periods.month))
         return min(left) if left else None
 
+    def _until_reset(self, team: str, budget: BudgetConfig, periods: Periods) -> int:
+        """Seconds until every spent budget has reset: SDK retries before then are wasted."""
+        ends = [periods.end(period) for period, limit in _limits(budget)
+                if self.counters.spent(team, periods.key(period)) >= limit]
+        return max(1, math.ceil(max(ends, default=periods.now) - periods.now))
+
+    def check_alerts(self, team: str, budget: BudgetConfig | None, periods: Periods) -> None:
+        """Raise every threshold the spend already stands at (a reload lowered the budget,
+        or one was added): as if it had just been crossed. Raised ones are not repeated."""
+        if budget is None:
+            return
+        for period, limit in _limits(budget):
+            key = periods.key(period)
+            spent = self.counters.spent(team, key)
+            for threshold in (*budget.alerts, 1.0):
+                if threshold * limit <= spent:
+                    alert = Alert(team, period, key, threshold, spent, limit, periods.now)
+                    if self._claim(alert):
+                        self._on_alert(alert)
+
     def spend(self, team: str, usd: float, budget: BudgetConfig | None, periods: Periods) -> None:
         """Add a finished request's cost; raise the alerts it crosses."""
         if usd <= 0:
@@ -97,9 +119,7 @@ class Budgets:
         self.counters.add(team, (periods.day, periods.month), usd)
         if budget is None:
             return
-        for period, limit in ((DAY, budget.daily_usd), (MONTH, budget.monthly_usd)):
-            if limit is None:
-                continue
+        for period, limit in _limits(budget):
             key = periods.key(period)
             after = self.counters.spent(team, key)
             before = after - usd
@@ -108,6 +128,11 @@ class Budgets:
                     alert = Alert(team, period, key, threshold, after, limit, periods.now)
                     if self._claim(alert):
                         self._on_alert(alert)
+
+
+def _limits(budget: BudgetConfig) -> list[tuple[str, float]]:
+    """(period, USD) for each budget the team has."""
+    return [(p, usd) for p, usd in ((DAY, budget.daily_usd), (MONTH, budget.monthly_usd)) if usd is not None]
 
 
 def _spent_message(team: str, budget: BudgetConfig, budgets: Budgets, periods: Periods) -> str:

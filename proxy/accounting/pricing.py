@@ -1,4 +1,5 @@
-"""Prices and cost: USD per 1M tokens, from `config/pricing.yaml` overlaid by `pricing:`.
+"""Prices and cost: USD per 1M tokens, from the shipped `proxy/data/pricing.yaml` (or
+`$SWITCHYARD_PRICING`) overlaid by `pricing:`.
 
 A target is priced by the first entry found among: the exact `provider/model`; the
 `vendor/model` a router names (`openrouter/openai/gpt-4o` → `openai/gpt-4o`); the bare
@@ -13,6 +14,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from importlib import resources
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -21,7 +23,6 @@ import yaml
 log = logging.getLogger("switchyard.pricing")
 
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,40 +86,42 @@ class PriceTable:
         return None if price is None else price.cost(usage)
 
 
-def shipped_pricing_path(config_path: str | None = None) -> str | None:
-    """Where config/pricing.yaml is: $SWITCHYARD_PRICING, beside the policy file, or in the source tree."""
-    candidates = [os.environ.get("SWITCHYARD_PRICING")]
-    if config_path:
-        candidates.append(os.path.join(os.path.dirname(os.path.abspath(config_path)), "config", "pricing.yaml"))
-    candidates.append(os.path.join(_REPO_ROOT, "config", "pricing.yaml"))
-    for path in candidates:
-        if path and os.path.isfile(path):
-            return path
-    return None
+SHIPPED = "the shipped price list"  # how load_prices names the package's own file in errors
 
 
-def load_prices(path: str | None) -> dict[str, Price]:
-    """The shipped price list; each entry is checked by the same schema as `pricing:`."""
+def pricing_source() -> str | None:
+    """The price list to load: `$SWITCHYARD_PRICING` when set, else None (the one shipped
+    inside the package, so an installed switchyard prices requests wherever it runs)."""
+    return os.environ.get("SWITCHYARD_PRICING") or None
+
+
+def load_prices(path: str | None = None) -> dict[str, Price]:
+    """The price list (the shipped one for None); each entry is checked by the same schema as `pricing:`."""
     from pydantic import ValidationError
 
     from proxy.config import ConfigError, PriceConfig, validation_problems
 
-    if path is None:
-        log.warning("no config/pricing.yaml found; only proxy.yaml's pricing: applies")
-        return {}
+    where = path or SHIPPED
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([(path, f"cannot read the price list: {exc}")]) from None
+        if path is None:
+            text = resources.files("proxy.data").joinpath("pricing.yaml").read_text(encoding="utf-8")
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        raw = yaml.safe_load(text) or {}
+    except OSError as exc:
+        hint = " (set by SWITCHYARD_PRICING)" if path is not None and path == pricing_source() else ""
+        raise ConfigError([(where, f"cannot read the price list{hint}: {exc.strerror or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([(where, f"cannot read the price list: {exc}")]) from None
     if not isinstance(raw, dict):
-        raise ConfigError([(path, "the price list must be a mapping of vendor/model to prices")])
+        raise ConfigError([(where, "the price list must be a mapping of vendor/model to prices")])
     prices = {}
     for name, fields in raw.items():
         try:
             p = PriceConfig.model_validate(fields)
         except ValidationError as exc:
-            raise ConfigError(validation_problems(exc, f"{path}: {name}")) from None
+            raise ConfigError(validation_problems(exc, f"{where}: {name}")) from None
         prices[name] = Price(p.input, p.output, p.cached_input)
     return prices
 

@@ -2,7 +2,8 @@
 and `switchyard usage` show.
 
 Month-end projection: the month's spend so far plus the mean daily spend of the
-month's complete days times the days left. With two or more complete days there is a
+month's complete days times the days left. Days before the ledger's first row were
+not observed: they count neither as days nor as zero-spend days. With two or more complete days there is a
 95% interval from Student's t over the daily spends (the uncertainty of each remaining
 day plus that of the mean), and the chance of ending over the monthly budget.
 """
@@ -100,11 +101,20 @@ async def daily_spend(reader: LedgerReader, team: str | None, since: float, unti
     return {int(r["day"]): float(r["spent"] or 0) for r in rows}
 
 
+async def observed_since(reader: LedgerReader, month_start: float, now: float) -> float:
+    """Where this month's history begins: the month's start, or the ledger's first row when
+    the ledger is younger. Days before it were not observed, and are not zero-spend days."""
+    rows = await reader.query("SELECT MIN(ts) AS first FROM requests", ())
+    first = rows[0]["first"] if rows else None
+    return max(month_start, float(first)) if first is not None else now
+
+
 def projection(spent_month: float, daily: dict[int, float], periods: Periods,
-               monthly_budget: float | None) -> dict[str, Any]:
-    days_in_month = (periods.month_end - periods.month_start) / 86400
-    elapsed = max((periods.now - periods.month_start) / 86400, 1 / 1440)
-    remaining = max(days_in_month - elapsed, 0.0)
+               monthly_budget: float | None, since: float | None = None) -> dict[str, Any]:
+    """`daily` holds spend per 24 h bucket counted from `since` (default: the month's start)."""
+    start = periods.month_start if since is None else max(since, periods.month_start)
+    elapsed = max((periods.now - start) / 86400, 1 / 1440)
+    remaining = max((periods.month_end - periods.now) / 86400, 0.0)
     complete = [daily.get(i, 0.0) for i in range(int(elapsed))]
     rate = statistics.fmean(complete) if complete else spent_month / elapsed
     projected = spent_month + rate * remaining
@@ -113,6 +123,7 @@ def projection(spent_month: float, daily: dict[int, float], periods: Periods,
         "daily_rate_usd": round(rate, 6),
         "days_remaining": round(remaining, 2),
         "complete_days": len(complete),
+        "observed_since": iso(start),
         "confidence": None,
         "low_usd": None,
         "high_usd": None,

@@ -54,14 +54,15 @@ class Accounting:
         )
         self.reader = LedgerReader(self.path) if self.path else None
         settings = snapshot.config.accounting
-        self._fixed = (snapshot.config.ledger, settings.backend, settings.url)
+        self._fixed = (snapshot.config.ledger, settings.backend, settings.url, settings.key_prefix)
         shared = settings.backend == "redis"
         self.counters: SpendCounters = (
-            RedisSpendCounters(settings.url, timeout_s=settings.timeout_ms / 1000,
+            RedisSpendCounters(settings.url, timeout_s=settings.timeout_ms / 1000, prefix=settings.key_prefix + "spend",
                                sync_interval_s=settings.sync_interval_s)
             if shared else SpendCounters()
         )
-        self.limiter = RateLimiter(settings.url if shared else None, timeout_s=settings.timeout_ms / 1000)
+        self.limiter = RateLimiter(settings.url if shared else None, timeout_s=settings.timeout_ms / 1000,
+                                   prefix=settings.key_prefix + "rl")
         self.alerts = AlertDispatcher(self.writer, metrics)
         self.alerts.webhook_for = self._webhook_for
         if isinstance(self.counters, RedisSpendCounters):
@@ -90,6 +91,7 @@ class Accounting:
             await self.writer.start()
         await self._seed()
         await self.counters.start()
+        self._check_alerts()
 
     async def _seed(self) -> None:
         """Counters and raised alerts of the current periods, from the ledger."""
@@ -128,11 +130,20 @@ class Accounting:
 
     def configure(self, snapshot: Snapshot) -> None:
         settings = snapshot.config.accounting
-        if (snapshot.config.ledger, settings.backend, settings.url) != self._fixed:
-            log.warning("ledger and accounting backend/url changes take effect at the next restart")
+        if (snapshot.config.ledger, settings.backend, settings.url, settings.key_prefix) != self._fixed:
+            log.warning("ledger and accounting backend/url/key_prefix changes take effect at the next restart")
         self.snapshot = snapshot
         if isinstance(self.counters, RedisSpendCounters):
             self.counters.watch_all(snapshot.teams, self.periods())
+        if self._started is not None and self._started.done() and not self._started.cancelled() \
+                and self._started.exception() is None:
+            self._check_alerts()  # before that, _start() checks once the counters are seeded
+
+    def _check_alerts(self) -> None:
+        """A budget lowered (or added) below what is spent raises its alerts now, as crossing it would."""
+        periods = self.periods()
+        for name, team in self.snapshot.config.teams.items():
+            self.budgets.check_alerts(name, team.budget, periods)
 
     def periods(self, ts: float | None = None) -> Periods:
         if ts is not None:
@@ -142,9 +153,9 @@ class Accounting:
         # the day's keys hold until midnight: compute them once a day, not per request
         if cached is None or not cached[1] <= now < cached[2] or cached[3] != self.snapshot.config.accounting.timezone:
             p = periods_at(now, self.zone())
-            self._periods = cached = (p, p.day_start, p.day_start + 86400 - 3600, self.snapshot.config.accounting.timezone)
+            self._periods = cached = (p, p.day_start, p.day_end, self.snapshot.config.accounting.timezone)
         p = cached[0]
-        return Periods(p.day, p.month, p.day_start, p.month_start, p.month_end, now)
+        return Periods(p.day, p.month, p.day_start, p.month_start, p.month_end, now, p.day_end)
 
     # --- the request path
 
@@ -208,12 +219,14 @@ class Accounting:
         month = self.counters.spent(team, periods.month)
         totals: dict[str, Any] = {}
         daily: dict[int, float] = {}
+        since = periods.month_start
         if self.reader is not None and self.writer is not None:
             await self.writer.flush()
             rows = await reports.usage(self.reader, since=periods.month_start, until=periods.now + 1, team=team,
                                        group_by="team", zone=self.zone())
             totals = rows[0] if rows else {}
-            daily = await reports.daily_spend(self.reader, team, periods.month_start, periods.now + 1)
+            since = await reports.observed_since(self.reader, periods.month_start, periods.now)
+            daily = await reports.daily_spend(self.reader, team, since, periods.now + 1)
         monthly = budget.monthly_usd if budget else None
         return {
             "object": "usage",
@@ -233,7 +246,7 @@ class Accounting:
                 "exceeded": _spent(self.budgets.remaining(team, budget, periods)),
             },
             "limits": None if limits is None else limits.model_dump(exclude_none=True),
-            "projection": reports.projection(month, daily, periods, monthly),
+            "projection": reports.projection(month, daily, periods, monthly, since),
             "savings": {
                 "cache_usd": totals.get("cache_savings_usd", 0.0),
                 "routing_usd": totals.get("routing_savings_usd", 0.0),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 from zoneinfo import ZoneInfo
 
@@ -31,14 +31,20 @@ class Periods:
     month_start: float
     month_end: float  # start of next month
     now: float
+    day_end: float = 0.0  # start of tomorrow (not always day_start + 86400: DST)
 
     def key(self, period: str) -> str:
         return self.day if period == DAY else self.month
+
+    def end(self, period: str) -> float:
+        return self.day_end if period == DAY else self.month_end
 
 
 def periods_at(ts: float, zone: ZoneInfo) -> Periods:
     local = datetime.fromtimestamp(ts, zone)
     day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # wall-clock arithmetic on an aware datetime: tomorrow's midnight, whatever DST does
+    tomorrow = (day_start + timedelta(days=1)).replace(hour=0)
     month_start = day_start.replace(day=1)
     next_month = (month_start.replace(year=month_start.year + 1, month=1) if month_start.month == 12
                   else month_start.replace(month=month_start.month + 1))
@@ -49,6 +55,7 @@ def periods_at(ts: float, zone: ZoneInfo) -> Periods:
         month_start=month_start.timestamp(),
         month_end=next_month.timestamp(),
         now=ts,
+        day_end=tomorrow.timestamp(),
     )
 
 

@@ -101,7 +101,8 @@ class ResponseCache:
     def key(self, *, team: str, target: str, endpoint: str, body: Mapping[str, Any]) -> str:
         # "team=" keeps a team that happens to be called "shared" out of the shared scope
         scope = f"team={team}" if self.settings.scope == "team" else "shared"
-        return cache_key(scope=scope, target=target, endpoint=endpoint, body=dict(body))
+        return cache_key(scope=scope, target=target, endpoint=endpoint, body=dict(body),
+                         prefix=self.settings.key_prefix)
 
     async def lookup(self, key: str, max_age: float | None) -> Entry | None:
         value = await self.backend.get(key)
@@ -122,7 +123,7 @@ class ResponseCache:
         scope = None if team is None else (f"team={team}" if self.settings.scope == "team" else "shared")
         if team is not None and self.settings.scope == "shared":
             return 0  # shared entries belong to no team
-        return await self.backend.purge(purge_pattern(scope=scope, model=model))
+        return await self.backend.purge(purge_pattern(scope=scope, model=model, prefix=self.settings.key_prefix))
 
     def state(self) -> dict[str, Any]:
         backend = self.backend

@@ -15,19 +15,19 @@ import orjson
 # fields that never change the answer: how it is delivered, and who is billed or tagged
 IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
 
-PREFIX = "sy:c:"
+PREFIX = "sy:"  # cache.key_prefix's default; cache keys then start with sy:c:
 
 
-def cache_key(*, scope: str, target: str, endpoint: str, body: dict[str, Any]) -> str:
-    """`sy:c:<scope>:<target>:<sha256>`; scope and target in clear so purges can match them."""
+def cache_key(*, scope: str, target: str, endpoint: str, body: dict[str, Any], prefix: str = PREFIX) -> str:
+    """`<prefix>c:<scope>:<target>:<sha256>`; scope and target in clear so purges can match them."""
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     digest = hashlib.sha256(
         orjson.dumps([endpoint, target, canonical], option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
-    return f"{PREFIX}{_safe(scope)}:{_safe(target)}:{digest}"
+    return f"{prefix}c:{_safe(scope)}:{_safe(target)}:{digest}"
 
 
-def purge_pattern(*, scope: str | None, model: str | None) -> str:
+def purge_pattern(*, scope: str | None, model: str | None, prefix: str = PREFIX) -> str:
     """A Redis glob for the keys of one scope and/or one model (None: any).
 
     `model` is a target (`openai/gpt-4o`) or a bare upstream model name (`gpt-4o`,
@@ -40,7 +40,7 @@ def purge_pattern(*, scope: str | None, model: str | None) -> str:
         target_part = _glob_escape(_safe(model))
     else:
         target_part = "*/" + _glob_escape(_safe(model))
-    return f"{PREFIX}{scope_part}:{target_part}:*"
+    return f"{_glob_escape(prefix)}c:{scope_part}:{target_part}:*"
 
 
 def _safe(text: str) -> str:
