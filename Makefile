@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check clean redis bench bench-suites bench-anchors
+.PHONY: install run test check clean redis tools bench bench-suites bench-anchors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,16 +17,21 @@ install: $(STAMP)
 run: install
 	$(BIN)/switchyard serve --config proxy.yaml
 
-# Tests use the real Redis at $$SWITCHYARD_TEST_REDIS_URL (default redis://127.0.0.1:6379/0);
-# start a local one when none answers and redis-server is installed.
-redis: install
-	@$(BIN)/python -c "import os, redis; redis.Redis.from_url(os.environ.get('SWITCHYARD_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0'), socket_connect_timeout=1).ping()" 2>/dev/null \
+# Programs the tests need besides Python packages (Prometheus, redis-server): installed
+# from Debian's packages when this user can, else a clear note of what is missing.
+tools:
+	@bash tests/install-tools.sh
+
+# Tests use the real Redis at $$SWITCHYARD_TEST_REDIS_URL (default redis://127.0.0.1:6379/15,
+# a database of their own); start a local one when none answers.
+redis: install tools
+	@$(BIN)/python -c "import os, redis; redis.Redis.from_url(os.environ.get('SWITCHYARD_TEST_REDIS_URL', 'redis://127.0.0.1:6379/15'), socket_connect_timeout=1).ping()" 2>/dev/null \
 	  || { command -v redis-server >/dev/null \
 	       && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
 	       && sleep 1 && echo "started redis-server on 127.0.0.1:6379"; } \
 	  || echo "no Redis answers and redis-server is not installed: Redis tests will fail"
 
-test: install redis
+test: install tools redis
 	$(BIN)/python -m pytest -q
 
 # Load tests (need wrk: apt-get install wrk); tables and charts go to stdout and loadtest/results/.
