@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 from datetime import datetime, timezone
+from typing import Callable
 
 from proxy import __version__
 from proxy.config import ConfigError
@@ -52,11 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
                        help="default: $SWITCHYARD_LOG_LEVEL, else info")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_with_config(_serve))
 
     check = sub.add_parser("check", help="validate a config and print its route table")
     check.add_argument("config", nargs="?", default=None)
-    check.set_defaults(run=_check)
+    check.set_defaults(run=_with_config(_check))
 
     route = sub.add_parser("route", help="dry run: which target the policy picks, and why")
     route.add_argument("--config", default=None)
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--at", default=None, help="evaluate at this ISO time instead of now")
     route.add_argument("--rand", type=float, default=None, help="fix the split draw (0..1)")
     route.add_argument("--prompt", default=None, help="a user message: show its complexity (features, score, level)")
-    route.set_defaults(run=_route)
+    route.set_defaults(run=_with_config(_route))
 
     usage = sub.add_parser("usage", help="spend, tokens and savings from the ledger, as a table")
     usage.add_argument("--config", default=None)
@@ -75,28 +76,28 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", default=None, help="ISO date/time or epoch seconds (default: start of the month)")
     usage.add_argument("--until", default=None, help="default: now")
     usage.add_argument("--group-by", default="team", choices=["team", "model", "route", "provider", "user", "day"])
-    usage.set_defaults(run=_usage)
+    usage.set_defaults(run=_with_config(_usage))
 
     experiments = sub.add_parser("experiments", help="A/B experiments")
     experiments_sub = experiments.add_subparsers(dest="experiments_command", required=True)
     listing = experiments_sub.add_parser("list", help="the experiments in the config, their variants and objective")
     listing.add_argument("--config", default=None)
-    listing.set_defaults(run=_experiments_list)
+    listing.set_defaults(run=_with_config(_experiments_list))
     report = experiments_sub.add_parser("report", help="per-variant statistics and the verdict, from the ledger")
     report.add_argument("name")
     report.add_argument("--config", default=None)
     report.add_argument("--json", action="store_true", help="the same report as GET /admin/experiments/NAME")
-    report.set_defaults(run=_experiments_report)
+    report.set_defaults(run=_with_config(_experiments_report))
 
     keys = sub.add_parser("keys", help="manage team keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="print a fresh key and the line to put in proxy.yaml")
     new.add_argument("--team", required=True)
     new.add_argument("--config", default=None)
-    new.set_defaults(run=_keys_new)
+    new.set_defaults(run=_with_config(_keys_new))
     key_list = keys_sub.add_parser("list", help="teams and their key fingerprints (never the keys)")
     key_list.add_argument("--config", default=None)
-    key_list.set_defaults(run=_keys_list)
+    key_list.set_defaults(run=_with_config(_keys_list))
     return parser
 
 
@@ -104,17 +105,9 @@ def _config_path(given: str | None) -> str:
     return given or os.environ.get("SWITCHYARD_CONFIG") or DEFAULT_CONFIG
 
 
-def _load(path: str) -> Snapshot:
-    return snapshot_from_file(path)
-
-
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     import uvicorn
 
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
     os.environ["SWITCHYARD_CONFIG"] = path  # the app factory reads it in every worker
     os.environ["SWITCHYARD_MANAGE_LOGGING"] = "1"  # a served process: workers set their logging up
     server = snapshot.config.server
@@ -199,10 +192,25 @@ def _redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+Command = Callable[[argparse.Namespace, str, Snapshot], int]
+
+
+def _with_config(command: Command) -> Callable[[argparse.Namespace], int]:
+    """A command that works on the compiled config: it gets the path and the snapshot,
+    or never runs when the file is invalid (the problems are printed, exit status 1)."""
+
+    def run(args: argparse.Namespace) -> int:
+        path = _config_path(args.config)
+        snapshot = _load_or_explain(path)
+        return 1 if snapshot is None else command(args, path, snapshot)
+
+    return run
+
+
 def _load_or_explain(path: str) -> Snapshot | None:
     """The compiled config, or None after printing why it is invalid."""
     try:
-        return _load(path)
+        return snapshot_from_file(path)
     except ConfigError as exc:
         _print_problems(path, exc)
         return None
@@ -214,11 +222,7 @@ def _print_problems(path: str, exc: ConfigError) -> None:
         print(f"  {where or '<file>'}: {reason}", file=sys.stderr)
 
 
-def _check(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
+def _check(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     print(f"{path}: ok")
     for warning in snapshot.warnings:
         print(f"  warning: {warning}")
@@ -262,11 +266,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def _route(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
+def _route(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     team = _pick_team(snapshot, args.team)
     if team is None:
         known = ", ".join(snapshot.teams) or "none"
@@ -309,11 +309,7 @@ def _pick_team(snapshot: Snapshot, name: str | None) -> Team | None:
     return None
 
 
-def _keys_new(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
+def _keys_new(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     if args.team not in snapshot.teams:
         known = ", ".join(snapshot.teams) or "none"
         print(f"no team {args.team!r} in {path} (teams: {known}); add the team first", file=sys.stderr)
@@ -327,13 +323,9 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_list(args: argparse.Namespace) -> int:
+def _keys_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     from proxy.config import key_sources
 
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
     rows = [("team", "key", "fingerprint", "from")]
     for source in key_sources(path):
         rows.append((source.team, f"[{source.index}]", _fingerprint(source.stored) if source.stored else "-",
@@ -348,11 +340,7 @@ def _fingerprint(stored: str) -> str:
     return f"sha256:{digest[:12]}"
 
 
-def _experiments_list(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
+def _experiments_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     rows = [("experiment", "route", "variants (weight)", "sticky", "objective", "min samples", "promote")]
     for route in snapshot.routes:
         e = route.experiment
@@ -368,7 +356,7 @@ def _experiments_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usage(args: argparse.Namespace) -> int:
+def _usage(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     import asyncio
     from zoneinfo import ZoneInfo
 
@@ -377,10 +365,6 @@ def _usage(args: argparse.Namespace) -> int:
     from proxy.accounting.service import ledger_path
     from proxy.accounting.spend import periods_at
 
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
     ledger = ledger_path(snapshot)
     if ledger is None:
         print("the ledger is off (ledger.path: off): nothing to report", file=sys.stderr)
@@ -435,7 +419,7 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _experiments_report(args: argparse.Namespace) -> int:
+def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     import asyncio
     import json
 
@@ -443,10 +427,6 @@ def _experiments_report(args: argparse.Namespace) -> int:
     from proxy.accounting.service import ledger_path
     from proxy.experiments import experiments_of, report
 
-    path = _config_path(args.config)
-    snapshot = _load_or_explain(path)
-    if snapshot is None:
-        return 1
     experiment = experiments_of(snapshot).get(args.name)
     if experiment is None:
         known = ", ".join(sorted(experiments_of(snapshot))) or "none"
