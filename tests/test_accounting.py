@@ -508,6 +508,29 @@ async def test_budget_refuses_with_insufficient_quota_and_alerts_by_webhook(tmp_
         await close(app, client)
 
 
+async def test_a_reload_that_lowers_the_budget_below_the_spend_raises_the_alert(tmp_path, hook):
+    text = config(f"{hook.base_url}/hook", budget="budget: {daily_usd: 100, alerts: [0.5]}")
+    app, client = await make(tmp_path, text)
+    try:
+        r = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert r.status_code == 200
+        spent = float(r.headers["x-switchyard-cost-usd"])
+        (tmp_path / "proxy.yaml").write_text(text.replace("daily_usd: 100", f"daily_usd: {spent / 2:.6f}"))
+        reload = await client.post("/admin/reload", headers=ADMIN_AUTH)
+        assert reload.json()["result"] == "ok"
+        for _ in range(100):
+            if len(hook.post("/hook").calls) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        sent = [(c.json()["threshold"], c.json()["budget_usd"]) for c in hook.post("/hook").calls.items]
+        assert sent == [(0.5, pytest.approx(spent / 2, rel=1e-3)), (1.0, pytest.approx(spent / 2, rel=1e-3))]
+        refused = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+        assert 0 < int(refused.headers["retry-after"]) <= 86400
+    finally:
+        await close(app, client)
+
+
 async def test_budget_edge_under_concurrency_overshoots_by_at_most_one_request(tmp_path):
     app, client = await make(tmp_path, config(budget="budget: {daily_usd: 0.2}"))
     try:

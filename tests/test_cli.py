@@ -151,3 +151,16 @@ def test_log_format_can_be_chosen_by_the_environment(tmp_path):
         pass
     first = server.log().splitlines()[0]
     assert not first.startswith("{") and " INFO switchyard: switchyard " in first
+
+
+def test_make_test_says_what_it_cannot_install(tmp_path):
+    """tests/install-tools.sh without prometheus, redis-server or a package manager on PATH:
+    it names what is missing and how to get it, and lets the suite run (exit 0)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "id").symlink_to("/usr/bin/id")
+    done = subprocess.run(["/bin/bash", str(REPO / "tests" / "install-tools.sh")], capture_output=True, text=True,
+                          env={"PATH": str(bin_dir)}, timeout=30)
+    assert done.returncode == 0
+    assert "prometheus redis-server not installed" in done.stderr
+    assert "sudo apt-get install prometheus redis-server" in done.stderr
