@@ -140,6 +140,12 @@ FRAMINGS = [
     ("4xx with body", answer(b'{"error":{}}', status=b"400 Bad Request"), b'{"error":{}}', True),
     ("5xx with body", answer(b"oops", status=b"503 Service Unavailable"), b"oops", True),
     ("connection: close header", answer(b"x", extra=b"connection: close\r\n"), b"x", False),
+    # interim answers are skipped: the final one is the answer (a final empty 100 once leaked out)
+    ("100 continue first", b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b'{"a":3}'), b'{"a":3}', True),
+    ("103 early hints first", b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + answer(b'{"a":4}'),
+     b'{"a":4}', True),
+    ("two interim answers", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+     + answer(b'{"a":5}', status=b"201 Created"), b'{"a":5}', True),
 ]
 
 
@@ -151,7 +157,7 @@ async def test_framings(raw: bytes, body: bytes, reusable: bool) -> None:
         for _ in range(2):
             status, got = await get(pool)
             assert got == body
-            assert status == int(raw.split(b" ", 2)[1])
+            assert status == int(raw.rsplit(b"HTTP/1.1 ", 1)[1].split(b" ", 1)[0])
         # a connection is kept only when the answer allows it
         assert server.connections == (1 if reusable else 2)
         await pool.aclose()
@@ -318,6 +324,23 @@ async def test_waiting_for_a_free_connection_times_out() -> None:
         with pytest.raises(ReadTimeout):  # ... and the next request gets a connection
             await get(pool)
         assert server.connections == 2
+        await pool.aclose()
+
+
+async def test_the_wait_for_a_free_connection_has_its_own_timeout() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(30)
+
+    async with Server(stall) as server:
+        pool = HttpPool(server.url(), max_connections=1, read_timeout_s=30, pool_timeout_s=0.1)
+        first = asyncio.ensure_future(get(pool))  # takes the only connection and waits on it
+        while pool.open_connections == 0:
+            await asyncio.sleep(0.005)
+        with pytest.raises(PoolTimeout, match="0.1 s"):  # not the 30 s read timeout
+            await asyncio.wait_for(get(pool), 5)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
         await pool.aclose()
 
 

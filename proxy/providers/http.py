@@ -22,7 +22,11 @@ connection handling a gateway needs and nothing else:
   since the server may have worked on the request (the retry policy decides);
 - back-pressure: reading from the server pauses while a slow client leaves more than
   `_HIGH_WATER` bytes unread;
-- gzip/deflate answers are decompressed (we ask for none, but a server may insist).
+- gzip/deflate answers are decompressed (we ask for none, but a server may insist);
+- interim 1xx answers (100 Continue, 103 Early Hints) are skipped: the final one counts;
+- `pool_timeout_s` bounds the wait for a free connection when all `max_connections`
+  are busy: that is this gateway's saturation, which the caller must not blame on the
+  provider (PoolTimeout).
 No redirects, cookies, proxies or HTTP/2: an LLM API needs none of them.
 """
 
@@ -90,6 +94,7 @@ class HttpPool:
         max_keepalive: int | None = None,  # idle connections kept; None: max_connections
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
+        pool_timeout_s: float | None = None,  # waiting for a free connection; None: read_timeout_s
         keepalive_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -107,6 +112,7 @@ class HttpPool:
         self.max_keepalive = max_connections if max_keepalive is None else max_keepalive
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.pool_timeout_s = read_timeout_s if pool_timeout_s is None else pool_timeout_s
         self.keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
         self._open = 0  # connections open or being opened
@@ -192,12 +198,12 @@ class HttpPool:
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
-            return await asyncio.wait_for(waiter, self.read_timeout_s)
+            return await asyncio.wait_for(waiter, self.pool_timeout_s)
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._give_back(waiter.result())  # handed over, but we are leaving (cancelled)
             if isinstance(exc, asyncio.TimeoutError):
-                raise PoolTimeout(f"no free connection within {self.read_timeout_s:g} s") from None
+                raise PoolTimeout(f"no free connection within {self.pool_timeout_s:g} s") from None
             raise
         finally:
             if waiter in self._waiting:
@@ -340,6 +346,10 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            self._headers = []
+            return
         response = HttpResponse(self, status, self._headers)
         self._headers = []
         if status in _NO_BODY:
