@@ -31,7 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-PROVIDER_TYPES = ("openai", "mock")
+from proxy.forwarding import refused_reason
+
 COMPLEXITY_LEVELS = ("simple", "medium", "complex")
 
 
@@ -91,6 +92,9 @@ class ServerConfig(_Strict):
     max_body_mb: float = Field(8, gt=0, le=1024)
     admin_keys: list[NonEmpty] = []
     watch: bool = True  # reload proxy.yaml when it changes on disk
+    max_header_kb: float = Field(64, gt=0, le=1024)  # a larger request head gets 431
+    header_timeout_s: float = Field(10, gt=0)  # a head not complete this long after its first byte: 408
+    keepalive_timeout_s: float = Field(5, gt=0)  # an idle connection (or one that never speaks) is closed
 
 
 class ProviderConfig(_Strict):
@@ -102,6 +106,10 @@ class ProviderConfig(_Strict):
     connect_timeout_s: float = Field(10, gt=0)
     max_connections: int = Field(200, ge=1)
     max_keepalive: int | None = Field(None, ge=0)  # idle connections kept; None: max_connections
+    # the longest a request waits for a free connection when all max_connections are busy:
+    # past it the gateway is saturated (503 gateway_busy), which is not the provider's failure
+    pool_timeout_s: float = Field(10, gt=0)
+    forward_headers: list[NonEmpty] = []  # request headers sent on beyond the default allow-list
     # mock only: time before the answer and between streamed chunks
     latency_ms: float = Field(0, ge=0)
     chunk_interval_ms: float = Field(0, ge=0)
@@ -117,6 +125,10 @@ class ProviderConfig(_Strict):
             raise ValueError("api_version applies to type: azure only")
         if self.base_url is not None and not re.match(r"^https?://", self.base_url):
             raise ValueError("base_url must start with http:// or https://")
+        for name in self.forward_headers:
+            reason = refused_reason(name)
+            if reason is not None:
+                raise ValueError(f"forward_headers: {reason}")
         return self
 
 

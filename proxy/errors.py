@@ -11,12 +11,17 @@
     ├── UnsupportedMediaType         415     unsupported_media_type
     ├── RateLimited                  429     rate_limit_exceeded
     ├── BudgetExceeded               429     budget_exceeded (type insufficient_quota)
+    ├── ClientDisconnected           499     client_disconnected (never sent: the ledger's record)
     ├── UpstreamError                502     upstream_error
+    │   ├── InvalidResponse          502     invalid_response (a 2xx that breaks the wire contract)
+    │   └── UpstreamAuthError        502     upstream_auth_error (the provider refused our key)
     ├── NoHealthyUpstream            503     no_healthy_upstream
+    ├── GatewayBusy                  503     gateway_busy (our own connection pool is full)
     └── UpstreamTimeout              504     upstream_timeout
 
 Every error a client can see is one of these; `app.py` maps them to HTTP in one place.
-Messages never carry keys, stack traces or file system paths.
+Messages never carry keys, stack traces or file system paths, and client strings
+echoed in them are cut short (`shown`).
 """
 
 from __future__ import annotations
@@ -90,6 +95,10 @@ class PayloadTooLarge(ProxyError):
     type = "invalid_request_error"
     code = "request_too_large"
 
+    def __init__(self, message: str) -> None:
+        # the rest of the body is still on its way: close rather than read it to find the next request
+        super().__init__(message, headers=[(b"connection", b"close")])
+
 
 class UnsupportedMediaType(ProxyError):
     status = 415
@@ -113,6 +122,15 @@ class BudgetExceeded(ProxyError):
         super().__init__(message, headers=headers)
 
 
+class ClientDisconnected(ProxyError):
+    """The client left before its answer: nothing is sent, the ledger says 499 as nginx logs it."""
+
+    status = 499
+    type = "api_error"
+    code = "client_disconnected"
+    kind = "client_disconnected"
+
+
 class UpstreamError(ProxyError):
     status = 502
     type = "api_error"
@@ -120,10 +138,36 @@ class UpstreamError(ProxyError):
     kind = "connection"  # or status_5xx, stream_cut, invalid_response
 
 
+class InvalidResponse(UpstreamError):
+    """A 2xx that breaks the wire contract: not a JSON object, or not a stream when one was asked for."""
+
+    code = "invalid_response"
+    kind = "invalid_response"
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider refused the gateway's own credentials: the operator's problem, not the caller's."""
+
+    code = "upstream_auth_error"
+    kind = "upstream_auth"
+
+
 class NoHealthyUpstream(ProxyError):
     status = 503
     type = "api_error"
     code = "no_healthy_upstream"
+
+
+class GatewayBusy(ProxyError):
+    """Switchyard's own connection pool to a provider stayed full: not the provider's failure."""
+
+    status = 503
+    type = "api_error"
+    code = "gateway_busy"
+    kind = "gateway_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers=[(b"retry-after", str(retry_after).encode())])
 
 
 class UpstreamTimeout(ProxyError):
@@ -133,5 +177,25 @@ class UpstreamTimeout(ProxyError):
     kind = "timeout"
 
 
+SHOWN_CHARS = 120  # of a client's string echoed in an error message
+
+
+def shown(text: str) -> str:
+    """A client's string as an error message may quote it: cut short, control characters escaped."""
+    cut = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+    return repr(cut)
+
+
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def provider_message(body: bytes) -> str:
+    """The `error.message` of an OpenAI- or Anthropic-shaped error body ('' if none)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else ""

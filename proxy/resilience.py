@@ -19,12 +19,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from proxy.config import CircuitConfig, ResilienceConfig
-from proxy.errors import NoHealthyUpstream, ProxyError, UpstreamError, UpstreamTimeout
+from proxy.errors import (
+    GatewayBusy,
+    InvalidResponse,
+    NoHealthyUpstream,
+    ProxyError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.providers.base import UpstreamResponse
 from proxy.routing import Decision, Target
 
@@ -44,17 +52,44 @@ class Breaker:
     opens: int = 0
 
 
+MAX_UNKNOWN_TARGETS = 256  # breakers for targets clients named through templates, least recent dropped
+
+
 class Health:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    """Breakers per target. Targets the config names (`known`) keep theirs for the
+    process's life; those a templated route lets clients name are kept in a bounded LRU,
+    so a flood of invented model names cannot grow memory or `/admin/providers`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_unknown: int = MAX_UNKNOWN_TARGETS) -> None:
         self._clock = clock
         self._targets: dict[str, Breaker] = {}
+        self._unknown: OrderedDict[str, Breaker] = OrderedDict()
+        self.max_unknown = max_unknown
+        self.known: frozenset[str] = frozenset()  # set from each snapshot's known_targets
         self.on_change: Callable[[str, str], None] = lambda target, state: None
 
     def breaker(self, target: str) -> Breaker:
         b = self._targets.get(target)
+        if b is not None:
+            return b
+        if target in self.known:
+            b = self._targets[target] = self._unknown.pop(target, None) or Breaker()
+            return b
+        b = self._unknown.get(target)
         if b is None:
-            b = self._targets[target] = Breaker()
+            b = self._unknown[target] = Breaker()
+            self._evict()
+        else:
+            self._unknown.move_to_end(target)
         return b
+
+    def _evict(self) -> None:
+        """Drop the least recently used breakers past the cap, sparing any with requests in flight."""
+        excess = len(self._unknown) - self.max_unknown
+        if excess <= 0:
+            return
+        for name in [n for n, b in self._unknown.items() if b.inflight == 0][:excess]:
+            del self._unknown[name]
 
     def state(self, target: str, circuit: CircuitConfig) -> str:
         b = self.breaker(target)
@@ -134,8 +169,9 @@ class Health:
 
     def report(self, circuit: CircuitConfig) -> list[dict]:
         out = []
-        for target in sorted(self._targets):
-            b = self._targets[target]
+        breakers = {**self._unknown, **self._targets}
+        for target in sorted(breakers):
+            b = breakers[target]
             out.append({
                 "target": target,
                 "state": self.state(target, circuit),
@@ -183,6 +219,10 @@ def retryable_status(status: int, settings: ResilienceConfig) -> bool:
 def _retryable_error(exc: ProxyError, settings: ResilienceConfig) -> bool:
     if isinstance(exc, UpstreamTimeout):
         return "timeout" in settings.retry_on
+    if isinstance(exc, InvalidResponse):  # a bad gateway in all but the status code
+        return 502 in settings.retry_on
+    if isinstance(exc, UpstreamAuthError):
+        return False  # the same key fails the same way: the next target may hold another
     if isinstance(exc, UpstreamError) and exc.kind == "connection":
         return "connect" in settings.retry_on
     return False
@@ -239,6 +279,13 @@ async def attempt_upstream(
                 health.failed(name, circuit)
                 attempts.append(Attempt(target, "failed", "timeout", clock() - started))
                 raise UpstreamTimeout("the request's deadline (resilience.timeout_s) passed") from None
+            except GatewayBusy as exc:
+                # our own pool is full: the provider did nothing wrong. Its circuit stays as it
+                # is, and another candidate (another provider's pool) may still have room
+                health.finished_unjudged(name)
+                last, last_response = exc, None
+                attempts.append(Attempt(target, "gateway_busy", exc.kind, clock() - started))
+                break
             except ProxyError as exc:
                 health.failed(name, circuit)
                 last, last_response = exc, None

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from proxy.accounting.pricing import Price, PriceTable, load_prices, pricing_source
+from proxy.forwarding import FORWARDED, allowed_names
 from proxy.config import (
     Config,
     ConfigError,
@@ -146,6 +147,8 @@ class ProviderSpec:
     latency_ms: float
     chunk_interval_ms: float
     api_version: str | None = None
+    pool_timeout_s: float = 10.0
+    forwarded: frozenset[str] = FORWARDED  # request header names this provider gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +351,8 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
         latency_ms=p.latency_ms,
         chunk_interval_ms=p.chunk_interval_ms,
         api_version=p.api_version,
+        pool_timeout_s=p.pool_timeout_s,
+        forwarded=allowed_names(p.forward_headers),
     )
 
 
@@ -383,6 +388,17 @@ def _digest(data: bytes) -> str:
 # ---------------------------------------------------------------- holder
 
 
+def drops_everything(serving: Snapshot, new: Snapshot) -> list[tuple[str, str]]:
+    """Problems when `new` would leave no route or no team where `serving` has some."""
+    problems = []
+    hint = "kept the serving policy (a write caught half-way?); POST /admin/reload?force=true applies it anyway"
+    if serving.routes and not new.routes:
+        problems.append(("routes", f"the file has no routes: it would drop all {len(serving.routes)} routes; {hint}"))
+    if serving.teams and not new.teams:
+        problems.append(("teams", f"the file has no teams: it would drop all {len(serving.teams)} teams; {hint}"))
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadFailure:
     at: float
@@ -411,8 +427,12 @@ class SnapshotHolder:
         assert self._current is not None, "no config loaded"
         return self._current
 
-    def load(self, *, force: bool = False) -> str:
-        """Read the file and swap in its snapshot. Returns ok, unchanged or error."""
+    def load(self, *, force: bool = False, allow_drop: bool = False) -> str:
+        """Read the file and swap in its snapshot. Returns ok, unchanged or error.
+
+        `force` reloads even an unchanged file; `allow_drop` applies a file that would drop
+        every route or every team the serving policy has (refused otherwise: most likely
+        a write caught half-way)."""
         try:
             with open(self.path, "rb") as fh:
                 data = fh.read()
@@ -427,6 +447,9 @@ class SnapshotHolder:
             snapshot = _compile_bytes(data, self.path, generation, self._env)
         except ConfigError as exc:
             return self._fail(digest, exc.problems)
+        dropped = [] if allow_drop or self._current is None else drops_everything(self._current, snapshot)
+        if dropped:
+            return self._fail(digest, dropped)
         self.install(snapshot)
         return self._count("ok")
 

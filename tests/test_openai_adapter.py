@@ -9,7 +9,7 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import InvalidResponse, UpstreamAuthError, UpstreamError, UpstreamTimeout
 from proxy.providers import ProviderPool, build_adapter
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai import OpenAIAdapter
@@ -18,13 +18,15 @@ from support import FakeUpstream, UnansweredPort, free_port
 
 BASE = "https://up.example/v1"  # for specs that are never sent to
 
+PROVIDER_KEY = "sk-upstream"  # what the gateway sends; "sk-upstream" in every assertion below
+
 
 def make_spec(**overrides) -> ProviderSpec:
     values = dict(
         name="up",
         type="openai",
         base_url=BASE,
-        api_key="sk-upstream",
+        api_key=PROVIDER_KEY,
         headers=(("openai-organization", "org-42"), ("x-extra", "extra-value")),
         timeout_s=30.0,
         connect_timeout_s=5.0,
@@ -173,7 +175,7 @@ async def test_non_stream_body_returned_byte_identical(adapter, upstream):
     assert headers["openai-processing-ms"] == "12"
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 422, 429])
+@pytest.mark.parametrize("status", [400, 404, 409, 422, 429])
 async def test_4xx_returned_with_status_and_body(adapter, upstream, status):
     raw = json.dumps({"error": {"message": f"nope {status}", "type": "invalid_request_error", "param": "x", "code": "c"}}).encode()
     upstream.post("/chat/completions").respond(status, content=raw, headers={"content-type": "application/json"})
@@ -182,6 +184,23 @@ async def test_4xx_returned_with_status_and_body(adapter, upstream, status):
     assert not response.ok
     assert response.body == raw
     assert response.chunks is None
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_provider_key_is_the_gateways_problem_not_the_callers(adapter, upstream, status, caplog):
+    """The provider's own words may echo our key: they go to the log, redacted; the caller
+    gets a 502 naming the provider."""
+    raw = json.dumps({"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}. Find yours at ...",
+                                "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
+    upstream.post("/chat/completions").respond(status, content=raw, headers={"content-type": "application/json"})
+    with caplog.at_level("WARNING", logger="switchyard.providers"):
+        with pytest.raises(UpstreamAuthError) as info:
+            await adapter.send(chat_request())
+    error = info.value
+    assert error.status == 502 and error.code == "upstream_auth_error"
+    assert "provider up" in error.message and PROVIDER_KEY not in error.message and "Incorrect" not in error.message
+    logged = caplog.text
+    assert "Incorrect API key provided" in logged and PROVIDER_KEY not in logged
 
 
 async def test_5xx_returned_as_response_not_raised(adapter, upstream):
@@ -288,13 +307,20 @@ async def test_stream_chunks_arrive_as_sent(adapter, upstream):
     assert first + b"".join(rest) == b"".join(SSE_EVENTS)
 
 
-async def test_stream_request_answered_with_json_comes_back_as_body(adapter, upstream):
-    raw = b'{"id":"x","object":"chat.completion"}'
-    upstream.post("/chat/completions").respond(200, content=raw, headers={"content-type": "application/json"})
-    response = await adapter.send(chat_request(stream=True))
-    assert response.chunks is None
-    assert response.status == 200
-    assert response.body == raw
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ("application/json", b'{"id":"x","object":"chat.completion"}'),  # streaming ignored: still not a stream
+        ("text/html", b"<html><body>Please log in to the guest Wi-Fi</body></html>"),  # a captive portal
+        (None, b"data: {}\n\n"),
+    ],
+)
+async def test_a_stream_request_answered_with_anything_but_a_stream_is_invalid(adapter, upstream, content_type, raw):
+    headers = {"content-type": content_type} if content_type else {}
+    upstream.post("/chat/completions").respond(200, content=raw, headers=headers)
+    with pytest.raises(InvalidResponse) as info:
+        await adapter.send(chat_request(stream=True))
+    assert info.value.status == 502 and info.value.code == "invalid_response" and info.value.kind == "invalid_response"
 
 
 async def test_stream_request_answered_with_error_comes_back_as_body(adapter, upstream):
@@ -308,11 +334,19 @@ async def test_stream_request_answered_with_error_comes_back_as_body(adapter, up
     assert response.body == raw
 
 
-async def test_non_stream_request_answered_with_event_stream_is_read_whole(adapter, upstream):
+@pytest.mark.parametrize(
+    "raw", [b"<html>captive portal</html>", b"[1, 2]", b'"a string"', b"", b"{truncated", "".join(["data: {}\n\n"]).encode()]
+)
+async def test_a_2xx_that_is_not_a_json_object_is_invalid(adapter, upstream, raw):
+    upstream.post("/chat/completions").respond(200, content=raw, headers={"content-type": "application/json"})
+    with pytest.raises(InvalidResponse):
+        await adapter.send(chat_request(stream=False))
+
+
+async def test_non_stream_request_answered_with_event_stream_is_invalid(adapter, upstream):
     upstream.post("/chat/completions").stream(SSE_EVENTS)
-    response = await adapter.send(chat_request(stream=False))
-    assert response.chunks is None
-    assert response.body == b"".join(SSE_EVENTS)
+    with pytest.raises(InvalidResponse):
+        await adapter.send(chat_request(stream=False))
 
 
 async def test_connection_cut_mid_stream_becomes_upstream_error(adapter, upstream):

@@ -280,13 +280,34 @@ async def test_4xx_is_not_retried(proxy, ups):
     assert backup.post("/chat/completions").call_count == 0
 
 
-async def test_invalid_json_body_passes_through_without_retry(proxy, ups):
-    primary, _ = ups
-    primary.post("/chat/completions").respond(200, content=b"{not json", headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [(b"{not json", "application/json"), (b"<html>Sign in to the hotel Wi-Fi</html>", "text/html")],
+)
+async def test_an_answer_that_breaks_the_contract_is_retried_then_falls_back(proxy, ups, raw, content_type):
+    primary, backup = ups
+    route = primary.post("/chat/completions").respond(200, content=raw, headers={"content-type": content_type})
     r = await proxy.post("/v1/chat/completions", json=chat(text="garbage"), headers=AUTH)
-    assert r.status_code == 200 and r.content == b"{not json"
-    assert "llm_provider_errors_total" in (m := (await proxy.get("/metrics")).text)
-    assert 'kind="invalid_response"' in m
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "from backup"
+    assert r.headers["x-switchyard-provider"] == "backup" and r.headers["x-switchyard-attempts"] == "4"
+    assert route.call_count == 3  # 1 + retries: a bad gateway in all but the status code
+    m = (await proxy.get("/metrics")).text
+    assert 'llm_upstream_attempts_total{model="m1",outcome="retry",provider="primary"} 3.0' in m
+
+
+async def test_an_invalid_answer_with_no_fallback_left_is_a_502(tmp_path, ups):
+    primary, backup = ups
+    primary.post("/chat/completions").respond(200, content=b"<html>", headers={"content-type": "text/html"})
+    backup.post("/chat/completions").respond(200, content=b"[]", headers={"content-type": "application/json"})
+    app, client = await make(tmp_path, config(primary.base_url, backup.base_url))
+    try:
+        r = await client.post("/v1/chat/completions", json=chat(text="garbage", stream=True), headers=AUTH)
+        assert r.status_code == 502 and r.json()["error"]["code"] == "invalid_response"
+        assert "provider backup" in r.json()["error"]["message"]
+        assert 'kind="invalid_response"' in (await client.get("/metrics")).text
+    finally:
+        await client.aclose()
+        await app.state.runtime.aclose()
 
 
 async def test_stream_cut_mid_way_is_not_retried_and_ends_cleanly(proxy, ups):

@@ -22,9 +22,9 @@ from typing import Any, AsyncIterator
 import orjson
 
 from proxy import sse
-from proxy.errors import InvalidRequest, UpstreamError
+from proxy.errors import InvalidRequest, InvalidResponse, UpstreamError
 from proxy.providers.base import UpstreamRequest, UpstreamResponse
-from proxy.providers.openai import OpenAIAdapter, closer
+from proxy.providers.openai import credentials_refused, OpenAIAdapter, closer
 from proxy.snapshot import ProviderSpec
 
 API_VERSION = "2023-06-01"
@@ -61,14 +61,17 @@ class AnthropicAdapter(OpenAIAdapter):
         response = await self._post(self._target(request), headers, orjson.dumps(payload))
         if response.status >= 400 or not request.stream:
             body = await self._read(response)
+            if response.status in (401, 403):
+                raise credentials_refused(self.spec, response.status, body)
             if response.status >= 400:
                 status, error = openai_error(response.status, body)
                 return UpstreamResponse(status, JSON_HEADERS, body=error)
             try:
                 answer = to_chat_completion(orjson.loads(body))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                return UpstreamResponse(200, JSON_HEADERS, body=body)  # passed on as it is: invalid_response
-            return UpstreamResponse(200, JSON_HEADERS, body=orjson.dumps(answer))
+                raise InvalidResponse(f"provider {self.spec.name} answered with a body that is not a "
+                                      "Messages API answer") from None
+            return UpstreamResponse(200, JSON_HEADERS, body=orjson.dumps(answer), answer=answer)
         options = request.body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         chunks = translate_stream(self._chunks(response), include_usage, self.spec.name)

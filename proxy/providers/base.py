@@ -52,6 +52,7 @@ class UpstreamResponse:
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None  # set for a successful stream
     close: Callable[[], Awaitable[None]] = _nothing
+    answer: dict | None = None  # a 2xx JSON answer, parsed once by the adapter that checked it
 
     @property
     def ok(self) -> bool:

@@ -396,7 +396,8 @@ class MockAdapter(Adapter):
             return UpstreamResponse(200, list(_JSON), body=orjson.dumps(embeddings(request.body)))
         if request.stream:
             return UpstreamResponse(200, list(_SSE), chunks=self._stream(request.body))
-        return UpstreamResponse(200, list(_JSON), body=orjson.dumps(completion(request.body)))
+        answer = completion(request.body)
+        return UpstreamResponse(200, list(_JSON), body=orjson.dumps(answer), answer=answer)
 
     async def _stream(self, body: dict) -> AsyncIterator[bytes]:
         interval = self.spec.chunk_interval_ms / 1000

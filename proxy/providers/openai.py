@@ -8,12 +8,14 @@ read timeouts from the config). Streams are relayed chunk by chunk as they arriv
 
 from __future__ import annotations
 
+import logging
 from typing import AsyncIterator
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from proxy.errors import provider_message
+from proxy.errors import GatewayBusy, InvalidResponse, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.http import (
     ConnectError,
@@ -25,6 +27,7 @@ from proxy.providers.http import (
     ReadTimeout,
 )
 from proxy.snapshot import ProviderSpec
+from proxy.telemetry.logs import Throttled, redact
 
 
 class OpenAIAdapter(Adapter):
@@ -53,6 +56,7 @@ class OpenAIAdapter(Adapter):
                 max_keepalive=self.spec.max_keepalive,
                 connect_timeout_s=self.spec.connect_timeout_s,
                 read_timeout_s=self.spec.timeout_s,
+                pool_timeout_s=self.spec.pool_timeout_s,
             )
         return self._http
 
@@ -74,13 +78,23 @@ class OpenAIAdapter(Adapter):
         headers = {k.lower(): v for k, v in request.headers}
         headers.update(self._fixed_headers)
         response = await self._post(self._target(request), headers, orjson.dumps(request.body))
-        streaming = request.stream and response.status < 300 and _is_event_stream(response)
-        if streaming:
+        ok = 200 <= response.status < 300
+        if request.stream and ok:
+            if not _is_event_stream(response):  # a captive portal's page, say: not an answer
+                response.close()
+                raise InvalidResponse(f"provider {self.spec.name} answered a stream request with "
+                                      f"{_content_type(response)!r}, not an event stream")
             return UpstreamResponse(
                 response.status, response.headers, chunks=self._chunks(response), close=closer(response)
             )
         body = await self._read(response)
-        return UpstreamResponse(response.status, response.headers, body=body)
+        if response.status in (401, 403):
+            raise credentials_refused(self.spec, response.status, body)
+        answer = _json_object(body) if ok else None
+        if ok and answer is None:
+            raise InvalidResponse(f"provider {self.spec.name} answered {response.status} with a body that is "
+                                  f"not a JSON object ({_content_type(response)!r})")
+        return UpstreamResponse(response.status, response.headers, body=body, answer=answer)
 
     async def _read(self, response: HttpResponse) -> bytes:
         try:
@@ -107,12 +121,27 @@ def closer(response: HttpResponse):  # type: ignore[no-untyped-def]
     return close
 
 
+_refusals = Throttled(logging.getLogger("switchyard.providers"), interval_s=30)
+
+
+def credentials_refused(spec: ProviderSpec, status: int, body: bytes) -> UpstreamAuthError:
+    """A provider's 401/403 is about the gateway's key, not the caller's: the caller gets a
+    502 naming the provider; the provider's own words (which may echo the key) go to the
+    log, redacted."""
+    message = provider_message(body) or body[:300].decode("utf-8", "replace")
+    _refusals.warning(f"{spec.name}:{status}", "provider %s refused the gateway's credentials (%d): %s", spec.name, status,
+                      redact(message, spec.api_key))
+    return UpstreamAuthError(f"provider {spec.name} refused the gateway's credentials ({status}); "
+                             "the gateway's operator must fix its key (details are in the gateway log)")
+
+
 def upstream_error(provider: str, exc: HttpError, doing: str, kind: str | None = None) -> ProxyError:
     """Our 502/504 for a transport failure: timeouts say which wait ran out."""
     if isinstance(exc, ConnectTimeout):
         return UpstreamTimeout(f"provider {provider} timed out connecting")
     if isinstance(exc, PoolTimeout):
-        return UpstreamTimeout(f"provider {provider} timed out waiting for a free connection")
+        return GatewayBusy(f"the gateway's connections to provider {provider} are all busy ({exc}); "
+                           "retry shortly")
     if isinstance(exc, ReadTimeout):
         return UpstreamTimeout(f"provider {provider} timed out waiting for data")
     if isinstance(exc, ConnectError):
@@ -123,7 +152,19 @@ def upstream_error(provider: str, exc: HttpError, doing: str, kind: str | None =
 
 
 def _is_event_stream(response: HttpResponse) -> bool:
-    return (response.header("content-type") or "").startswith("text/event-stream")
+    return _content_type(response).startswith("text/event-stream")
+
+
+def _content_type(response: HttpResponse) -> str:
+    return (response.header("content-type") or "none").split(";", 1)[0].strip().lower()[:80]
+
+
+def _json_object(body: bytes) -> dict | None:
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):
