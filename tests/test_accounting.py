@@ -147,12 +147,25 @@ def make_budgets() -> tuple[Budgets, list]:
     return Budgets(SpendCounters(), raised.append, claim), raised
 
 
+def test_until_a_request_has_finished_they_go_one_at_a_time():
+    """Nothing is known yet of what the team's requests cost: a burst could spend anything."""
+    budgets, _ = make_budgets()
+    budget = BudgetConfig(daily_usd=100.0)
+    p = periods_at(ts("2026-11-24T10:00:00"), UTC)
+    assert budgets.admit("a", budget, p)
+    with pytest.raises(BudgetExceeded) as info:
+        budgets.admit("a", budget, p)
+    assert info.value.headers == [(b"retry-after", b"1")]
+    budgets.release("a", None)  # an unpriced answer: known now, and free
+    assert budgets.admit("a", budget, p) and budgets.admit("a", budget, p)
+
+
 def test_budget_refuses_once_spent():
     budgets, _ = make_budgets()
     budget = BudgetConfig(daily_usd=1.0)
     p = periods_at(ts("2026-11-24T10:00:00"), UTC)
     assert budgets.admit("a", budget, p)
-    budgets.release("a")
+    budgets.release("a", 1.0)
     budgets.spend("a", 1.0, budget, p)
     with pytest.raises(BudgetExceeded) as info:
         budgets.admit("a", budget, p)
@@ -234,7 +247,9 @@ def test_near_the_edge_only_one_request_at_a_time():
     budgets, _ = make_budgets()
     budget = BudgetConfig(daily_usd=1.0)
     p = periods_at(ts("2026-11-24T10:00:00"), UTC)
-    budgets.spend("a", 0.1, budget, p)  # learns what a request costs: 0.1
+    assert budgets.admit("a", budget, p)
+    budgets.release("a", 0.1)  # learns what a request costs: 0.1
+    budgets.spend("a", 0.1, budget, p)
     admitted = 0
     try:
         for _ in range(50):
@@ -244,9 +259,9 @@ def test_near_the_edge_only_one_request_at_a_time():
         assert exc.headers == [(b"retry-after", b"1")]
     assert admitted == 9  # 0.9 left: 9 in flight may cost 0.9; a 10th could overshoot
     for _ in range(8):
-        budgets.release("a")
+        budgets.release("a", 0.1)
         budgets.spend("a", 0.1, budget, p)
-    budgets.release("a")  # the last one failed: it cost nothing
+    budgets.release("a", None)  # the last one failed: it cost nothing
     # 0.1 left, nothing in flight: one more may go (and overshoot by at most its own cost)
     assert budgets.admit("a", budget, p)
     with pytest.raises(BudgetExceeded):

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -161,3 +162,36 @@ def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} answered requests have no ledger row"
     assert len(answered) >= 200
+
+
+async def test_a_burst_over_two_replicas_overshoots_the_budget_by_at_most_one_request(tmp_path, team):
+    """Admission reserves each request's estimate in Redis, atomically: 40 concurrent
+    requests split over two replicas cannot all pass on a stale view of the spend."""
+    budget = 0.1
+    text = config(team, "ledger.db", budget=f"budget: {{daily_usd: {budget}}}")
+    a = await replica(tmp_path, "a", text)
+    b = await replica(tmp_path, "b", text)
+    try:
+        clients = [a[1], b[1]]
+        results = await asyncio.gather(*(
+            clients[i % 2].post("/v1/chat/completions", json=chat(f"burst {i}"), headers=AUTH) for i in range(40)
+        ))
+        costs = [float(r.headers["x-switchyard-cost-usd"]) for r in results if r.status_code == 200]
+        refused = [r for r in results if r.status_code == 429]
+        assert costs and refused and len(costs) + len(refused) == 40
+        assert sum(costs) <= budget + max(costs) + 1e-9, (sum(costs), costs)
+        assert all(r.json()["error"]["code"] == "budget_exceeded" and int(r.headers["retry-after"]) >= 1
+                   for r in refused)
+        held = redis.Redis.from_url(REDIS_URL).hgetall(f"{REDIS_PREFIX}spend:{team}:" + datetime.now(timezone.utc)
+                                                       .strftime("%Y-%m-%d") + ":held")
+        for _ in range(100):  # settled after the answers: no reservation outlives its request
+            if not held:
+                break
+            await asyncio.sleep(0.02)
+            held = redis.Redis.from_url(REDIS_URL).hgetall(f"{REDIS_PREFIX}spend:{team}:"
+                                                           + datetime.now(timezone.utc).strftime("%Y-%m-%d") + ":held")
+        assert not held
+    finally:
+        for app, client in (a, b):
+            await client.aclose()
+            await app.state.runtime.aclose()

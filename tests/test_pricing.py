@@ -10,6 +10,7 @@ import pytest
 from proxy.accounting import pricing
 from proxy.accounting.pricing import Price, PriceTable, load_prices, pricing_source, warn_unpriced
 from proxy.config import ConfigError
+from proxy.telemetry.logs import Throttled
 from proxy.snapshot import snapshot_from_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,16 +145,40 @@ def test_table_cost(target, usage, expected):
 
 
 def test_unknown_price_warns_once_per_target(monkeypatch, caplog):
-    monkeypatch.setattr(pricing, "_warned", set())
+    monkeypatch.setattr(pricing, "_unpriced", Throttled(pricing.log, interval_s=3600))
     with caplog.at_level(logging.WARNING, logger="switchyard.pricing"):
         for _ in range(3):
             warn_unpriced("mock/unpriced-a")
         warn_unpriced("mock/unpriced-b")
+        for i in range(500):  # names clients invent through a templated route: one line for them all
+            warn_unpriced(f"up/invented-{i}", known=False)
     messages = [r.getMessage() for r in caplog.records if r.name == "switchyard.pricing"]
-    assert len(messages) == 2
+    assert len(messages) == 3
     assert "no price for mock/unpriced-a" in messages[0]
     assert "pricing:" in messages[0]  # says how to fix it
     assert "mock/unpriced-b" in messages[1]
+    assert "up/invented-0" in messages[2]
+
+
+def test_throttled_lines_say_how_often_they_recurred():
+    now = [0.0]
+    records: list[str] = []
+
+    class Sink(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("switchyard.test-throttle")
+    logger.addHandler(Sink())
+    throttled = Throttled(logger, interval_s=10, max_keys=2, clock=lambda: now[0])
+    assert throttled.warning("a", "problem %s", "a")
+    assert not throttled.warning("a", "problem %s", "a")
+    now[0] = 11
+    assert throttled.warning("a", "problem %s", "a")
+    throttled.warning("b", "b")
+    throttled.warning("c", "c")  # over max_keys: the oldest key is forgotten
+    assert throttled.warning("a", "problem %s", "a")
+    assert records == ["problem a", "problem a (and 1 more times in the last 10 s)", "b", "c", "problem a"]
 
 
 # ---------------------------------------------------------------- the shipped list and overrides

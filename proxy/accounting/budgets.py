@@ -47,6 +47,10 @@ class _TeamState:
     def estimate(self) -> float:
         return max(self.recent, default=0.0)
 
+    def known(self) -> bool:
+        """Whether any request has finished: until then, what one costs is anyone's guess."""
+        return bool(self.recent)
+
 
 class Budgets:
     def __init__(self, counters: SpendCounters, on_alert: AlertSink, claim_alert: Callable[[Alert], bool]) -> None:
@@ -61,8 +65,9 @@ class Budgets:
             state = self._teams[team] = _TeamState()
         return state
 
-    def admit(self, team: str, budget: BudgetConfig | None, periods: Periods) -> bool:
-        """Raise BudgetExceeded, or count the request in flight (True: call `release` later)."""
+    def admit(self, team: str, budget: BudgetConfig | None, periods: Periods, estimate: float = 0.0) -> bool:
+        """Raise BudgetExceeded, or count the request in flight (True: call `release` later).
+        `estimate`: what this request may cost (its input and output cap at list price)."""
         if budget is None:
             return False
         state = self._state(team)
@@ -71,7 +76,8 @@ class Budgets:
             if remaining <= 0:
                 raise BudgetExceeded(_spent_message(team, budget, self, periods),
                                      retry_after=self._until_reset(team, budget, periods))
-            if state.inflight and remaining < (state.inflight + 1) * state.estimate():
+            if state.inflight and (not state.known()
+                                   or remaining < (state.inflight + 1) * max(state.estimate(), estimate)):
                 raise BudgetExceeded(
                     f"team {team!r} has ${remaining:.4f} of budget left, less than the requests in flight "
                     "may cost; further requests are admitted one at a time",
@@ -80,8 +86,14 @@ class Budgets:
         state.inflight += 1
         return True
 
-    def release(self, team: str) -> None:
+    def release(self, team: str, usd: float | None) -> None:
+        """A request counted by `admit` has ended, having cost `usd` (None: unpriced, or failed)."""
         self._state(team).inflight -= 1
+        self.observed(team, usd)
+
+    def observed(self, team: str, usd: float | None) -> None:
+        """A request of the team has ended, having cost `usd`: the estimates learn from it."""
+        self._state(team).recent.append(usd or 0.0)
 
     def remaining(self, team: str, budget: BudgetConfig, periods: Periods) -> float | None:
         left = []
@@ -90,6 +102,19 @@ class Budgets:
         if budget.monthly_usd is not None:
             left.append(budget.monthly_usd - self.counters.spent(team, periods.month))
         return min(left) if left else None
+
+    def recent_cost(self, team: str) -> tuple[float, bool]:
+        """The most one of the team's recent requests cost here, and whether any has finished."""
+        state = self._state(team)
+        return state.estimate(), state.known()
+
+    def refuse_shared(self, team: str, budget: BudgetConfig, periods: Periods, reason: str) -> BudgetExceeded:
+        """The 429 for a refusal by the shared (Redis) admission."""
+        if reason == "edge":
+            return BudgetExceeded(f"team {team!r} has little budget left and requests in flight may spend it; "
+                                  "further requests are admitted one at a time", retry_after=1)
+        return BudgetExceeded(_spent_message(team, budget, self, periods),
+                              retry_after=self._until_reset(team, budget, periods))
 
     def _until_reset(self, team: str, budget: BudgetConfig, periods: Periods) -> int:
         """Seconds until every spent budget has reset: SDK retries before then are wasted."""
@@ -111,12 +136,16 @@ class Budgets:
                     if self._claim(alert):
                         self._on_alert(alert)
 
-    def spend(self, team: str, usd: float, budget: BudgetConfig | None, periods: Periods) -> None:
-        """Add a finished request's cost; raise the alerts it crosses."""
+    def spend(self, team: str, usd: float, budget: BudgetConfig | None, periods: Periods,
+              settled: bool = False) -> None:
+        """Add a finished request's cost; raise the alerts it crosses. `settled`: the shared
+        counter has it already (a Redis reservation became the cost): count it locally only."""
         if usd <= 0:
             return
-        self._state(team).recent.append(usd)
-        self.counters.add(team, (periods.day, periods.month), usd)
+        if settled:
+            self.counters.note(team, (periods.day, periods.month), usd)
+        else:
+            self.counters.add(team, (periods.day, periods.month), usd)
         if budget is None:
             return
         for period, limit in _limits(budget):

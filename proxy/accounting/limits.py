@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 from proxy.config import LimitsConfig
 from proxy.errors import RateLimited
+from proxy.redis_guard import RedisGuard
 
 log = logging.getLogger("switchyard.limits")
 
 WINDOW_S = 60.0
+MAX_LOCAL_KEYS = 50_000  # team and user keys the in-process limiter remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class LocalLimiter:
             new[check.key] = tat
         if all(o.allowed for o in results):  # all or nothing, like the Redis script
             self._tat.update(new)
-        if len(self._tat) > 100_000:
+        if len(self._tat) > MAX_LOCAL_KEYS:
             self._expire(now)
         return results
 
@@ -103,6 +105,10 @@ class LocalLimiter:
 
     def _expire(self, now: float) -> None:
         for key in [k for k, tat in self._tat.items() if tat < now]:
+            del self._tat[key]
+        # still too many live ones (a flood of distinct user names): forget the oldest;
+        # their limits restart, which errs on letting a request through
+        for key in list(self._tat)[: len(self._tat) - MAX_LOCAL_KEYS]:
             del self._tat[key]
 
 
@@ -149,16 +155,15 @@ return 1
 
 class RateLimiter:
     def __init__(self, url: str | None, *, timeout_s: float = 0.02, cooldown_s: float = 5.0, failures: int = 3,
-                 prefix: str = "sy:rl") -> None:
+                 prefix: str = "sy:rl", guard: RedisGuard | None = None) -> None:
         self.local = LocalLimiter()
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self.cooldown_s = cooldown_s
-        self.failures = failures
-        self._failed = 0
-        self._skip_until = 0.0
         self._redis = None
+        self.guard: RedisGuard | None = None
         if url is not None:
+            self.guard = guard or RedisGuard(url, failures=failures, cooldown_s=cooldown_s)
+            self.guard.users.add("rate limits")
             import redis.asyncio as redis
 
             self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=0)
@@ -208,7 +213,7 @@ class RateLimiter:
     # --- Redis, time-boxed, with a breaker
 
     def _redis_usable(self) -> bool:
-        return time.monotonic() >= self._skip_until
+        return self.guard is not None and self.guard.available
 
     async def _outcomes(self, checks: list[Check]) -> list[Outcome]:
         if self._redis is None or not self._redis_usable():
@@ -222,7 +227,8 @@ class RateLimiter:
         except Exception as exc:  # noqa: BLE001 - any Redis trouble: decide locally
             self._redis_failed(exc)
             return self.local.take(checks, time.time())
-        self._failed = 0
+        assert self.guard is not None
+        self.guard.ok()
         outcomes = [Outcome(bool(a), int(r), float(reset), float(wait)) for a, r, reset, wait in raw]
         if all(o.allowed for o in outcomes):  # keep the local view close, for when Redis goes away
             self.local.take(checks, time.time())
@@ -238,11 +244,8 @@ class RateLimiter:
             self._redis_failed(exc)
 
     def _redis_failed(self, exc: BaseException) -> None:
-        self._failed += 1
-        if self._failed >= self.failures and self._redis_usable():
-            self._skip_until = time.monotonic() + self.cooldown_s
-            log.warning("rate limits: Redis failing (%s); limiting locally for %.0f s", exc or type(exc).__name__,
-                        self.cooldown_s)
+        if self.guard is not None:
+            self.guard.failed(exc)  # it logs the change, once, for every user of this Redis
 
 
 def _headers(checks: list[Check], outcomes: list[Outcome]) -> list[tuple[bytes, bytes]]:

@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from proxy.telemetry.logs import Throttled
+
 log = logging.getLogger("switchyard.pricing")
 
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
@@ -79,6 +81,14 @@ class PriceTable:
                     return found
         return None
 
+    def estimate(self, target: str, body_bytes: int, max_output_tokens: int | None) -> float:
+        """What a request may cost before it is sent: its body read as input tokens (about four
+        bytes each, an overestimate for JSON) and its output cap, if it set one. 0 when unpriced."""
+        price = self.price(target)
+        if price is None:
+            return 0.0
+        return (body_bytes / 4 * price.input + (max_output_tokens or 0) * price.output) / 1_000_000
+
     def cost(self, target: str, usage: Mapping[str, Any] | None) -> float | None:
         if not usage:
             return None
@@ -126,11 +136,13 @@ def load_prices(path: str | None = None) -> dict[str, Price]:
     return prices
 
 
-_warned: set[str] = set()
+# a price named in the config warns once an hour per target; client-chosen targets (a
+# templated route) share one throttled line, so invented model names cannot flood the log
+_unpriced = Throttled(log, interval_s=3600, max_keys=1024)
 
 
-def warn_unpriced(target: str) -> None:
-    """Log once per target that its cost is unknown."""
-    if target not in _warned:
-        _warned.add(target)
-        log.warning("no price for %s: its cost is recorded as unknown (add it under pricing: in proxy.yaml)", target)
+def warn_unpriced(target: str, known: bool = True) -> None:
+    """Log that a target's cost is unknown, at most once an hour per configured target."""
+    _unpriced.warning(target if known else "<client-named targets>",
+                      "no price for %s: its cost is recorded as unknown (add it under pricing: in proxy.yaml)",
+                      target)

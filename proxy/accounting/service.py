@@ -26,6 +26,9 @@ from proxy.accounting.budgets import Alert, Budgets
 from proxy.accounting.ledger import LedgerReader, LedgerWriter
 from proxy.accounting.limits import RateLimiter
 from proxy.accounting.spend import DAY, MONTH, Periods, RedisSpendCounters, SpendCounters, periods_at
+from proxy.config import BudgetConfig
+from proxy.providers.base import spawn
+from proxy.redis_guard import RedisGuards
 from proxy.snapshot import Snapshot
 from proxy.telemetry.record import RequestRecord
 from proxy.usage import tokens
@@ -43,7 +46,7 @@ def ledger_path(snapshot: Snapshot) -> str | None:
 
 
 class Accounting:
-    def __init__(self, snapshot: Snapshot, metrics: Any = None) -> None:
+    def __init__(self, snapshot: Snapshot, metrics: Any = None, guards: RedisGuards | None = None) -> None:
         self._metrics = metrics
         self.path = ledger_path(snapshot)
         ledger = snapshot.config.ledger
@@ -56,13 +59,14 @@ class Accounting:
         settings = snapshot.config.accounting
         self._fixed = (snapshot.config.ledger, settings.backend, settings.url, settings.key_prefix)
         shared = settings.backend == "redis"
+        guard = (guards or RedisGuards()).get(settings.url) if shared else None
         self.counters: SpendCounters = (
             RedisSpendCounters(settings.url, timeout_s=settings.timeout_ms / 1000, prefix=settings.key_prefix + "spend",
-                               sync_interval_s=settings.sync_interval_s)
+                               sync_interval_s=settings.sync_interval_s, guard=guard)
             if shared else SpendCounters()
         )
         self.limiter = RateLimiter(settings.url if shared else None, timeout_s=settings.timeout_ms / 1000,
-                                   prefix=settings.key_prefix + "rl")
+                                   prefix=settings.key_prefix + "rl", guard=guard)
         self.alerts = AlertDispatcher(self.writer, metrics)
         self.alerts.webhook_for = self._webhook_for
         if isinstance(self.counters, RedisSpendCounters):
@@ -159,16 +163,41 @@ class Accounting:
 
     # --- the request path
 
-    async def admit(self, record: RequestRecord, snapshot: Snapshot) -> list[tuple[bytes, bytes]]:
-        """Rate limits, then budget; the rate-limit headers for the response."""
+    async def admit(self, record: RequestRecord, snapshot: Snapshot, estimate: float = 0.0) -> list[tuple[bytes, bytes]]:
+        """Rate limits, then budget; the rate-limit headers for the response. `estimate`:
+        what the request may cost, held against a shared budget until it ends."""
         team = snapshot.config.teams.get(record.team or "")
         if team is None or (team.limits is None and team.budget is None):
             return []
         await self.ready()
+        assert record.team is not None
         headers = await self.limiter.admit(record.team, record.user, team.limits)
-        if self.budgets.admit(record.team, team.budget, self.periods()):
+        budget = team.budget
+        if budget is None:
+            return headers
+        periods = self.periods()
+        if isinstance(self.counters, RedisSpendCounters) and await self._reserve(record, budget, periods, estimate):
+            return headers
+        if self.budgets.admit(record.team, budget, periods, estimate):
             record.budget_held = True
         return headers
+
+    async def _reserve(self, record: RequestRecord, budget: BudgetConfig, periods: Periods, estimate: float) -> bool:
+        """Admission against the budget all replicas share, atomically in Redis; False when
+        Redis cannot say and the local view must decide."""
+        assert isinstance(self.counters, RedisSpendCounters) and record.team is not None
+        limits = [(periods.key(p), usd) for p, usd in ((DAY, budget.daily_usd), (MONTH, budget.monthly_usd))
+                  if usd is not None]
+        ttl = self.snapshot.config.resilience.timeout_s + 60  # a replica that dies leaks nothing for long
+        recent, known = self.budgets.recent_cost(record.team)
+        outcome = await self.counters.reserve(record.team, limits, max(estimate, recent), record.request_id, ttl,
+                                              known)
+        if outcome is None:
+            return False
+        if not outcome.admitted:
+            raise self.budgets.refuse_shared(record.team, budget, periods, outcome.reason)
+        record.reservation = tuple(k for k, _ in limits)
+        return True
 
     def finish(self, record: RequestRecord, snapshot: Snapshot) -> None:
         """Everything a finished request leaves behind, none of it awaited."""
@@ -176,7 +205,12 @@ class Accounting:
             return  # not a team's request (refused before auth): nothing to attribute
         team = snapshot.config.teams.get(record.team)
         if record.budget_held:
-            self.budgets.release(record.team)
+            self.budgets.release(record.team, record.cost_usd)
+        settled = record.reservation is not None and isinstance(self.counters, RedisSpendCounters)
+        if settled:
+            self.budgets.observed(record.team, record.cost_usd)
+            assert isinstance(self.counters, RedisSpendCounters) and record.reservation is not None
+            spawn(self.counters.settle(record.team, record.reservation, record.cost_usd or 0.0, record.request_id))
         baseline = snapshot.config.accounting.baseline_model
         if baseline and record.usage is not None:
             record.baseline_usd = snapshot.prices.cost(baseline, record.usage)
@@ -187,7 +221,7 @@ class Accounting:
         if team is None:
             return
         if record.cost_usd:
-            self.budgets.spend(record.team, record.cost_usd, team.budget, self.periods())
+            self.budgets.spend(record.team, record.cost_usd, team.budget, self.periods(), settled=settled)
         if team.limits is not None and record.usage is not None:
             self.limiter.charge(record.team, record.user, team.limits, sum(tokens(record.usage)))
 

@@ -13,8 +13,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from typing import Any, Iterable
 from zoneinfo import ZoneInfo
+
+from proxy.redis_guard import DOWN, RedisGuard
 
 log = logging.getLogger("switchyard.spend")
 
@@ -76,6 +78,10 @@ class SpendCounters:
     def set(self, team: str, key: str, usd: float) -> None:
         self._spent.setdefault(team, {})[key] = usd
 
+    def note(self, team: str, keys: Iterable[str], usd: float) -> None:
+        """Add to this process's view only: the shared total already has it (a settled reservation)."""
+        SpendCounters.add(self, team, keys, usd)
+
     def forget_except(self, keep: set[str]) -> None:
         for counters in self._spent.values():
             for key in [k for k in counters if k not in keep]:
@@ -91,9 +97,88 @@ class SpendCounters:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What the shared admission said: admitted, or refused because a period's budget is
+    spent (`spent`) or because the requests in flight may already spend what is left (`edge`)."""
+
+    admitted: bool
+    reason: str  # ok | spent | edge
+    period_key: str | None  # the period that refused
+    spent_usd: float
+    held_usd: float
+
+
+# KEYS: per budgeted period, its spend counter and its hash of reservations (request id ->
+# "usd:expires"), then the team's estimate key. ARGV: per period its budget; then the
+# request's estimate, its id, the reservation's time to live, and 1 when this replica has
+# seen a request of the team finish. Redis's clock, so replicas agree.
+# A request is admitted while the budget is not spent and either nothing else is in flight
+# or everything in flight plus this request's estimate still fits: near the edge the
+# requests of every replica go one at a time, so together they overshoot by at most one
+# (as long as estimates hold: the larger of the request's own, from its size and output
+# cap at list price, and the most a request of the team cost in the last hour; until one
+# has finished, requests go one at a time).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = (#KEYS - 1) / 2
+local seen = redis.call('GET', KEYS[#KEYS]) or (ARGV[n + 4] == '1' and '0')
+local est = math.max(tonumber(ARGV[n + 1]), tonumber(seen or '0'))
+local id, ttl = ARGV[n + 2], tonumber(ARGV[n + 3])
+for i = 1, n do
+  local spent = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local held, live = 0, 0
+  local entries = redis.call('HGETALL', KEYS[2 * i])
+  for j = 1, #entries, 2 do
+    local usd, expires = string.match(entries[j + 1], '([^:]+):([^:]+)')
+    if tonumber(expires) < now then
+      redis.call('HDEL', KEYS[2 * i], entries[j])
+    else
+      held = held + tonumber(usd); live = live + 1
+    end
+  end
+  local budget = tonumber(ARGV[i])
+  if spent >= budget then return {0, 'spent', i, tostring(spent), tostring(held)} end
+  -- no request of this team has finished lately: its cost is anyone's guess, so one at a time
+  if live > 0 and (not seen or spent + held + est > budget) then
+    return {0, 'edge', i, tostring(spent), tostring(held)}
+  end
+end
+for i = 1, n do
+  redis.call('HSET', KEYS[2 * i], id, tostring(est) .. ':' .. tostring(now + ttl))
+  redis.call('EXPIRE', KEYS[2 * i], math.ceil(ttl) * 2)
+end
+return {1, 'ok', 0, '0', '0'}
+"""
+
+# KEYS: per period its counter and reservations, then the estimate key. ARGV: the cost, the
+# request id, each counter's TTL. The reservation becomes the real cost; the team's estimate
+# (the most a recent request cost) is raised to it.
+_SETTLE = """
+local n = (#KEYS - 1) / 2
+local cost = tonumber(ARGV[1])
+for i = 1, n do
+  redis.call('HDEL', KEYS[2 * i], ARGV[2])
+  if cost > 0 then
+    redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[1])
+    redis.call('EXPIRE', KEYS[2 * i - 1], tonumber(ARGV[2 + i]))
+  end
+end
+local seen = redis.call('GET', KEYS[#KEYS])
+if not seen or cost > tonumber(seen) then
+  redis.call('SET', KEYS[#KEYS], ARGV[1], 'EX', 3600)
+end
+return 1
+"""
+
+
 class RedisSpendCounters(SpendCounters):
-    def __init__(self, url: str, *, timeout_s: float, sync_interval_s: float, prefix: str = "sy:spend") -> None:
+    def __init__(self, url: str, *, timeout_s: float, sync_interval_s: float, prefix: str = "sy:spend",
+                 guard: RedisGuard | None = None) -> None:
         super().__init__()
+        self.guard = guard or RedisGuard(url)
+        self.guard.users.add("spend counters")
         import redis.asyncio as redis
 
         self._redis = redis.Redis.from_url(
@@ -102,13 +187,58 @@ class RedisSpendCounters(SpendCounters):
         self._timeout_s = max(timeout_s * 10, 0.05)  # a background sync can wait longer than a lookup
         self.sync_interval_s = sync_interval_s
         self.prefix = prefix
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
         self._unsent: dict[tuple[str, str], float] = {}
         self._known: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
-        self.healthy = True
 
     def _key(self, team: str, key: str) -> str:
         return f"{self.prefix}:{team}:{key}"
+
+    def _reservation_keys(self, team: str, keys: Iterable[str]) -> list[str]:
+        out = []
+        for key in keys:
+            out += [self._key(team, key), self._key(team, key) + ":held"]
+        return out + [f"{self.prefix}:{team}:estimate"]
+
+    async def reserve(self, team: str, budgets: list[tuple[str, float]], estimate: float, request_id: str,
+                      ttl_s: float, known: bool = False) -> Reservation | None:
+        """Admit against the shared budget, holding `estimate` until `settle`; None when
+        Redis cannot say (skipped, failing, slow): the caller decides locally."""
+        if not self.guard.available:
+            return None
+        keys = self._reservation_keys(team, [k for k, _ in budgets])
+        args: list[Any] = [usd for _, usd in budgets] + [max(estimate, 0.0), request_id, ttl_s, int(known)]
+        try:
+            raw = await asyncio.wait_for(self._reserve(keys=keys, args=args), self._timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any Redis trouble: the local view decides
+            self.guard.failed(exc)
+            return None
+        self.guard.ok()
+        admitted, reason, index, spent, held = raw
+        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        period = budgets[int(index) - 1][0] if int(index) else None
+        if period is not None:
+            self.set(team, period, float(spent))  # what refused it is what this process should see
+        return Reservation(bool(admitted), reason, period, float(spent), float(held))
+
+    async def settle(self, team: str, keys: tuple[str, ...], usd: float, request_id: str) -> None:
+        """Turn a reservation into the request's real cost (0 frees it). If Redis cannot take
+        it now, the cost is queued and pushed by the next sync; the reservation expires."""
+        try:
+            await asyncio.wait_for(
+                self._settle(keys=self._reservation_keys(team, keys), args=[repr(usd), request_id,
+                                                                            *(_ttl(k) for k in keys)]),
+                self._timeout_s,
+            )
+        except Exception as exc:  # noqa: BLE001
+            self.guard.failed(exc)
+            if usd > 0:
+                for key in keys:
+                    self._unsent[(team, key)] = self._unsent.get((team, key), 0.0) + usd
+            return
+        self.guard.ok()
 
     def add(self, team: str, keys: Iterable[str], usd: float) -> None:
         keys = tuple(keys)
@@ -167,8 +297,15 @@ class RedisSpendCounters(SpendCounters):
             await asyncio.sleep(self.sync_interval_s)
             await self.sync()
 
+    @property
+    def healthy(self) -> bool:
+        return self.guard.state != DOWN
+
     async def sync(self) -> bool:
-        """Push unsent additions, then read every known counter. False when Redis failed."""
+        """Push unsent additions, then read every known counter. False when Redis failed
+        (or is being skipped after failures: what was added stays queued)."""
+        if not self.guard.available:
+            return False
         unsent, self._unsent = self._unsent, {}
         known = sorted(self._known)
         try:
@@ -182,13 +319,9 @@ class RedisSpendCounters(SpendCounters):
         except Exception as exc:  # noqa: BLE001 - any Redis failure: keep counting locally
             for item, usd in unsent.items():  # put them back, in front of what came meanwhile
                 self._unsent[item] = self._unsent.get(item, 0.0) + usd
-            if self.healthy:
-                log.warning("spend counters: Redis unavailable (%s); enforcing budgets locally", exc)
-            self.healthy = False
+            self.guard.failed(exc)  # it logs the change, once, for every user of this Redis
             return False
-        if not self.healthy:
-            log.info("spend counters: Redis is back; shared counting resumed")
-        self.healthy = True
+        self.guard.ok()
         totals = results[2 * len(unsent):]
         for (team, key), raw in zip(known, totals):
             if raw is not None:

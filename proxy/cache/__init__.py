@@ -19,6 +19,7 @@ import orjson
 from proxy.cache.backends import Backend, MemoryBackend, RedisBackend
 from proxy.cache.keys import cache_key, purge_pattern
 from proxy.config import CacheConfig
+from proxy.redis_guard import RedisGuards
 
 log = logging.getLogger("switchyard.cache")
 
@@ -129,7 +130,8 @@ class ResponseCache:
         backend = self.backend
         info: dict[str, Any] = {"backend": backend.name, "scope": self.settings.scope, "ttl_s": self.settings.ttl_s}
         if isinstance(backend, RedisBackend):
-            info["redis_available"] = backend.available
+            info["redis"] = backend.guard.report()
+            info["redis_available"] = backend.guard.up  # as last seen (probed at startup), not assumed
             info["redis_errors"] = backend.errors
         return info
 
@@ -137,18 +139,21 @@ class ResponseCache:
         await self.backend.aclose()
 
 
-def build_cache(settings: CacheConfig) -> ResponseCache | None:
+def build_cache(settings: CacheConfig, guards: RedisGuards | None = None) -> ResponseCache | None:
     if settings.backend == "off":
         return None
     local = MemoryBackend(settings.max_entries)
     if settings.backend == "memory":
         return ResponseCache(settings, local)
+    guard = guards.get(settings.url, failures=settings.failures, cooldown_s=settings.cooldown_s) \
+        if guards is not None else None
     backend = RedisBackend(
         settings.url,
         timeout_ms=settings.timeout_ms,
         failures=settings.failures,
         cooldown_s=settings.cooldown_s,
         fallback=local,
+        guard=guard,
     )
     return ResponseCache(settings, backend)
 

@@ -19,6 +19,8 @@ from typing import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from proxy.redis_guard import RedisGuard
+
 log = logging.getLogger("switchyard.cache")
 
 
@@ -104,6 +106,7 @@ class RedisBackend(Backend):
         cooldown_s: float,
         fallback: Backend,
         clock: Callable[[], float] = time.monotonic,
+        guard: RedisGuard | None = None,
     ) -> None:
         self._timeout = timeout_ms / 1000
         self.client = aioredis.Redis.from_url(
@@ -114,29 +117,21 @@ class RedisBackend(Backend):
             health_check_interval=0,
         )
         self.fallback = fallback
-        self.threshold = failures
-        self.cooldown_s = cooldown_s
-        self._clock = clock
-        self._failures = 0
-        self._skip_until = 0.0
+        # shared with the other users of this Redis (proxy/redis_guard.py); a private one in tests
+        self.guard = guard or RedisGuard(url, failures=failures, cooldown_s=cooldown_s, clock=clock)
+        self.guard.users.add("cache")
         self.errors = 0
 
     @property
     def available(self) -> bool:
-        return self._clock() >= self._skip_until
+        return self.guard.available
 
     def _ok(self) -> None:
-        if self._failures >= self.threshold:
-            log.info("redis cache is answering again")
-        self._failures = 0
+        self.guard.ok()
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
-        self._failures += 1
-        if self._failures >= self.threshold:
-            self._skip_until = self._clock() + self.cooldown_s
-            if self._failures == self.threshold:
-                log.warning("redis cache failing (%s); using the local cache for %.0f s", type(exc).__name__, self.cooldown_s)
+        self.guard.failed(exc)
 
     async def get(self, key: str) -> bytes | None:
         if not self.available:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -91,3 +93,48 @@ def setup_logging(log_format: str | None = None, level: str | None = None) -> st
 def money(usd: float | None) -> float | None:
     """A USD amount for a log line or an event: float noise (0.000010949999999999998) cut off."""
     return None if usd is None else round(usd, 10)
+
+
+# key-shaped tokens: OpenAI/Anthropic style (sk-..., sk-ant-...), and long opaque strings
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_*.-]{2})[A-Za-z0-9_*.-]{6,}|\b([A-Za-z0-9_-]{4})[A-Za-z0-9_-]{28,}")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` (a provider's error message, say) fit for a log line: the given secrets and
+    anything shaped like an API key masked, and cut to a sane length."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    text = _KEYLIKE.sub(lambda m: (m.group(1) or m.group(2)) + "…<redacted>", text)
+    return text[:500]
+
+
+class Throttled:
+    """Log a recurring problem once per `interval_s` per key, saying how often it recurred
+    meanwhile; at most `max_keys` keys are remembered, so keys that clients can choose
+    (model names) cannot grow it without bound."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0, max_keys: int = 1024,
+                 clock: Any = time.monotonic) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._clock = clock
+        self._seen: OrderedDict[str, list[float | int]] = OrderedDict()  # key -> [last logged, suppressed]
+
+    def warning(self, key: str, message: str, *args: Any) -> bool:
+        """True when the line was written."""
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            return False
+        suppressed = int(seen[1]) if seen is not None else 0
+        self._seen[key] = [now, 0]
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        if suppressed:
+            message += f" (and {suppressed} more times in the last {self.interval_s:g} s)"
+        self.logger.warning(message, *args)
+        return True

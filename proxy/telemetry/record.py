@@ -16,7 +16,7 @@ class RequestRecord:
         "route", "provider", "model", "known_model", "stream", "status", "cache", "error_kind",
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
-        "prompt", "completion", "budget_held", "baseline_usd", "experiment", "variant", "attempts", "known_targets",
+        "prompt", "completion", "budget_held", "reservation", "baseline_usd", "experiment", "variant", "attempts", "known_targets",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
@@ -50,6 +50,7 @@ class RequestRecord:
         self.prompt: Any = None  # messages, kept only when capture_content asks
         self.completion: Any = None
         self.budget_held = False  # counted in flight by the team's budget
+        self.reservation: tuple[str, ...] | None = None  # period keys holding a shared (Redis) reservation
         self.baseline_usd: float | None = None  # what accounting.baseline_model would have cost
         self.experiment: str | None = None
         self.attempts: list[Any] = []  # resilience.Attempt per upstream try

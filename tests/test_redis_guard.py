@@ -1,0 +1,133 @@
+"""One Redis guard for the cache, the rate limits and the spend counters: one state,
+reported truthfully from startup, each change logged once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.redis_guard import DOWN, UNKNOWN, UP, RedisGuard, RedisGuards, redacted_url
+from support import PrivateRedis, ServerProcess, free_port
+
+KEY = "sk-guard-team"
+
+
+def test_the_guard_skips_redis_after_failures_and_says_so_once(caplog):
+    now = [0.0]
+    guard = RedisGuard("redis://127.0.0.1:1/0", failures=3, cooldown_s=5, clock=lambda: now[0])
+    guard.users |= {"cache", "rate limits"}
+    assert guard.state == UNKNOWN and guard.available and not guard.up
+    with caplog.at_level(logging.INFO, logger="switchyard.redis"):
+        guard.ok()
+        for _ in range(2):
+            guard.failed(ConnectionError("refused"))
+        assert guard.available and guard.state == UP  # two failures are not an outage yet
+        guard.failed(ConnectionError("refused"))
+        assert not guard.available and guard.state == DOWN
+        now[0] = 4.9
+        assert not guard.available
+        now[0] = 5.0
+        assert guard.available  # one try after the cool-down ...
+        guard.failed(TimeoutError())
+        assert not guard.available and guard.report()["retry_in_s"] == 5.0  # ... failed: skipped again
+        now[0] = 10.0
+        guard.ok()
+        guard.ok()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is not answering" in m for m in messages) == 1
+    assert sum("is answering again" in m for m in messages) == 1
+    down = next(m for m in messages if "is not answering" in m)
+    assert "local LRU" in down and "enforced in this process" in down
+    assert guard.report()["errors"] == 4
+
+
+def test_one_guard_per_url_for_every_user():
+    guards = RedisGuards()
+    a = guards.get("redis://h:6379/0")
+    assert guards.get("redis://h:6379/0") is a and guards.get("redis://h:6379/1") is not a
+
+
+def test_urls_are_reported_without_passwords():
+    assert redacted_url("redis://:hunter2@h:6379/0") == "redis://:***@h:6379/0"
+    assert redacted_url("redis://user:hunter2@h/0") == "redis://user:***@h/0"
+    assert redacted_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def config(url: str) -> str:
+    return f"""
+cache: {{backend: redis, url: "{url}", timeout_ms: 50, failures: 2, cooldown_s: 1}}
+accounting: {{backend: redis, url: "{url}", timeout_ms: 50, sync_interval_s: 0.2}}
+ledger: {{path: off}}
+providers: {{mock: {{type: mock}}}}
+teams: {{t: {{keys: ["{KEY}"], limits: {{rpm: 100000}}}}}}
+routes: [{{name: fast, match: {{model: fast}}, to: mock/x}}]
+"""
+
+
+def chat(server: ServerProcess, i: int) -> int:
+    return httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "fast", "messages": [{"role": "user", "content": f"q{i}"}]}).status_code
+
+
+def redis_state(server: ServerProcess) -> dict:
+    (state,) = httpx.get(server.base_url + "/readyz").json()["redis"].values()
+    return state
+
+
+def test_readyz_tells_the_truth_from_startup_when_redis_is_absent(tmp_path: Path):
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(f"redis://127.0.0.1:{free_port()}/0"))
+    with ServerProcess(path) as server:
+        ready = httpx.get(server.base_url + "/readyz").json()
+        state = redis_state(server)
+        assert state["state"] == DOWN, state  # probed at start, not assumed
+        assert set(state["used_by"]) == {"cache", "rate limits", "spend counters"}
+        assert ready["cache"]["redis_available"] is False
+        assert all(chat(server, i) == 200 for i in range(20))  # fails open
+    log = server.log()
+    assert sum("is not answering" in line for line in log.splitlines()) == 1, log
+
+
+def test_an_outage_and_a_recovery_are_each_logged_once(tmp_path: Path):
+    redis_server = PrivateRedis().start()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(redis_server.url))
+    try:
+        with ServerProcess(path) as server:
+            assert redis_state(server)["state"] == UP
+            assert chat(server, 0) == 200
+            redis_server.kill()
+            assert all(chat(server, i) == 200 for i in range(1, 30))
+            assert redis_state(server)["state"] == DOWN
+            redis_server = PrivateRedis(port=redis_server.port).start()
+            deadline = time.monotonic() + 10
+            while redis_state(server)["state"] != UP and time.monotonic() < deadline:
+                chat(server, 99)
+                time.sleep(0.1)
+            assert redis_state(server)["state"] == UP
+        lines = [json.loads(line).get("message", "") for line in server.log().splitlines() if line.startswith("{")]
+        assert sum("is not answering" in m for m in lines) == 1, lines
+        assert sum("is answering again" in m for m in lines) == 1, lines
+    finally:
+        redis_server.kill()
+
+
+@pytest.mark.parametrize("backend", ["cache", "accounting"])
+def test_a_redis_of_one_section_only_is_guarded_and_reported(tmp_path: Path, backend):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    text = config(url)
+    if backend == "cache":
+        text = text.replace(f'accounting: {{backend: redis, url: "{url}", timeout_ms: 50, sync_interval_s: 0.2}}', "")
+    else:
+        text = text.replace(f'cache: {{backend: redis, url: "{url}", timeout_ms: 50, failures: 2, cooldown_s: 1}}', "")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    with ServerProcess(path) as server:
+        state = redis_state(server)
+        assert state["state"] == DOWN
+        assert state["used_by"] == (["cache"] if backend == "cache" else ["rate limits", "spend counters"])
