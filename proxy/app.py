@@ -20,16 +20,18 @@ from starlette.routing import Route
 from proxy import __version__
 from proxy.accounting.service import Accounting
 from proxy.auth import authenticate, authenticate_admin
-from proxy.endpoint import Active, ProxyEndpoint
+from proxy.endpoint import Active, ProxyEndpoint, read_body
 from proxy.accounting.reports import GROUPS
-from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, ProxyError, error_body
+from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, ProxyError, error_body, shown
 from proxy.cache import ResponseCache, build_cache
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.providers.base import spawn
 from proxy.reload import ConfigWatcher, install_sighup, reload_now
 from proxy.experiments import ExperimentState, experiments_of
 from proxy.experiments import report as experiment_stats
+from proxy.redis_guard import RedisGuards
 from proxy.resilience import Health
+from proxy.server import LIMITS_KEY, head_limits_of
 from proxy.routing import check_model
 from proxy.validation import check_feedback, parse_json_object
 from proxy.snapshot import Snapshot, SnapshotHolder
@@ -39,6 +41,7 @@ from proxy.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 log = logging.getLogger("switchyard")
 
 DEFAULT_CONFIG = "proxy.yaml"
+FEEDBACK_MAX_BYTES = 64 * 1024  # a score and a comment of at most 4,000 characters fit many times over
 
 
 class Runtime:
@@ -55,6 +58,7 @@ class Runtime:
         self.health = Health()  # circuit breakers and balancing state: outlive config reloads
         self.health.on_change = self._circuit_changed
         self.experiments = ExperimentState()
+        self.redis = RedisGuards()  # one health state per Redis server, for every user of it
         holder.listeners.append(self._install)
         holder.observers.append(self.telemetry.metrics.reload_result)
 
@@ -67,14 +71,15 @@ class Runtime:
         })
         settings = snapshot.config.cache
         if self.cache is None or self.cache.settings != settings:
-            old, self.cache = self.cache, build_cache(settings)
+            old, self.cache = self.cache, build_cache(settings, self.redis)
             if old is not None:
                 spawn(old.aclose())
         if self.accounting is None:
-            self.accounting = Accounting(snapshot, self.telemetry.metrics)
+            self.accounting = Accounting(snapshot, self.telemetry.metrics, self.redis)
         else:
             self.accounting.configure(snapshot)
         self.experiments.forget_missing(snapshot)
+        self.health.known = snapshot.known_targets
         self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting,
                               MappingProxyType(self.experiments.promoted))
 
@@ -151,7 +156,7 @@ def create_app(
             raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
         team = q.get("team") or None
         if team is not None and team not in active.snapshot.teams:
-            raise NotFound(f"no team {team!r} in the config")
+            raise NotFound(f"no team {shown(team)} in the config")
         try:
             report = await active.accounting.usage_report(
                 since=q.get("since"), until=q.get("until"), team=team, group_by=group_by
@@ -169,12 +174,13 @@ def create_app(
     async def feedback(request: Request) -> Response:
         active = runtime.active()
         team = authenticate(active.snapshot, request.headers)
-        body = parse_json_object(await request.body())
+        limit = min(FEEDBACK_MAX_BYTES, active.snapshot.max_body_bytes)  # read no further than that
+        body = parse_json_object(await read_body(request.headers, request.receive, limit, setting=None))
         request_id, score, comment = check_feedback(body)
         accounting = active.accounting
         assert accounting is not None
         if not await accounting.request_of_team(request_id, team.name):
-            raise NotFound(f"no request {request_id!r} of team {team.name!r} (feedback is for your own requests)")
+            raise NotFound(f"no request {shown(request_id)} of team {team.name!r} (feedback is for your own requests)")
         accounting.record_feedback(request_id, team.name, score, comment)
         return json_response({"object": "feedback", "request_id": request_id, "score": score}, 201)
 
@@ -182,7 +188,7 @@ def create_app(
         active = runtime.active()
         experiment = experiments_of(active.snapshot).get(name)
         if experiment is None:
-            raise NotFound(f"no experiment {name!r} in the config")
+            raise NotFound(f"no experiment {shown(name)} in the config")
         accounting = active.accounting
         assert accounting is not None
         if accounting.writer is not None:
@@ -238,6 +244,7 @@ def create_app(
                 "providers": sorted(snapshot.providers),
                 "disabled_providers": dict(snapshot.disabled_providers),
                 "cache": active.cache.state() if active.cache is not None else {"backend": "off"},
+                "redis": runtime.redis.report(),
             }
         )
 
@@ -248,7 +255,9 @@ def create_app(
 
     async def admin_reload(request: Request) -> Response:
         authenticate_admin(runtime.active().snapshot, request.headers)
-        result = reload_now(holder, "admin API", force=True)
+        # ?force=true also applies a file that drops every route or team (refused otherwise)
+        forced = request.query_params.get("force", "").lower() in ("1", "true", "yes")
+        result = reload_now(holder, "admin API" + (" (forced)" if forced else ""), force=True, allow_drop=forced)
         report = config_report(holder, runtime.active().snapshot)
         return json_response({"result": result, **report}, 200 if result != "error" else 422)
 
@@ -291,18 +300,20 @@ def create_app(
         )
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         watching = runtime.active().snapshot.config.server.watch if watch is None else watch
         watcher = ConfigWatcher(holder)
         if watching:
             watcher.start()
         install_sighup(holder)
+        await runtime.redis.probe_all()  # /readyz tells what was seen, from the start
         # everything built so far (modules, config, clients) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise stall requests
         gc.collect()
         gc.freeze()
         try:
-            yield
+            # the HTTP protocol (proxy/server.py) reads the serving config's head limits here
+            yield {LIMITS_KEY: head_limits_of(lambda: runtime.active().snapshot.config.server)}
         finally:
             async with _timed("stopping the config watcher"):
                 await watcher.stop()

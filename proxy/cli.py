@@ -15,6 +15,7 @@ from typing import Callable
 from proxy import __version__
 from proxy.config import ConfigError
 from proxy.errors import ProxyError
+from proxy.redis_guard import redacted_url
 from proxy.routing import RouteRequest, Step, decide
 from proxy.snapshot import Route, Snapshot, Team, hash_key, snapshot_from_file
 from proxy.telemetry.logs import setup_logging
@@ -108,6 +109,8 @@ def _config_path(given: str | None) -> str:
 def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     import uvicorn
 
+    from proxy.server import GuardedHttpToolsProtocol
+
     os.environ["SWITCHYARD_CONFIG"] = path  # the app factory reads it in every worker
     os.environ["SWITCHYARD_MANAGE_LOGGING"] = "1"  # a served process: workers set their logging up
     server = snapshot.config.server
@@ -133,7 +136,8 @@ def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         port=port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,  # uvicorn's httptools protocol, with bounded request heads
+        timeout_keep_alive=server.keepalive_timeout_s,
         access_log=False,  # ours is richer: telemetry/access_log.py
         log_config=None,
         log_level=os.environ["SWITCHYARD_LOG_LEVEL"],
@@ -155,10 +159,10 @@ def startup_line(snapshot: Snapshot, path: str, host: str, port: int, workers: i
     if snapshot.disabled_providers:
         parts.append("disabled: " + "; ".join(f"{n}: {why}" for n, why in snapshot.disabled_providers.items()))
     parts.append(f"cache: {config.cache.backend}"
-                 + (f" at {_redact_url(config.cache.url)} ({_redis_state(config.cache.url)})"
+                 + (f" at {redacted_url(config.cache.url)} ({_redis_state(config.cache.url)})"
                     if config.cache.backend == "redis" else ""))
     parts.append(f"accounting: {config.accounting.backend}"
-                 + (f" at {_redact_url(config.accounting.url)} ({_redis_state(config.accounting.url)})"
+                 + (f" at {redacted_url(config.accounting.url)} ({_redis_state(config.accounting.url)})"
                     if config.accounting.backend == "redis" else ""))
     ledger = ledger_path(snapshot)
     parts.append(f"ledger: {ledger}" if ledger else "ledger: off")
@@ -179,17 +183,6 @@ def _redis_state(url: str) -> str:
     except Exception as exc:  # noqa: BLE001 - any failure means "not answering"; say which
         return f"not answering: {type(exc).__name__}; serving without it until it does"
     return "answering"
-
-
-def _redact_url(url: str) -> str:
-    """A URL without its password, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 Command = Callable[[argparse.Namespace, str, Snapshot], int]

@@ -8,6 +8,7 @@ stay untouched.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from types import MappingProxyType
@@ -26,10 +27,13 @@ from proxy.accounting.pricing import warn_unpriced
 from proxy.auth import authenticate
 from proxy.cache import BYPASS, Entry, ResponseCache, request_policy
 from proxy.cache.streams import StreamCapture, choices_identical, replay_events
-from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UnsupportedMediaType
+from proxy.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, ProxyError, UnsupportedMediaType, shown
+from proxy.forwarding import forwarded
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse, spawn
 from proxy.relay import (
     BytesResponse,
+    header_value,
+    DisconnectWatch,
     Headers,
     Receive,
     Scope,
@@ -45,7 +49,7 @@ from proxy.routing import RouteRequest, Target, classify_level, decide
 from proxy.snapshot import Snapshot
 from proxy.telemetry import TRACE_HEADERS, RequestRecord, Telemetry
 from proxy.usage import UsageStripper, UsageTap
-from proxy.validation import check_chat, check_embeddings, parse_json_object
+from proxy.validation import check_chat, check_embeddings, check_name, parse_json_object
 
 log = logging.getLogger("switchyard.proxy")
 
@@ -61,30 +65,6 @@ class Active:
     promoted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # experiment -> variant
 
 
-# request headers never forwarded upstream: the client's credentials, hop-by-hop
-# headers, framing the adapter sets itself, and our own controls
-_NOT_FORWARDED = frozenset(
-    {
-        "host",
-        "authorization",
-        "api-key",
-        "cookie",
-        "connection",
-        "keep-alive",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-type",
-        "accept-encoding",
-        "openai-organization",
-        "openai-project",
-        "x-request-id",
-    }
-)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _CHECKS = {"chat/completions": check_chat, "embeddings": check_embeddings}
@@ -106,12 +86,21 @@ class ProxyEndpoint:
         record = self._telemetry.begin(request_id, self._operation, headers)
         out: Headers = [(b"x-request-id", request_id.encode())]
         active = self._active()
+        watch = DisconnectWatch()
         try:
             try:
-                response = await self._handle(active, headers, receive, record, out)
+                response = await self._handle(active, headers, receive, record, out, watch)
             except ProxyError as exc:
                 _failed(record, exc)
                 response = error_response(exc, out)
+            except asyncio.CancelledError:
+                if not watch.absorb():
+                    raise
+                _failed(record, ClientDisconnected("the client closed the connection before its answer"))
+                record.outcome = "client_disconnected"
+                return  # nobody to answer
+            finally:
+                watch.stop()
             await response(scope, receive, send)
             if isinstance(response, StreamRelay):
                 _stream_ended(record, response)
@@ -126,22 +115,25 @@ class ProxyEndpoint:
             self._telemetry.end(record)
 
     async def _handle(
-        self, active: Active, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers
+        self, active: Active, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers,
+        watch: DisconnectWatch,
     ) -> Any:
         snapshot = active.snapshot
         record.known_targets = snapshot.known_targets
         team = authenticate(snapshot, headers)
         record.team = team.name
-        body = parse_json_object(await read_body(headers, receive, snapshot.max_body_bytes))
+        raw = await read_body(headers, receive, snapshot.max_body_bytes)
+        body = parse_json_object(raw)
+        watch.start(receive)  # from here on, a client that leaves cancels the work
         self._check(body)
         stream = body.get("stream") is True
-        user = headers.get("x-switchyard-user") or body.get("user")
+        named = headers.get("x-switchyard-user")
+        check_name(named, "x-switchyard-user")
+        user = named or body.get("user")
         record.stream = stream
         record.user = user if isinstance(user, str) else None
         model = body.get("model")
         record.requested_model = model if isinstance(model, str) else None
-        if active.accounting is not None:
-            out += await active.accounting.admit(record, snapshot)
         decision = decide(
             snapshot,
             RouteRequest(
@@ -169,6 +161,10 @@ class ProxyEndpoint:
             (b"x-switchyard-provider", target.provider.encode()),
             (b"x-switchyard-model", _latin1(target.model)),
         ]
+        if active.accounting is not None:  # limits and budget, knowing what the call may cost
+            budgeted = snapshot.config.teams[team.name].budget is not None
+            estimate = snapshot.prices.estimate(target_name, len(raw), _output_cap(body)) if budgeted else 0.0
+            out += await active.accounting.admit(record, snapshot, estimate)
         policy = BYPASS
         cache = active.cache
         if cache is not None:
@@ -186,7 +182,6 @@ class ProxyEndpoint:
         out.append((b"x-switchyard-cache", record.cache.encode()))
 
         strip_usage = stream and _ask_for_usage(body)
-        forwarded = _forwarded(headers)
         if self._telemetry.settings.capture_content:
             record.prompt = body.get("messages", body.get("input"))
         settings = snapshot.config.resilience
@@ -198,18 +193,22 @@ class ProxyEndpoint:
             _name_target(out, record, candidate, snapshot)
             body["model"] = candidate.model
             trace_headers = self._telemetry.upstream_trace_headers(record)
-            sent_headers = forwarded
-            if trace_headers:  # this attempt's span becomes the upstream's parent
-                sent_headers = [h for h in forwarded if h[0] not in TRACE_HEADERS] + trace_headers
             adapter = active.adapters[candidate.provider]
+            sent_headers = forwarded(headers, adapter.spec.forwarded)
+            if trace_headers:  # this attempt's span becomes the upstream's parent
+                sent_headers = [h for h in sent_headers if h[0] not in TRACE_HEADERS] + trace_headers
             adapter.acquire()
             try:
                 response = await adapter.send(
                     UpstreamRequest(self.endpoint, body, stream, record.request_id, sent_headers)
                 )
-            except BaseException:
+            except BaseException as exc:
                 adapter.release()
+                kind = exc.kind if isinstance(exc, ProxyError) else "cancelled"
+                self._telemetry.attempt_failed(record, kind or "failed", getattr(exc, "message", None))
                 raise
+            if response.status >= 500 or response.status == 429:  # the loop may retry: this attempt is over
+                self._telemetry.attempt_failed(record, "status_429" if response.status == 429 else "status_5xx")
             return _releasing(response, adapter)
 
         record.upstream_started = time.perf_counter()
@@ -241,7 +240,7 @@ class ProxyEndpoint:
                 if tap.usage is not None:
                     record.cost_usd = snapshot.prices.cost(target_name, tap.usage)
                     if record.cost_usd is None:
-                        warn_unpriced(target_name)
+                        warn_unpriced(target_name, record.known_model)
                 if capture is not None and outcome == "complete" and cache is not None:
                     answer = capture.assembler.completion()
                     if answer is not None and choices_identical(answer):
@@ -250,7 +249,8 @@ class ProxyEndpoint:
 
             observe = tap.feed if capture is None else _both(tap.feed, capture.feed)
             rewrite = UsageStripper() if strip_usage else None
-            return StreamRelay(upstream, out + upstream_headers(upstream), finished, observe, rewrite)
+            return StreamRelay(upstream, out + upstream_headers(upstream), finished, observe, rewrite,
+                               watch.hand_over())
         await upstream.close()
         if upstream.status < 500:
             self._health.succeeded(target_name, latency, settings.circuit)
@@ -260,9 +260,7 @@ class ProxyEndpoint:
         if upstream.status == 429:
             record.error_kind = "status_429"
         if upstream.ok:
-            answer = _parse_answer(upstream.body)
-            if answer is None:
-                record.error_kind = "invalid_response"
+            answer = upstream.answer if upstream.answer is not None else _parse_answer(upstream.body)
             usage = answer.get("usage") if answer is not None else None
             record.usage = usage if isinstance(usage, dict) else None
             cost = snapshot.prices.cost(target_name, usage)
@@ -270,7 +268,7 @@ class ProxyEndpoint:
             if cost is not None:
                 out.append((b"x-switchyard-cost-usd", _usd(cost)))
             elif usage:
-                warn_unpriced(target_name)
+                warn_unpriced(target_name, record.known_model)
             if record.prompt is not None and answer is not None:
                 record.completion = answer.get("choices")
             if storable and cache is not None and answer is not None and choices_identical(answer):
@@ -343,6 +341,14 @@ def _cache_hit(
     return StreamRelay(replay, out, _ignore)
 
 
+def _output_cap(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def _ignore(outcome: str) -> None:
     return None
 
@@ -376,6 +382,8 @@ def _stream_ended(record: RequestRecord, relay: StreamRelay) -> None:
     record.outcome = relay.outcome
     record.response_started = relay.started_at
     record.first_token_at = relay.first_chunk_at
+    if relay.outcome == "client_disconnected":
+        record.error_kind = "client_disconnected"  # the status sent stays in the row: it was sent
     if relay.error is not None:
         record.error_kind = relay.error.kind
         record.error_message = relay.error.message
@@ -410,10 +418,6 @@ _ID_PREFIX = os.urandom(10).hex()
 _ID_COUNTER = itertools.count(1)
 
 
-def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers.items() if k not in _NOT_FORWARDED and not k.startswith("x-switchyard-")]
-
-
 def _content_type(headers: list[tuple[str, str]]) -> bytes:
     for name, value in headers:
         if name.lower() == "content-type":
@@ -422,24 +426,26 @@ def _content_type(headers: list[tuple[str, str]]) -> bytes:
 
 
 def _latin1(text: str) -> bytes:
-    return text.encode("latin-1", "replace")
+    return header_value(text)
 
 
-async def read_body(headers: Mapping[str, str], receive: Receive, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+async def read_body(headers: Mapping[str, str], receive: Receive, limit: int,
+                    setting: str | None = "server.max_body_mb") -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes
+    (`setting` names what sets the limit, for the message)."""
     content_type = headers.get("content-type")
     if content_type is not None:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaType(
-                f"Content-Type must be application/json, not {media or 'empty'!r}."
+                f"Content-Type must be application/json, not {shown(media) if media else 'empty'}."
             )
     declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidRequest("invalid Content-Length header")
         if int(declared) > limit:
-            raise PayloadTooLarge(_too_large(limit))
+            raise PayloadTooLarge(_too_large(limit, setting))
     parts: list[bytes] = []
     size = 0
     while True:
@@ -449,12 +455,14 @@ async def read_body(headers: Mapping[str, str], receive: Receive, limit: int) ->
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(_too_large(limit))
+            raise PayloadTooLarge(_too_large(limit, setting))
         parts.append(chunk)
         if not message.get("more_body", False):
             break
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _too_large(limit: int) -> str:
-    return f"the request body is larger than the {limit / 1048576:g} MiB this server accepts (server.max_body_mb)"
+def _too_large(limit: int, setting: str | None) -> str:
+    size = f"{limit / 1048576:g} MiB" if limit >= 1048576 else f"{limit / 1024:g} KiB"
+    return f"the request body is larger than the {size} " + (
+        f"this server accepts ({setting})" if setting else "this endpoint accepts")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 
 from proxy import sse
-from proxy.errors import ProxyError, UpstreamError
+from proxy.errors import ProxyError, UpstreamError, provider_message
 from proxy.providers.base import UpstreamResponse
 
 log = logging.getLogger("switchyard.relay")
@@ -36,10 +37,22 @@ def upstream_headers(upstream: UpstreamResponse) -> Headers:
     for name, value in upstream.headers:
         lower = name.lower()
         if lower in _RELAYED:
-            out.append((lower.encode(), value.encode("latin-1", "replace")))
+            out.append((lower.encode(), header_value(value)))
         elif lower == "x-request-id":
-            out.append((b"x-switchyard-upstream-request-id", value.encode("latin-1", "replace")))
+            out.append((b"x-switchyard-upstream-request-id", header_value(value)))
     return out
+
+
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_value(text: str, limit: int = 512) -> bytes:
+    """Any text as a valid response header value: control characters dropped, cut to
+    `limit`, non-Latin-1 characters as '?'. A value the server would refuse to send
+    kills the connection and leaves the client with an empty reply."""
+    if _UNSAFE.search(text):
+        text = _UNSAFE.sub("", text)
+    return text[:limit].encode("latin-1", "replace")
 
 
 class BytesResponse:
@@ -65,19 +78,9 @@ def upstream_failure(provider: str, upstream: UpstreamResponse) -> ProxyError | 
     """Map an upstream 5xx to our 502; 4xx answers pass through as they are (None)."""
     if upstream.status < 500:
         return None
-    detail = _upstream_message(upstream.body)
+    detail = provider_message(upstream.body)[:300]
     suffix = f": {detail}" if detail else ""
     return UpstreamError(f"provider {provider} answered {upstream.status}{suffix}", kind="status_5xx")
-
-
-def _upstream_message(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return ""
-    error = data.get("error") if isinstance(data, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return message[:300] if isinstance(message, str) else ""
 
 
 class StreamRelay:
@@ -89,7 +92,8 @@ class StreamRelay:
     """
 
     __slots__ = (
-        "upstream", "observe", "rewrite", "headers", "on_done", "outcome", "error", "started_at", "first_chunk_at"
+        "upstream", "observe", "rewrite", "headers", "on_done", "outcome", "error", "started_at", "first_chunk_at",
+        "disconnected",
     )
 
     def __init__(
@@ -99,6 +103,7 @@ class StreamRelay:
         on_done: Callable[[str], None],
         observe: Callable[[bytes], None] | None = None,
         rewrite: Callable[[bytes], bytes] | None = None,
+        disconnected: asyncio.Future[None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.observe = observe  # sees each upstream chunk as it came
@@ -114,10 +119,11 @@ class StreamRelay:
         self.error: ProxyError | None = None
         self.started_at: float | None = None
         self.first_chunk_at: float | None = None
+        self.disconnected = disconnected  # the request's own disconnect watch, when it has one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watch = self.disconnected or asyncio.ensure_future(_wait_for_disconnect(receive))
         outcome = "client_disconnected"
         try:
             done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -166,6 +172,52 @@ async def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 def _error_event(exc: ProxyError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+class DisconnectWatch:
+    """Cancels the request's task the moment its client goes away while the answer is being
+    prepared, so a non-stream request (or a stream before its first byte) stops its upstream
+    attempt at once: no wait for the read timeout, no retry, no fallback, no paid generation
+    for nobody. Start it once the body has been read (until then `receive` carries the body)."""
+
+    __slots__ = ("gone", "_task", "_watcher")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Future[None] | None = None
+
+    def start(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        self._watcher.add_done_callback(self._left)
+
+    def _left(self, watcher: asyncio.Future[None]) -> None:
+        if watcher.cancelled() or watcher.exception() is not None or self._task is None:
+            return
+        self.gone = True
+        self._task.cancel()
+
+    def hand_over(self) -> asyncio.Future[None] | None:
+        """The watcher, for a stream relay to use as its own; it no longer cancels anything."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.remove_done_callback(self._left)
+        return watcher
+
+    def stop(self) -> None:
+        watcher = self.hand_over()
+        if watcher is not None:
+            watcher.cancel()
+
+    def absorb(self) -> bool:
+        """After a CancelledError: True (and the cancellation undone) when it was this watch's."""
+        if not self.gone:
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

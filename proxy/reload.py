@@ -20,10 +20,10 @@ from proxy.snapshot import SnapshotHolder
 log = logging.getLogger("switchyard.config")
 
 
-def reload_now(holder: SnapshotHolder, why: str, *, force: bool = False) -> str:
+def reload_now(holder: SnapshotHolder, why: str, *, force: bool = False, allow_drop: bool = False) -> str:
     before = holder._current
     was_rejected = holder.last_failure is not None
-    result = holder.load(force=force)
+    result = holder.load(force=force, allow_drop=allow_drop)
     if result == "ok":
         snap = holder.current
         # `switchyard serve` has said all this once already for the file its workers load
@@ -51,11 +51,19 @@ def reload_now(holder: SnapshotHolder, why: str, *, force: bool = False) -> str:
 
 
 class ConfigWatcher:
-    """Reloads the holder's file when it changes; start() in the server's lifespan."""
+    """Reloads the holder's file when it changes; start() in the server's lifespan.
 
-    def __init__(self, holder: SnapshotHolder, *, debounce_ms: int = 100) -> None:
+    A change is applied only once the file has stood still for `settle_ms` (an editor or
+    a script writing in pieces is not read half-way), and at most `max_wait_s` after the
+    first event whatever happens; a file that does not parse then is rejected and the
+    next write triggers another try."""
+
+    def __init__(self, holder: SnapshotHolder, *, debounce_ms: int = 100, settle_ms: int = 300,
+                 max_wait_s: float = 5.0) -> None:
         self.holder = holder
         self.debounce_ms = debounce_ms
+        self.settle_ms = settle_ms
+        self.max_wait_s = max_wait_s
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,12 +84,35 @@ class ConfigWatcher:
                     directory, watch_filter=_ConfigFilter(self.holder.path), debounce=self.debounce_ms,
                     step=25, stop_event=self._stop, recursive=False, rust_timeout=1000,
                 ):
+                    await self._settled()
                     reload_now(self.holder, "file changed")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a vanished directory or an inotify limit must not end watching
                 log.warning("config watch failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1)
+
+
+    async def _settled(self) -> None:
+        """Wait until the file's size, time and contents hold still for settle_ms."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        last = _fingerprint(self.holder.path)
+        while loop.time() < deadline:
+            await asyncio.sleep(self.settle_ms / 1000)
+            now = _fingerprint(self.holder.path)
+            if now == last:
+                return
+            last = now
+
+
+def _fingerprint(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+        with open(path, "rb") as fh:
+            return stat.st_size, stat.st_mtime_ns, hash(fh.read())
+    except OSError:
+        return None
 
 
 class _ConfigFilter:

@@ -16,7 +16,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Mapping
 
-from proxy.errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NoHealthyUpstream
+from proxy.errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NoHealthyUpstream, shown
 from proxy.snapshot import Experiment, Route, Snapshot, Team
 
 
@@ -126,13 +126,13 @@ def check_model(snapshot: Snapshot, team: Team, model: str) -> None:
 
 def _not_allowed(snapshot: Snapshot, team: Team, model: str) -> ModelNotAllowed:
     return ModelNotAllowed(
-        f"team {team.name!r} may not use model {model!r}; allowed: {_allowed_text(snapshot, team)}", param="model"
+        f"team {team.name!r} may not use model {shown(model)}; allowed: {_allowed_text(snapshot, team)}", param="model"
     )
 
 
 def _not_found(snapshot: Snapshot, team: Team, model: str) -> ModelNotFound:
     return ModelNotFound(
-        f"model {model!r} does not exist or is not routed for team {team.name!r}; "
+        f"model {shown(model)} does not exist or is not routed for team {team.name!r}; "
         f"allowed: {_allowed_text(snapshot, team)}",
         param="model",
     )
@@ -164,7 +164,7 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
                 groups = found
                 break
         else:
-            return _fail(trace, route, f"model {model!r} does not match {', '.join(g.pattern for g in m.models)}")
+            return _fail(trace, route, f"model {shown(model)} does not match {', '.join(g.pattern for g in m.models)}")
     if m.teams is not None and req.team.name not in m.teams:
         return _fail(trace, route, f"team {req.team.name!r} not in teams")
     if m.users is not None and req.user not in m.users:
@@ -184,13 +184,13 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
         subject = req.user or req.team.name
         bucket = percent_bucket(route.name, subject)
         if bucket >= m.percent:
-            who = f"user {req.user!r}" if req.user else f"team {req.team.name!r} (no user)"
+            who = f"user {shown(req.user)}" if req.user else f"team {req.team.name!r} (no user)"
             return _fail(trace, route, f"{who} is in bucket {bucket:.2f}, outside the first {m.percent:g}%")
     return groups
 
 
 def _shown(user: str | None) -> str:
-    return "-" if user is None else repr(user)
+    return "-" if user is None else shown(user)
 
 
 def _fail(trace: list[Step] | None, route: Route, reason: str) -> None:

@@ -5,13 +5,31 @@ Each failure names the offending field in `param`, as OpenAI does.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, shown
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# a name a client chooses (model, user) travels into response headers, log lines, metric
+# labels, Redis keys and error messages: printable, and of a sane length
+MAX_NAME = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_name(value: Any, param: str) -> None:
+    """A client-chosen name: a string of 1..256 characters without control characters."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{param}' must be a string, not {_kind(value)}.", param=param)
+    if len(value) > MAX_NAME:
+        raise InvalidRequest(f"'{param}' is longer than {MAX_NAME} characters.", param=param)
+    if _CONTROL.search(value):
+        raise InvalidRequest(f"'{param}' must not contain control characters (got {shown(value)}).", param=param)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -54,7 +72,7 @@ def check_chat(body: dict[str, Any]) -> None:
             )
     _check_type(body, "stream", bool, "a boolean")
     _check_type(body, "stream_options", dict, "an object")
-    _check_type(body, "user", str, "a string")
+    check_name(body.get("user"), "user")
     _check_number(body, "temperature", 0, 2)
     _check_number(body, "top_p", 0, 1)
     for field in ("max_tokens", "max_completion_tokens", "n"):
@@ -81,7 +99,7 @@ def check_embeddings(body: dict[str, Any]) -> None:
         raise InvalidRequest(
             "'input' must be a non-empty string, array of strings, or array of token arrays.", param="input"
         )
-    _check_type(body, "user", str, "a string")
+    check_name(body.get("user"), "user")
     _check_int(body, "dimensions", 1)
 
 
@@ -90,9 +108,7 @@ def _is_token(value: Any) -> bool:
 
 
 def _check_model(body: dict[str, Any]) -> None:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest(f"'model' must be a string, not {_kind(model)}.", param="model")
+    check_name(body.get("model"), "model")
 
 
 def _check_type(body: dict[str, Any], field: str, kind: type, name: str) -> None:
@@ -146,5 +162,5 @@ def check_feedback(body: dict[str, Any]) -> tuple[str, float, str | None]:
         raise InvalidRequest("'comment' must be a string of at most 4000 characters.", param="comment")
     unknown = sorted(set(body) - {"request_id", "score", "comment"})
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}.", param=unknown[0])
+        raise InvalidRequest(f"unknown field {shown(unknown[0])}.", param=unknown[0][:64])
     return request_id, float(score), comment

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from typing import Any, Callable, Iterable
 
 import httpx
 import orjson
+import pytest
+import redis
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -42,6 +45,62 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------ a private Redis
+
+
+class PrivateRedis:
+    """`redis-server --port <free> --save '' --appendonly no` of the test's own, to freeze
+    (SIGSTOP), thaw, kill and start again on the same port: the machine's shared Redis is
+    never stopped by a test."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is needed for these tests (apt-get install redis-server)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "PrivateRedis":
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
+                    if probe.ping():
+                        return self
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError("the private redis-server did not start")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
+
+    def keys(self) -> int:
+        with self.client() as c:
+            return int(c.dbsize())
+
+    def send(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def freeze(self) -> None:
+        self.send(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.send(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # SIGKILL ends a frozen one too
+            self.proc.wait(5)
+            self.proc = None
 
 
 # ------------------------------------------------------------------ fake upstream

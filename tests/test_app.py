@@ -541,7 +541,7 @@ async def test_passthrough_template_route_keeps_model_name(client, upstream):
     assert json.loads(route.calls.last.request.content)["model"] == "gpt-4.1-nano"
 
 
-async def test_passthrough_headers(client, upstream):
+async def test_only_allow_listed_headers_reach_the_provider(client, upstream):
     route = upstream.post("/chat/completions").respond(200, json={})
     response = await client.post(
         "/v1/chat/completions",
@@ -552,22 +552,34 @@ async def test_passthrough_headers(client, upstream):
             "Keep-Alive": "timeout=99",
             "TE": "trailers",
             "Upgrade": "h2c",
+            "Expect": "100-continue",
             "Proxy-Authorization": "Basic cHJveHktc2VjcmV0",
+            "x-api-key": SEARCH_KEY,
             "x-switchyard-user": "alice",
             "x-custom": "custom-value",
             "Cookie": "session=cookie-secret",
+            "User-Agent": "OpenAI/Python 3.57.0",
+            "x-stainless-retry-count": "1",
+            "OpenAI-Beta": "assistants=v2",
+            "Idempotency-Key": "idem-1",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         },
     )
     assert response.status_code == 200
     sent = route.calls.last.request.headers
     assert sent.getall("authorization") == [f"Bearer {PROVIDER_KEY}"]
     assert sent["x-provider-header"] == PROVIDER_HEADER_SECRET
-    assert sent["x-custom"] == "custom-value"
-    for name in ("keep-alive", "te", "upgrade", "proxy-authorization", "x-switchyard-user", "cookie"):
+    assert sent["user-agent"] == "OpenAI/Python 3.57.0"
+    assert sent["x-stainless-retry-count"] == "1"
+    assert sent["openai-beta"] == "assistants=v2" and sent["idempotency-key"] == "idem-1"
+    assert sent["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    for name in ("keep-alive", "te", "upgrade", "expect", "proxy-authorization", "x-api-key", "x-switchyard-user",
+                 "cookie", "x-custom"):  # x-custom: not on the allow-list (a provider's forward_headers may add it)
         assert name not in sent, name
     assert sent.get("connection") != "close"
     everything = repr(list(sent.items()))
-    for marker in (SEARCH_KEY, "timeout=99", "trailers", "h2c", "cHJveHktc2VjcmV0", "alice", "cookie-secret"):
+    for marker in (SEARCH_KEY, "timeout=99", "trailers", "h2c", "cHJveHktc2VjcmV0", "alice", "cookie-secret",
+                   "custom-value", "100-continue"):
         assert marker not in everything, marker
 
 

@@ -25,7 +25,7 @@ from proxy.cache import Entry, ResponseCache, build_cache, decode_entry
 from proxy.cache.backends import MemoryBackend, RedisBackend
 from proxy.cache.keys import cache_key, purge_pattern
 from proxy.config import CacheConfig
-from support import REDIS_PREFIX, REDIS_URL, free_port
+from support import PrivateRedis, REDIS_PREFIX, REDIS_URL, free_port
 
 RUN = uuid.uuid4().hex[:10]  # every key this file puts in the shared Redis has it in its scope
 
@@ -254,52 +254,6 @@ async def test_build_cache_picks_the_backend():
 
 
 # ---------------------------------------------------------------- a private Redis to kill
-
-
-class PrivateRedis:
-    """`redis-server --port <free> --save '' --appendonly no`, which the test starts,
-    freezes (SIGSTOP), thaws and kills."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is needed for these tests (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "PrivateRedis":
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
-                    if probe.ping():
-                        return self
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError("the private redis-server did not start")
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()  # SIGKILL ends a frozen one too
-            self.proc.wait(5)
-            self.proc = None
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import redis
 from aiohttp import web
 
 from support import (
+    PrivateRedis,
     REDIS_PREFIX,
     REDIS_URL,
     FakeRoute,
@@ -488,46 +489,6 @@ def test_admin_purge_by_team_and_model(proxy, chat_route):
 
 
 # ---------------------------------------------------------------- Redis frozen and killed under load
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is needed for this test (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "PrivateRedis":
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
-                    if probe.ping():
-                        return self
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError("the private redis-server did not start")
-
-    def keys(self) -> int:
-        with redis.Redis(port=self.port, socket_timeout=2) as c:
-            return c.dbsize()
-
-    def send(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from proxy.cache.backends import MemoryBackend, RedisBackend
 from proxy.cache.keys import IGNORED_FIELDS, cache_key, purge_pattern
 from proxy.cache.streams import StreamCapture, choices_identical, replay_events
 from proxy.config import CacheConfig
-from support import REDIS_PREFIX, REDIS_URL, FakeUpstream, ServerProcess, chunk_events, completion, free_port
+from support import PrivateRedis, REDIS_PREFIX, REDIS_URL, FakeUpstream, ServerProcess, chunk_events, completion, free_port
 
 
 
@@ -255,38 +255,6 @@ async def test_redis_backend_round_trip_ttl_and_purge(redis_backend):
     for i in range(3):
         await redis_backend.set(key({"messages": [i]}, scope=scope), b"v", 60)
     assert await redis_backend.purge(purge_pattern(scope=scope, model=None, prefix=REDIS_PREFIX)) == 3
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, to stop and start at will."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is needed (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "PrivateRedis":
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError("private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
 
 
 @pytest.fixture

@@ -211,9 +211,11 @@ async def test_cache_hits_counted_and_cost_nothing(tmp_path, upstream):
         (lambda up: up.post("/chat/completions").fault("close"), "priced", "connection", 502),
         (lambda up: None, "broken", "connection", 502),
         (lambda up: up.post("/chat/completions").respond(content=b"not json", headers={"content-type": "text/plain"}),
-         "priced", "invalid_response", 200),
+         "priced", "invalid_response", 502),
+        (lambda up: up.post("/chat/completions").respond(401, json={"error": {"message": "bad key sk-up"}}),
+         "priced", "upstream_auth", 502),
     ],
-    ids=["5xx", "429", "timeout", "closed", "refused", "invalid-json"],
+    ids=["5xx", "429", "timeout", "closed", "refused", "invalid-json", "key-refused"],
 )
 async def test_provider_errors_counted_by_kind(client, upstream, script, model, kind, status):
     script(upstream)
@@ -595,3 +597,34 @@ def test_usage_stripper_at_any_chunking(events, expected, size):
     strip = UsageStripper()
     out = b"".join(strip(raw[i : i + size]) for i in range(0, len(raw), size))
     assert out == expected
+
+
+async def test_a_failed_attempts_span_ends_when_it_failed_not_after_the_backoff(tmp_path, upstream):
+    calls = []
+
+    async def fail_once(request):
+        from aiohttp import web
+
+        calls.append(1)
+        if len(calls) == 1:
+            return web.json_response({"error": {"message": "busy"}}, status=503)
+        return web.json_response(completion(usage=USAGE))
+
+    upstream.post("/chat/completions").handler(fail_once)
+    async with OtlpReceiver() as receiver:
+        path = tmp_path / "proxy.yaml"
+        path.write_text(config_text("resilience: {retries: 1, backoff_ms: 400, max_backoff_ms: 400}")
+                        + f'telemetry: {{otlp_endpoint: "{receiver.url}"}}\n')
+        app, client = await make_client(path)
+        try:
+            r = await client.post("/v1/chat/completions", json=chat("priced"), headers=AUTH)
+            assert r.status_code == 200 and r.headers["x-switchyard-attempts"] == "2"
+            await flush(app)
+        finally:
+            await client.aclose()
+            await app.state.runtime.aclose()
+    first, second = sorted((s for _, s in receiver.spans if s.name == "chat priced-model"),
+                           key=lambda s: s.start_time_unix_nano)
+    assert attrs(first)["error.type"] == "status_5xx" and "error.type" not in attrs(second)
+    assert first.end_time_unix_nano <= second.start_time_unix_nano  # the backoff belongs to neither
+    assert (first.end_time_unix_nano - first.start_time_unix_nano) / 1e9 < 0.3  # not the jittered 0.4 s wait

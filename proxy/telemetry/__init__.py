@@ -20,7 +20,7 @@ from proxy.telemetry import access_log
 from proxy.telemetry.logs import setup_logging
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.record import RequestRecord
-from proxy.telemetry.tracing import TRACE_HEADERS, Tracing, otlp_traces_endpoint
+from proxy.telemetry.tracing import SHUTDOWN_TIMEOUT_S, TRACE_HEADERS, Tracing, otlp_traces_endpoint
 
 log = logging.getLogger("switchyard.telemetry")
 
@@ -72,6 +72,10 @@ class Telemetry:
         """Starts the attempt span; `traceparent` for the upstream call ([] with tracing off)."""
         return [] if self.tracing is None else self.tracing.start_attempt(record)
 
+    def attempt_failed(self, record: RequestRecord, error_kind: str, message: str | None = None) -> None:
+        if self.tracing is not None:
+            self.tracing.attempt_failed(record, error_kind, message)
+
     def end(self, record: RequestRecord) -> None:
         self.metrics.finished(record)
         if self.tracing is not None:
@@ -86,7 +90,10 @@ class Telemetry:
             self._lines.flush()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:
-            await asyncio.to_thread(tracing.shutdown)
+            try:  # bounded inside too; this is the belt to those braces
+                await asyncio.wait_for(asyncio.to_thread(tracing.shutdown), SHUTDOWN_TIMEOUT_S + 2)
+            except asyncio.TimeoutError:
+                log.warning("tracing: spans not yet exported were dropped at shutdown (collector unreachable)")
 
 
 def _shutdown_later(tracing: Tracing) -> None:

@@ -47,6 +47,10 @@ def otlp_traces_endpoint(settings: TelemetryConfig) -> str | None:
     return base.rstrip("/") + "/v1/traces" if base else None
 
 
+EXPORT_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 3.0
+
+
 class Tracing:
     def __init__(self, settings: TelemetryConfig, endpoint: str) -> None:
         service = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
@@ -54,7 +58,10 @@ class Tracing:
             resource=Resource.create({SERVICE_NAME: service}),
             sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
         )
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        # each export (with the exporter's own retries) gives up after EXPORT_TIMEOUT_S, so an
+        # unreachable collector never holds a batch, or a shutdown, for long
+        self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S))
+        self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("switchyard")
         self.endpoint = endpoint
         self.capture_content = settings.capture_content
@@ -71,9 +78,8 @@ class Tracing:
             return []
         if not record.span.is_recording():  # not sampled: no attempt span, the trace id still travels
             return _trace_headers(record.span)
-        if record.attempt_span is not None:  # a new attempt: the previous one failed
-            previous = record.attempts[-1] if record.attempts else None
-            _end_attempt(record.attempt_span, previous.kind if previous else "failed", None)
+        if record.attempt_span is not None:  # not ended when it failed (should not happen): end it now
+            self.attempt_failed(record, "failed", None)
         context = trace.set_span_in_context(record.span)
         attempt = self.tracer.start_span(f"{record.operation} {record.model}", context=context, kind=SpanKind.CLIENT)
         attempt.set_attribute("gen_ai.operation.name", record.operation)
@@ -81,6 +87,13 @@ class Tracing:
         attempt.set_attribute("gen_ai.request.model", record.model or "")
         record.attempt_span = attempt
         return _trace_headers(attempt)
+
+    def attempt_failed(self, record: RequestRecord, error_kind: str, message: str | None) -> None:
+        """End the current attempt's span where the attempt ended, not at the next one's
+        start: the backoff before a retry belongs to no attempt."""
+        attempt, record.attempt_span = record.attempt_span, None
+        if attempt is not None:
+            _end_attempt(attempt, error_kind, message)
 
     def finish(self, record: RequestRecord) -> None:
         span = record.span
@@ -126,8 +139,13 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR, record.error_message))
         span.end(end_time=end)
 
-    def shutdown(self) -> None:
-        self.provider.shutdown()  # flushes what is batched; blocking, run off the loop
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Flush what is batched, for at most `timeout_s` (blocking: run it off the loop).
+        The SDK's own shutdown waits up to 30 s for a collector that is not there."""
+        batch = getattr(self.processor, "_batch_processor", None)
+        if batch is not None and hasattr(batch, "shutdown"):
+            batch.shutdown(timeout_millis=int(timeout_s * 1000))
+        self.provider.shutdown()
 
 
 def _trace_headers(span: Any) -> list[tuple[str, str]]:

@@ -1,0 +1,194 @@
+"""The HTTP server's guard rails below the ASGI app: request heads bounded in size and
+in time, and connections that send nothing closed.
+
+uvicorn's httptools protocol has neither bound: a client may trickle one header line
+every few seconds, send a 1 MiB header, or open a connection and say nothing, and hold
+its socket (and memory) indefinitely without ever showing a key. This subclass adds:
+
+- `server.max_header_kb`: a request head (request line and headers) larger than this
+  gets 431 and the connection is closed, checked as bytes arrive, so at most one read
+  past the limit is ever buffered;
+- `server.header_timeout_s`: a head that has begun but is not complete this long after
+  its first byte gets 408 and a close;
+- a new connection that sends nothing is closed after `server.keepalive_timeout_s`, as
+  an idle keep-alive connection already is.
+
+The limits are read from the serving config when a head begins, so reloads apply. The
+refusals are JSON in the OpenAI error shape (Anthropic's on `/v1/messages`), like every
+other error of the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from proxy.errors import error_body
+
+LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a callable returning HeadLimits
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    max_bytes: int = 64 * 1024
+    timeout_s: float = 10.0
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a head that is refused."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # the bytes arriving belong to a request head
+        self._head_bytes = 0  # received since this head began (a bound on its size)
+        self._head_size = 0  # the head as parsed: request target and header lines
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str, str] | None = None
+        self._limits = HeadLimits()
+        self.logger = _QuietOnRefusal(self.logger, self)  # a refusal is not "Invalid HTTP request"
+
+    # --- connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # uvicorn arms its idle timer only after a response; a connection that never
+        # speaks would otherwise stay open for ever
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # answered and closing: what else arrives is not read
+        if self._in_head:
+            if self._head_bytes == 0:
+                self._begin_head()
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._refusal is None and self._head_bytes > self._limits.max_bytes:
+            self._refuse(431, self._too_large(), "request_header_fields_too_large")
+
+    # --- parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._limits.max_bytes:
+            self._refusal = (431, self._too_large(), "request_header_fields_too_large")
+            raise _Refused()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # what comes next on this connection is the next request's head
+        self._head_bytes = 0
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error, in JSON like every other error (its own is
+        plain text); a refusal raised from a callback lands here too."""
+        if self._refusal is None:
+            self._refusal = (400, "the request could not be parsed as HTTP/1.1 (a malformed request line, "
+                                  "or a control character in a header)", "invalid_http")
+        self._write_refusal(*self._refusal)
+
+    # --- limits
+
+    def _begin_head(self) -> None:
+        limits = self.app_state.get(LIMITS_KEY)
+        self._limits = limits() if callable(limits) else HeadLimits()
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self._limits.timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and self._head_bytes and self._refusal is None:
+            message = (f"the request head did not arrive within {self._limits.timeout_s:g} s "
+                       "(server.header_timeout_s)")
+            self._refuse(408, message, "request_timeout")
+
+    def _too_large(self) -> str:
+        return (f"the request head is larger than the {self._limits.max_bytes // 1024} KiB this server accepts "
+                "(server.max_header_kb)")
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        self._refusal = (status, message, code)
+        self._write_refusal(status, message, code)
+
+    def _write_refusal(self, status: int, message: str, code: str) -> None:
+        self._cancel_head_timer()
+        if self.transport.is_closing():
+            return
+        body = refusal_body(message, code, _path_of(self.url if hasattr(self, "url") else b""))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, _REASONS[status], len(body), body)
+        )
+        self.transport.close()
+
+
+class _QuietOnRefusal:
+    """uvicorn's logger for one connection, minus its parser-error warning when the
+    "error" was our own refusal (raised from a callback to stop the parser)."""
+
+    def __init__(self, logger: Any, protocol: GuardedHttpToolsProtocol) -> None:
+        self._logger = logger
+        self._protocol = protocol
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if self._protocol._refusal is None:
+            self._logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+def _path_of(url: bytes) -> str:
+    return url.split(b"?", 1)[0].decode("latin-1")
+
+
+def refusal_body(message: str, code: str, path: str) -> bytes:
+    """The error body for a refused head, in the shape of the API the path belongs to."""
+    if path.startswith("/v1/messages"):
+        import orjson
+
+        kind = {"request_header_fields_too_large": "request_too_large", "request_timeout": "timeout_error"}.get(
+            code, "invalid_request_error")
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+    return error_body(message, "invalid_request_error", code)
+
+
+def head_limits_of(get_server_config: Callable[[], Any]) -> Callable[[], HeadLimits]:
+    """What the lifespan puts in the state: the serving config's limits, read when a head begins."""
+
+    def limits() -> HeadLimits:
+        server = get_server_config()
+        return HeadLimits(int(server.max_header_kb * 1024), server.header_timeout_s)
+
+    return limits
