@@ -132,11 +132,30 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, url: str, connections: int, seconds: int, env: dict[str, str]) -> dict[str, float]:
+    """A wrk run with the gateway's CPU µs per request beside it: unlike req/s, that figure
+    holds when the machine is slower or busier than the last time."""
+    before = cpu_seconds(pid)
+    result = wrk(url, connections, seconds, env)
+    used = cpu_seconds(pid) - before
+    result["cpu_us"] = used / result["requests"] * 1e6 if result.get("requests") else 0.0
+    return result
+
+
 def wrk(url: str, connections: int, seconds: int, env: dict[str, str]) -> dict[str, float]:
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
            "--timeout", "10s", "-s", str(HERE / "chat.lua"), url]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=seconds + 30).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    total = re.search(r"(\d+) requests in", out)
+    result["requests"] = float(total.group(1)) if total else 0.0
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
         if m:
@@ -204,17 +223,18 @@ def run(suite: str, seconds: int, warmup: int) -> str:
                 url = url_base + "/v1/chat/completions"
                 if sc.direct:
                     wrk(url, sc.connections, warmup, sc.env)
-                    r = wrk(url, sc.connections, seconds, sc.env)
+                    r = measured(mock.pid, url, sc.connections, seconds, sc.env)
                     r["rss_mib"] = rss_kib(mock.pid) / 1024
                 else:
                     with Proxy(sc.cache, Path(tmp), sc.extra) as proxy:
-                        wrk(url, sc.connections, warmup, sc.env)
-                        r = wrk(url, sc.connections, seconds, sc.env)
                         assert proxy.proc is not None
+                        wrk(url, sc.connections, warmup, sc.env)
+                        r = measured(proxy.proc.pid, url, sc.connections, seconds, sc.env)
                         r["rss_mib"] = rss_kib(proxy.proc.pid) / 1024
                 rows.append((sc.name, r))
-                print(f"{sc.name:<40} {r['rps']:>9.0f} req/s  p50 {r.get('p50_ms', 0):.3f} ms  "
-                      f"p99 {r.get('p99_ms', 0):.3f} ms  errors {r['errors']}", flush=True)
+                print(f"{sc.name:<40} {r['rps']:>9.0f} req/s  {r['cpu_us']:>6.0f} µs CPU/req  "
+                      f"p50 {r.get('p50_ms', 0):.3f} ms  p99 {r.get('p99_ms', 0):.3f} ms  errors {r['errors']}",
+                      flush=True)
     finally:
         mock.terminate()
         mock.wait(5)
@@ -230,12 +250,12 @@ def table(suite: str, rows: list[tuple[str, dict[str, float]]], seconds: int) ->
         f"{os.cpu_count()} cores; gateway pinned to CPU {GATEWAY_CPU}, mock upstream and wrk on CPU {LOAD_CPU}; "
         f"wrk -t1, {seconds} s per figure after a warm-up.",
         "",
-        "| scenario | req/s | p50 ms | p99 ms | errors | RSS MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | req/s | CPU µs/req | p50 ms | p99 ms | errors | RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in rows:
         lines.append(
-            f"| {name} | {r['rps']:,.0f} | {r.get('p50_ms', 0):.3f} | {r.get('p99_ms', 0):.3f} | "
+            f"| {name} | {r['rps']:,.0f} | {r['cpu_us']:.0f} | {r.get('p50_ms', 0):.3f} | {r.get('p99_ms', 0):.3f} | "
             f"{int(r['errors'])} | {r.get('rss_mib', 0):.0f} |"
         )
     return "\n".join(lines) + "\n"

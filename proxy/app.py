@@ -31,7 +31,7 @@ from proxy.experiments import ExperimentState, experiments_of
 from proxy.experiments import report as experiment_stats
 from proxy.redis_guard import RedisGuards
 from proxy.resilience import Health
-from proxy.server import LIMITS_KEY, head_limits_of
+from proxy.server import LIMITS_KEY, LimitsRef
 from proxy.routing import check_model
 from proxy.validation import check_feedback, parse_json_object
 from proxy.snapshot import Snapshot, SnapshotHolder
@@ -59,6 +59,7 @@ class Runtime:
         self.health.on_change = self._circuit_changed
         self.experiments = ExperimentState()
         self.redis = RedisGuards()  # one health state per Redis server, for every user of it
+        self.head_limits = LimitsRef()  # what the HTTP protocol (proxy/server.py) enforces
         holder.listeners.append(self._install)
         holder.observers.append(self.telemetry.metrics.reload_result)
 
@@ -80,6 +81,7 @@ class Runtime:
             self.accounting.configure(snapshot)
         self.experiments.forget_missing(snapshot)
         self.health.known = snapshot.known_targets
+        self.head_limits.update(snapshot.config.server)
         self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting,
                               MappingProxyType(self.experiments.promoted))
 
@@ -313,7 +315,7 @@ def create_app(
         gc.freeze()
         try:
             # the HTTP protocol (proxy/server.py) reads the serving config's head limits here
-            yield {LIMITS_KEY: head_limits_of(lambda: runtime.active().snapshot.config.server)}
+            yield {LIMITS_KEY: runtime.head_limits}
         finally:
             async with _timed("stopping the config watcher"):
                 await watcher.stop()

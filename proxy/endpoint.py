@@ -89,7 +89,7 @@ class ProxyEndpoint:
         watch = DisconnectWatch()
         try:
             try:
-                response = await self._handle(active, headers, receive, record, out, watch)
+                response = await self._handle(active, scope, headers, receive, record, out, watch)
             except ProxyError as exc:
                 _failed(record, exc)
                 response = error_response(exc, out)
@@ -115,8 +115,8 @@ class ProxyEndpoint:
             self._telemetry.end(record)
 
     async def _handle(
-        self, active: Active, headers: dict[str, str], receive: Receive, record: RequestRecord, out: Headers,
-        watch: DisconnectWatch,
+        self, active: Active, scope: Scope, headers: dict[str, str], receive: Receive, record: RequestRecord,
+        out: Headers, watch: DisconnectWatch,
     ) -> Any:
         snapshot = active.snapshot
         record.known_targets = snapshot.known_targets
@@ -124,7 +124,7 @@ class ProxyEndpoint:
         record.team = team.name
         raw = await read_body(headers, receive, snapshot.max_body_bytes)
         body = parse_json_object(raw)
-        watch.start(receive)  # from here on, a client that leaves cancels the work
+        watch.start(receive, scope)  # from here on, a client that leaves cancels the work
         self._check(body)
         stream = body.get("stream") is True
         named = headers.get("x-switchyard-user")

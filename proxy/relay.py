@@ -19,6 +19,7 @@ import orjson
 from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, provider_message
 from proxy.providers.base import UpstreamResponse
+from proxy.server import DISCONNECT_KEY
 
 log = logging.getLogger("switchyard.relay")
 
@@ -50,6 +51,8 @@ def header_value(text: str, limit: int = 512) -> bytes:
     """Any text as a valid response header value: control characters dropped, cut to
     `limit`, non-Latin-1 characters as '?'. A value the server would refuse to send
     kills the connection and leaves the client with an empty reply."""
+    if len(text) <= limit and text.isascii() and text.isprintable():
+        return text.encode()  # nearly every value: no regex needed
     if _UNSAFE.search(text):
         text = _UNSAFE.sub("", text)
     return text[:limit].encode("latin-1", "replace")
@@ -122,6 +125,10 @@ class StreamRelay:
         self.disconnected = disconnected  # the request's own disconnect watch, when it has one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hook = _hook_of(scope)
+        if hook is not None:
+            await self._relay_in_place(hook, send)
+            return
         pump = asyncio.ensure_future(self._pump(send))
         watch = self.disconnected or asyncio.ensure_future(_wait_for_disconnect(receive))
         outcome = "client_disconnected"
@@ -134,6 +141,33 @@ class StreamRelay:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
+            await self.upstream.close()
+            self.outcome = outcome
+            self.on_done(outcome)
+
+    async def _relay_in_place(self, hook: Any, send: Send) -> None:
+        """The pump in the request's own task; a lost connection cancels it (no extra tasks)."""
+        if self.disconnected is not None:
+            self.disconnected.cancel()
+        task = asyncio.current_task()
+        lost = False
+
+        def on_lost() -> None:
+            nonlocal lost
+            lost = True
+            if task is not None:
+                task.cancel()
+
+        hook.callback = on_lost
+        outcome = "client_disconnected"
+        try:
+            outcome = await self._pump(send)
+        except asyncio.CancelledError:
+            if not lost or task is None:
+                raise
+            task.uncancel()
+        finally:
+            hook.callback = None
             await self.upstream.close()
             self.outcome = outcome
             self.on_done(outcome)
@@ -178,19 +212,33 @@ class DisconnectWatch:
     """Cancels the request's task the moment its client goes away while the answer is being
     prepared, so a non-stream request (or a stream before its first byte) stops its upstream
     attempt at once: no wait for the read timeout, no retry, no fallback, no paid generation
-    for nobody. Start it once the body has been read (until then `receive` carries the body)."""
+    for nobody. Start it once the body has been read (until then `receive` carries the body).
 
-    __slots__ = ("gone", "_task", "_watcher")
+    Served by Switchyard's own HTTP protocol, the connection says when it is lost
+    (proxy/server.py's DisconnectHook); under another server a task waits on `receive()`."""
+
+    __slots__ = ("gone", "_task", "_watcher", "_hook")
 
     def __init__(self) -> None:
         self.gone = False
         self._task: asyncio.Task[Any] | None = None
         self._watcher: asyncio.Future[None] | None = None
+        self._hook: Any = None
 
-    def start(self, receive: Receive) -> None:
+    def start(self, receive: Receive, scope: Scope) -> None:
         self._task = asyncio.current_task()
+        hook = _hook_of(scope)
+        if hook is not None:
+            self._hook = hook
+            hook.callback = self._lost
+            return
         self._watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         self._watcher.add_done_callback(self._left)
+
+    def _lost(self) -> None:
+        if self._task is not None:
+            self.gone = True
+            self._task.cancel()
 
     def _left(self, watcher: asyncio.Future[None]) -> None:
         if watcher.cancelled() or watcher.exception() is not None or self._task is None:
@@ -200,6 +248,9 @@ class DisconnectWatch:
 
     def hand_over(self) -> asyncio.Future[None] | None:
         """The watcher, for a stream relay to use as its own; it no longer cancels anything."""
+        if self._hook is not None:
+            self._hook.callback = None
+            self._hook = None
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.remove_done_callback(self._left)
@@ -218,6 +269,11 @@ class DisconnectWatch:
         if task is not None:
             task.uncancel()
         return True
+
+
+def _hook_of(scope: Scope) -> Any:
+    extensions = scope.get("extensions")
+    return extensions.get(DISCONNECT_KEY) if extensions else None
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
