@@ -29,6 +29,8 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 OTHER = "other"
+# request failures that say nothing against the provider: the client left, our own pool was full
+NOT_PROVIDER_ERRORS = frozenset({"client_disconnected", "gateway_busy"})
 NONE = "none"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -105,7 +107,7 @@ class Metrics:
         self.webhook_failures = Counter(
             "switchyard_budget_webhook_failures", "Budget alert webhooks that failed after retries.", registry=r)
         self.attempts = _Children(Counter(
-            "llm_upstream_attempts", "Upstream attempts by outcome (ok, retry, failed, status_4xx, circuit_open).",
+            "llm_upstream_attempts", "Upstream attempts by outcome (ok, retry, failed, status_4xx, circuit_open, gateway_busy).",
             ["provider", "model", "outcome"], registry=r))
         self.circuit = _Children(Gauge(
             "llm_circuit_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
@@ -139,7 +141,7 @@ class Metrics:
         ttft = record.ttft()
         if ttft is not None:
             self.ttft.get(provider, model).observe(ttft)
-        if record.error_kind is not None:
+        if record.error_kind is not None and record.error_kind not in NOT_PROVIDER_ERRORS:
             self.provider_errors.get(provider, model, record.error_kind).inc()
         input_tokens, output_tokens = tokens(record.usage)
         if input_tokens:
