@@ -2,13 +2,16 @@
 usage chunk, read without parsing every streamed event.
 
 OpenAI-compatible streams carry usage in one late chunk (`stream_options.include_usage`);
-with it on, every other chunk says `"usage":null`. The tap searches each chunk for a
-`"usage": {` object, which only that one chunk has, and parses only the events that do.
+with it on, every other chunk says `"usage":null`. The tap and the stripper cut the
+stream into whole events with `sse.EventSplitter` (the one reader of SSE framing), search
+the bytes of the events each chunk completes for a `"usage": {` object, which only that
+one chunk has, and split and parse events only when it is there.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -32,34 +35,21 @@ def _count(value: Any) -> int:
 class UsageTap:
     """Fed every chunk of a relayed stream; `usage` is the last usage object seen."""
 
-    __slots__ = ("usage", "_tail")
+    __slots__ = ("usage", "_splitter")
 
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
-        self._tail = b""  # the unfinished event at the end of the last chunk
+        self._splitter = sse.EventSplitter()
 
     def feed(self, chunk: bytes) -> None:
-        buf = self._tail + chunk if self._tail else chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            self._tail = buf
-            return
-        complete, self._tail = buf[:cut], buf[cut + 2 :]
-        if _USAGE_OBJECT.search(complete):
-            self._read(complete)
+        done = self._splitter.feed_raw(chunk)
+        if done and _USAGE_OBJECT.search(done) is not None:
+            self._read(done)
 
     def _read(self, events: bytes) -> None:
-        for start, end in _usage_events(events):
-            data = sse.event_data(events[start:end])
-            if data is None or not _USAGE_OBJECT.search(data):
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+        for start, stop, _ in _usage_events(events):
+            chunk = _usage_chunk(events[start:stop])
+            if chunk is not None:
                 self.usage = chunk["usage"]
 
 
@@ -67,60 +57,79 @@ class UsageStripper:
     """Removes usage chunks from a stream whose client did not ask for them.
 
     The proxy asks every upstream for usage (to price streams) and passes the stream on
-    without it when the client's request had no `stream_options.include_usage`. Whole
-    events pass through untouched; an event split across chunks is held until its end
-    arrives (the client could not use half an event anyway).
+    without it when the client's request had no `stream_options.include_usage`. A chunk
+    whose `usage` is an object is dropped when it has no choices (OpenAI's last chunk) and
+    re-encoded with `"usage": null` when it has; either way the event goes with its
+    separator (blank lines after it included), and a re-encoded one ends in LF LF.
+
+    Everything else passes through byte for byte, whatever its line ends. Only whole
+    events are passed on: an event split across chunks is held until its blank line
+    arrives (the client could not use half an event anyway), and one the upstream never
+    terminates is never passed on (an SSE client would discard it too).
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_splitter", "_cut")
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._splitter = sse.EventSplitter()
+        self._cut = False  # the last event passed on was replaced, and its separator may go on
 
     def __call__(self, chunk: bytes) -> bytes:
-        buf = self._tail + chunk if self._tail else chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            self._tail = buf
-            return b""
-        complete, self._tail = buf[: cut + 2], buf[cut + 2 :]
-        if not _USAGE_OBJECT.search(complete):
-            return complete
-        pieces, last = [], 0
-        for start, end in _usage_events(complete):  # only those events are rewritten
-            pieces += (complete[last:start], _without_usage(complete[start:end]))
-            last = end + 2
-        pieces.append(complete[last:])
+        done = self._splitter.feed_raw(chunk)
+        if not done:
+            return done
+        if self._cut:
+            # line ends at the start of the next bytes continue the removed event's separator
+            # (the LF of a CRLF cut after its CR, or further blank lines): they go with it
+            skip = sse.blank_prefix(done)
+            if skip == len(done):
+                return b""
+            done, self._cut = done[skip:], False
+        if _USAGE_OBJECT.search(done) is None:
+            return done
+        pieces: list[bytes] = []
+        last = 0
+        for start, stop, end in _usage_events(done):  # only those events are rewritten
+            replacement = _without_usage(done[start:stop])
+            if replacement is not None:
+                pieces += (done[last:start], replacement)
+                last = end
+        pieces.append(done[last:])
+        self._cut = last == len(done)  # the last event was replaced (dropped or nulled)
         return b"".join(pieces)
 
 
-def _usage_events(buf: bytes):  # type: ignore[no-untyped-def]
-    """(start, end) of each event in `buf` (whole events, `\n\n`-separated) that holds
-    a usage object, without splitting the others: a batch of 20 events holds one."""
+def _usage_events(events: bytes) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, end), as `sse.event_spans` gives them, of each event in `events` (whole
+    events, as `feed_raw` returns them) that holds a usage object: found around the matches,
+    without splitting the others."""
     done = 0
-    for match in _USAGE_OBJECT.finditer(buf):
-        if match.start() < done:
-            continue  # a second match inside an event already found
-        start = buf.rfind(b"\n\n", 0, match.start())
-        start = 0 if start < 0 else start + 2
-        end = buf.find(b"\n\n", match.end())
-        end = len(buf) if end < 0 else end
-        yield start, end
-        done = end
+    for match in _USAGE_OBJECT.finditer(events):
+        if match.start() >= done:  # not a second match inside an event already found
+            span = sse.event_at(events, match.start())
+            yield span
+            done = span[2]
 
 
-def _without_usage(event: bytes) -> bytes:
+def _usage_chunk(event: bytes) -> dict[str, Any] | None:
+    """The JSON chunk an event carries, when it is an object whose `usage` is one."""
     data = sse.event_data(event)
-    if data is None or not _USAGE_OBJECT.search(data):
-        return event + b"\n\n"
+    if data is None or _USAGE_OBJECT.search(data) is None:
+        return None
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return event + b"\n\n"
-    if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
-        return event + b"\n\n"
+        return None
+    if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+        return chunk
+    return None
+
+
+def _without_usage(event: bytes) -> bytes | None:
+    """What replaces an event with usage (None: keep it as it is)."""
+    chunk = _usage_chunk(event)
+    if chunk is None:
+        return None
     if not chunk.get("choices"):
         return b""  # the usage-only chunk OpenAI sends last: drop it
     chunk["usage"] = None  # usage riding on a content chunk: keep the content
