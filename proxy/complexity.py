@@ -12,21 +12,28 @@ length), so the cost is bounded whatever the client sends. The work is one token
 regex, a walk over the tokens with a memoised table lookup, and C-level `str.count`s:
 a 200-character prompt takes about 20 µs (`python loadtest/bench_complexity.py`).
 
-The vocabulary is plain data (`_VOCABULARY`, `_CODE_MARKS`); DEFAULT_WEIGHTS and the two
-cut-offs were fitted on two thirds of tests/data/complexity_prompts.jsonl and checked on
-the other third (tests/test_complexity.py holds the accuracy floors).
+The facts live in proxy/data/complexity.yaml, read once at import and checked by
+`_load_tables` (a malformed file raises ComplexityDataError naming the file and the key):
+the vocabulary and symbols counted, where each feature saturates, DEFAULT_WEIGHTS and the
+two cut-offs. The weights and cut-offs were fitted on two thirds of
+tests/data/complexity_prompts.jsonl and checked on the other third (tests/test_complexity.py
+holds the accuracy floors).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from itertools import compress
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
+
+import yaml
 
 MAX_CHARS = 4000
 CHARS_PER_TOKEN = 4  # the usual rough figure for English text with OpenAI-style tokenizers
@@ -46,372 +53,188 @@ FEATURES: tuple[str, ...] = (
     "turns",  # prior user turns in the conversation
     "system",  # length of the system prompt
 )
+# The features with a word list in the data file; `features` counts hits for each.
+_CATEGORIES = ("reasoning", "math", "constraints", "domain", "routine", "multipart", "code")
 
-LENGTH_TOKENS = 600  # estimated tokens at which `length` saturates
-TURNS_SATURATE = 10
-SYSTEM_CHARS_SATURATE = 6000
+DATA_FILE = "complexity.yaml"  # in the proxy.data package
+_TOP = "(top level)"  # how errors name the file's outermost mapping
+_SECTIONS = ("weights", "cutoffs", "saturation", "symbols", "vocabulary")
+_CUTOFFS = ("medium", "complex")
+_SYMBOLS = ("code_marks", "code_chars", "math_chars")
+# One alternative of a vocabulary slot: a word that can be a whole token (see _TOKEN), or
+# such a word ending in `*` (a stem); `#` (any number) is allowed outside the first slot.
+_ALTERNATIVE = re.compile(r"[a-z0-9][a-z0-9'-]{0,31}\*?")
 
-# Hits at which a count feature reaches 1.0 (value = min(1, hits / saturation)).
-_SATURATION: Mapping[str, float] = MappingProxyType(
-    {
-        "sentences": 12,
-        "questions": 4,
-        "code": 12,
-        "math": 8,
-        "reasoning": 4,
-        "multipart": 8,
-        "constraints": 4,
-        "domain": 6,
-        "routine": 2,
-    }
-)
-_JARGON_SHARE = 0.25  # the share of long words at which `jargon` saturates
+
+class ComplexityDataError(ValueError):
+    """The classifier's data file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """The contents of the data file, checked; mappings are read-only."""
+
+    weights: Mapping[str, float]  # every name in FEATURES, in that order
+    medium: float
+    complex: float
+    saturation: Mapping[str, float]  # every name in FEATURES, in that order
+    vocabulary: Mapping[str, tuple[str, ...]]  # every name in _CATEGORIES
+    code_marks: tuple[str, ...]
+    code_chars: str
+    math_chars: str
+
+
+class _UniqueKeys(yaml.constructor.SafeConstructor):
+    """PyYAML keeps the last of repeated keys; here a second `domain:` would silently drop
+    the first one's words, so a repeated key is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"repeated key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+class _PyLoader(_UniqueKeys, yaml.SafeLoader):
+    pass
+
+
+_Loader: type[_PyLoader | _CLoader] = _PyLoader
+if yaml.__with_libyaml__:  # libyaml's parser, when PyYAML has it, reads the file ten times faster
+
+    class _CLoader(_UniqueKeys, yaml.CSafeLoader):
+        pass
+
+    _Loader = _CLoader
+
+
+class _Check:
+    """Reads one parsed data file; every failure names the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        raise ComplexityDataError(f"{self.source}: {key}: {problem}")
+
+    def mapping(self, value: object, key: str, names: Sequence[str]) -> dict[str, object]:
+        """`value` as a mapping with exactly these keys, in this order."""
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a mapping of {', '.join(names)}; got {_kind(value)}")
+        prefix = "" if key == _TOP else f"{key}."
+        for name in value:
+            if name not in names:
+                self.fail(f"{prefix}{name}", f"unknown key; expected {', '.join(names)}")
+        missing = [name for name in names if name not in value]
+        if missing:
+            self.fail(f"{prefix}{missing[0]}", "missing")
+        return {name: value[name] for name in names}
+
+    def number(self, value: object, key: str, *, positive: bool = False) -> float:
+        # bool is an int; `yes`/`no`/`on`/`off` read as bools in YAML 1.1
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(key, f"expected a finite number; got {value!r}")
+        if positive and value <= 0:
+            self.fail(key, f"expected a number above 0; got {value!r}")
+        return value
+
+    def text(self, value: object, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"expected a non-empty string; got {value!r}")
+        return value
+
+    def strings(self, value: object, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            self.fail(key, f"expected a list of strings; got {_kind(value)}")
+        return tuple(self.text(item, f"{key}[{i}]") for i, item in enumerate(value))
+
+    def entries(self, value: object, key: str) -> tuple[str, ...]:
+        """A vocabulary list: each entry well-formed (see the data file), none repeated."""
+        specs = self.strings(value, key)
+        first: dict[str, int] = {}
+        for i, spec in enumerate(specs):
+            where = f"{key}[{i}]"
+            if first.setdefault(spec, i) != i:
+                self.fail(where, f"{spec!r} repeats entry {first[spec]}")
+            slots = spec.removeprefix("^").split()
+            if not slots:
+                self.fail(where, f"{spec!r} has no words")
+            for n, slot in enumerate(slots):
+                for alternative in slot.split("|"):
+                    if not (_ALTERNATIVE.fullmatch(alternative) or (n and alternative == "#")):
+                        self.fail(
+                            where,
+                            f"{spec!r}: {alternative!r} is not a lower-case word of letters, digits, ' and - "
+                            "(at most 32 characters), a stem ending in *, or # (a number; not in the first slot)",
+                        )
+        return specs
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
+def _load_tables(file: Traversable) -> _Tables:
+    """Read and check a data file (the shipped one is `resources.files("proxy.data") / DATA_FILE`)."""
+    check = _Check(str(file))
+    try:
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as exc:
+        check.fail("(file)", f"cannot read: {exc}")
+    except yaml.YAMLError as exc:
+        mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
+        check.fail(f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)", f"invalid YAML: {problem}")
+    top = check.mapping(raw, _TOP, _SECTIONS)
+    weights = check.mapping(top["weights"], "weights", FEATURES)
+    cutoffs = check.mapping(top["cutoffs"], "cutoffs", _CUTOFFS)
+    saturation = check.mapping(top["saturation"], "saturation", FEATURES)
+    symbols = check.mapping(top["symbols"], "symbols", _SYMBOLS)
+    vocabulary = check.mapping(top["vocabulary"], "vocabulary", _CATEGORIES)
+    medium = check.number(cutoffs["medium"], "cutoffs.medium")
+    complex_ = check.number(cutoffs["complex"], "cutoffs.complex")
+    if not 0.0 <= medium <= complex_ <= 1.0:
+        check.fail("cutoffs", f"need 0 <= medium <= complex <= 1; got medium={medium}, complex={complex_}")
+    return _Tables(
+        weights=MappingProxyType({k: check.number(v, f"weights.{k}") for k, v in weights.items()}),
+        medium=medium,
+        complex=complex_,
+        saturation=MappingProxyType(
+            {k: check.number(v, f"saturation.{k}", positive=True) for k, v in saturation.items()}
+        ),
+        vocabulary=MappingProxyType({k: check.entries(v, f"vocabulary.{k}") for k, v in vocabulary.items()}),
+        code_marks=check.strings(symbols["code_marks"], "symbols.code_marks"),
+        code_chars=check.text(symbols["code_chars"], "symbols.code_chars"),
+        math_chars=check.text(symbols["math_chars"], "symbols.math_chars"),
+    )
+
+
+_TABLES = _load_tables(resources.files("proxy.data").joinpath(DATA_FILE))
+
+DEFAULT_WEIGHTS: Mapping[str, float] = _TABLES.weights
+# Where each feature reaches 1.0; for the counted ones value = min(1, hits / saturation).
+_SATURATION: Mapping[str, float] = _TABLES.saturation
+LENGTH_TOKENS = _SATURATION["length"]  # estimated tokens at which `length` saturates
+TURNS_SATURATE = _SATURATION["turns"]
+SYSTEM_CHARS_SATURATE = _SATURATION["system"]
+_JARGON_SHARE = _SATURATION["jargon"]  # the share of long words at which `jargon` saturates
 _LONG_WORD_LEN = 9
 _LOG_LENGTH_TOKENS = math.log1p(LENGTH_TOKENS)
 _CODE_NOT_MATH = 4  # from this many code hits on, `=` and `^` are code, not math
 
-# Fitted on the training two thirds of the labelled set (see the module docstring);
-# `turns` and `system` are set by judgement: the labelled prompts are single turns.
-DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
-    {
-        "length": 0.50,
-        "sentences": 0.10,
-        "questions": 0.00,
-        "code": 0.00,
-        "math": 0.60,
-        "reasoning": 0.50,
-        "multipart": 0.30,
-        "constraints": 0.05,
-        "domain": 0.75,
-        "jargon": 0.20,
-        "routine": -0.25,
-        "turns": 0.10,
-        "system": 0.10,
-    }
-)
-
-# Vocabulary per feature, matched on lower-case tokens (runs of letters, digits, `'`, `-`).
-# An entry is space-separated slots, matched against consecutive tokens; a slot lists
-# alternatives with `|`; `stem*` matches by prefix; `#` matches a number; a leading `^`
-# matches only as the first token of the prompt. Every entry that matches counts once.
-_VOCABULARY: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "reasoning": (
-            "prove|proves|proving|proof|proofs|disprove",
-            "show that",
-            "derive|derives|deriving|derivation",
-            "justify|justification",
-            "step-by-step",
-            "step by step",
-            "analysis|analyses|analyse|analysed|analysing|analyz*",  # not analys*: analyst
-            "compare|comparing|comparison",
-            "evaluat*",
-            "design",
-            "architect*",
-            "trade-off|trade-offs|tradeoff|tradeoffs",
-            "trade off|offs",
-            "why",
-            "optimiz*|optimise|optimised|optimising|optimisation",
-            "diagnos*",
-            "reason|reasoning about|through",
-            "think through",
-            "walk through",
-            "walk me through",
-            "hypothesis|hypotheses",
-            "root cause",
-            "implication|implications",
-            "guarantee|guarantees",
-            "propose|proposal",
-            "generaliz*|generalis*",
-            "rigor*|rigour*",
-            "estimate",
-            "assumption|assumptions",
-            "failure mode|modes",
-            "edge case|cases",
-            "pros and cons",
-            "strategy|strategies",
-        ),
-        "math": (
-            "theorem|theorems|lemma|lemmas|corollary",
-            "integral|integrals",
-            "derivative|derivatives",
-            "differentiable",
-            "continuous",
-            "eigen*",
-            "matrix|matrices",
-            "polynomial*",
-            "prime|primes",
-            "modulo|mod",
-            "congruen*",
-            "converg*",
-            "diverg*",
-            "series",
-            "probabilit*",
-            "expected value|number",
-            "variance",
-            "inequalit*",
-            "induction",
-            "recurrence",
-            "closed-form",
-            "closed form",
-            "countabl*|uncountabl*",
-            "abelian",
-            "isomorph*",
-            "bijection*",
-            "asymptotic*",
-            "logarithm*",
-            "equation|equations",
-            "solution|solutions",
-            "real number|numbers",
-            "integer|integers",
-            "lagrange",
-            "minimiz*|minimis*|maximiz*|maximis*",
-            "graph|graphs",
-            "combinator*",
-            "topolog*",
-            "functor|functors|monad|monads",
-            "category theory",
-            "sin|cos|tan|ln|exp",
-        ),
-        "constraints": (
-            "must|mustn't",
-            "at least|most",
-            "no more than",
-            "without",
-            "exactly",
-            "only",
-            "ensure",
-            "require|required",
-            "constraint|constraints",
-            "under|within #",
-            "json|yaml|csv",
-            "table",
-            "schema",
-            "format",
-            "never",
-            "zero-downtime",
-            "zero downtime",
-            "can't|cannot tolerate",
-        ),
-        "domain": (
-            "distributed",
-            "consensus",
-            "consisten*",
-            "latency",
-            "throughput",
-            "concurren*",
-            "deadlock|deadlocks",
-            "race condition|conditions",
-            "lock-free",
-            "lock free",
-            "atomic*",
-            "memory ordering",
-            "mutex*",
-            "thread-safe",
-            "thread safe",
-            "shard*",
-            "replica*",
-            "partition*",
-            "idempoten*",
-            "exactly-once",
-            "exactly once",
-            "rebalanc*",
-            "failover",
-            "invalidation",
-            "multi-tenant",
-            "migration",
-            "rollback",
-            "outbox",
-            "event sourcing",
-            "crdt|crdts",
-            "raft|paxos",
-            "kafka",
-            "kubernetes",
-            "compil*",
-            "parser|parsing",
-            "ssa",
-            "type system|inference|checking",
-            "allocator",
-            "garbage collect*",
-            "memory leak",
-            "profile|profiler|profiling",
-            "p99",
-            "jvm",
-            "asyncio",
-            "encrypt*",
-            "cryptograph*",
-            "vulnerabilit*",
-            "reentrancy",
-            "oauth",
-            "pkce",
-            "sandbox*",
-            "key rotation",
-            "gradient*",
-            "regression",
-            "overfitting",
-            "attention",
-            "transformer|transformers",
-            "mixed precision",
-            "stochastic",
-            "bayesian",
-            "statistical*",
-            "experiment",
-            "seasonality",
-            "forecast*",
-            "anomal*",
-            "undecidab*",
-            "diagonaliz*|diagonalis*",
-            "complexity",
-            "algorithm|algorithms",
-            "liabilit*",
-            "indemnif*",
-            "jurisdiction",
-            "law",
-            "clause",
-            "pharmaco*",
-            "dosage|therapy",
-            "interaction",
-            "revenue",
-            "cash flow",
-            "balance sheet",
-            "hedg*",
-            "ltv|cac|churn",
-            "storage engine",
-            "amplification",
-            "compaction",
-            "b-tree|b-trees|lsm",
-            # broad specialist terms, so that the list is not just this data set's topics
-            "scalab*",
-            "load-balanc*",
-            "load balanc*",
-            "quorum",
-            "leader election",
-            "byzantine",
-            "two-phase commit",
-            "transaction|transactions",
-            "isolation level|levels",
-            "serializab*|linearizab*",
-            "liveness",
-            "invariant|invariants",
-            "specification",
-            "model checking",
-            "formal verification",
-            "lock|locks|locking",
-            "semaphore|semaphores",
-            "scheduler",
-            "kernel",
-            "syscall|syscalls",
-            "cache coherence",
-            "false sharing",
-            "numa",
-            "simd|vectoriz*|vectoris*",
-            "gpu|gpus|cuda",
-            "connection pool*",
-            "backpressure",
-            "circuit breaker|breakers",
-            "observability",
-            "backpropagation",
-            "loss function",
-            "embedding|embeddings",
-            "fine-tun*",
-            "hyperparameter*",
-            "reinforcement learning",
-            "causal*|confound*",
-            "p-value|p-values",
-            "a b test*",
-            "monte carlo",
-            "markov",
-            "time series",
-            "threat model*",
-            "side-channel",
-            "zero-knowledge",
-            "injection",
-            "privilege escalation",
-            "authorization|authorisation",
-            "statute|statutes|precedent|tort",
-            "regulat*|compliance|gdpr|hipaa",
-            "clinical|contraindicat*|pathophysiolog*",
-            "mechanism",
-            "amortiz*|amortis*",
-            "valuation|arbitrage",
-            "discounted cash flow",
-            "volatility",
-            "unit economics",
-            "np-hard|np-complete",
-            "dynamic programming",
-            "heuristic|heuristics",
-            "approximat*",
-            "randomized|randomised",
-            "quantum",
-        ),
-        "routine": (
-            "^hi|hello|hey",  # a greeting opens the prompt; `hi` elsewhere is often a variable
-            "thanks",
-            "thank you",
-            "good morning|afternoon|evening",
-            "what's|whats capital|meaning|plural|difference|shortcut|keyword|weather|command",
-            "what's|whats the|a|an capital|meaning|plural|difference|shortcut|keyword|weather|command",
-            "what is|are|does the|a|an capital|meaning|plural|difference|shortcut|keyword|weather|command",
-            "what year|time",
-            "who wrote|painted|invented|is|was",
-            "when did|was|is",
-            "how many",
-            "how do i|you say|make|exit|center|reverse|check",
-            "translate",
-            "synonym|synonyms",
-            "spell",
-            "define|definition",
-            "typo|typos",
-            "grammar",
-            "rephrase|reword",
-            "rewrite this",
-            "shorter",
-            "polite",
-            "uppercase|lowercase",
-            "bullet|bulleted list",
-            "title|name for",
-            "haiku|poem|joke|recipe",
-            "alphabetical*",
-            "convert this|#",
-            "summarize|summarise in one sentence",
-            "tl dr",
-            "tldr",
-            "keep it short",
-        ),
-        "multipart": (
-            "then",
-            "also",
-            "finally",
-            "first|firstly",
-            "second|secondly",
-            "each",
-            "both",
-            "as well as",
-            "covering|cover",
-            "including",
-            "discuss",
-            "explain",
-            "describe",
-            "identify",
-            "implement",
-            "write",
-            "show",
-            "give",
-            "flag",
-            "consider|considering",
-        ),
-        "code": (
-            "def|elif|lambda|const|nullptr|null|async|await|self|printf|println|func|impl|struct",
-            "namespace|std|isinstance|typeof|stdout|stderr|traceback|kwargs|args|bool|dict",
-            "return|import",
-        ),
-    }
-)
-
+# Vocabulary per feature; the entry syntax is described in the data file.
+_VOCABULARY: Mapping[str, tuple[str, ...]] = _TABLES.vocabulary
 # Case-sensitive code signals counted with str.count (braces and `;` come from _CODE_CHARS).
-_CODE_MARKS = ("()", "::", "->", "=>", "==", "!=", "&&", "||", "Error", "Exception", "SELECT ")
-_CODE_CHARS = re.compile(r"[{};`]")
-_MATH_CHARS = re.compile(r"[=^√∑∫∞≤≥≠≈πθλ∀∃∈⊂∪∩×÷]")
+_CODE_MARKS: tuple[str, ...] = _TABLES.code_marks
+_CODE_CHARS = re.compile(f"[{re.escape(_TABLES.code_chars)}]")
+_MATH_CHARS = re.compile(f"[{re.escape(_TABLES.math_chars)}]")
 # Tokens are capped at 32 characters (a longer run splits), which no vocabulary word
 # reaches, so the per-token memo stays small whatever a client sends.
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9'-]{0,31}")
@@ -490,8 +313,8 @@ class ComplexitySettings:
     """
 
     weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_WEIGHTS)
-    medium: float = 0.30
-    complex: float = 0.60
+    medium: float = _TABLES.medium
+    complex: float = _TABLES.complex
     _vector: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -572,7 +395,7 @@ def classify(text: str, settings: ComplexitySettings = DEFAULT, *, turns: int = 
     return Verdict(level, score, MappingProxyType(values), MappingProxyType(contributions))
 
 
-def prompt_text(body: dict[str, Any]) -> tuple[str, int, int]:
+def prompt_text(body: object) -> tuple[str, int, int]:
     """(last user message text, prior user turns, system prompt chars) of a chat body.
 
     Never raises, whatever the client sent: a non-dict body, missing or malformed

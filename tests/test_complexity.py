@@ -14,21 +14,28 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import complexity
 from proxy.complexity import (
+    _TABLES,  # the shipped data file, as loaded at import
+    DATA_FILE,
     DEFAULT,
     DEFAULT_WEIGHTS,
     FEATURES,
     MAX_CHARS,
+    ComplexityDataError,
     ComplexitySettings,
     Verdict,
     _entries,  # the per-token memo, to check its bound
+    _load_tables,  # the loader that reads the shipped data file at import
     classify,
     classify_body,
     features,
@@ -234,6 +241,7 @@ SCRIPT = (
 )
 
 
+@pytest.mark.integration
 def test_deterministic_within_and_across_processes() -> None:
     prompts = [prompt for prompt, _ in load_labelled()[:40]]
     first = [classify(p) for p in prompts]
@@ -412,3 +420,95 @@ def test_accuracy_on_the_labelled_set() -> None:
     # never two levels off: a simple prompt sent to the strong model or the reverse
     assert matrices["all"][("simple", "complex")] == 0, report
     assert matrices["all"][("complex", "simple")] == 0, report
+
+
+# ---------------------------------------------------------------- the data file
+
+SHIPPED = resources.files("proxy.data").joinpath(DATA_FILE)
+
+
+@pytest.fixture(params=["libyaml", "python"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each YAML parser the loader may use: libyaml's when PyYAML has it, else PyYAML's own."""
+    if request.param == "python":
+        monkeypatch.setattr(complexity, "_Loader", complexity._PyLoader)
+    elif not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml")
+    return str(request.param)
+
+
+def test_the_shipped_data_file_is_what_the_classifier_uses(loader: str) -> None:
+    assert SHIPPED.is_file()
+    again = _load_tables(SHIPPED)
+    assert again == _TABLES
+    assert again.weights == DEFAULT_WEIGHTS and tuple(again.weights) == FEATURES == tuple(again.saturation)
+    assert (DEFAULT.medium, DEFAULT.complex) == (again.medium, again.complex)
+    with pytest.raises(TypeError):
+        _TABLES.vocabulary["domain"] = ()  # type: ignore[index]
+
+
+# (text to replace in the shipped file, its replacement, the key the error names, words of the problem)
+MALFORMED = [
+    ("  math: 0.60\n", "  math: high\n", "weights.math", "finite number"),
+    ("  math: 0.60\n", "  math: .nan\n", "weights.math", "finite number"),
+    ("  system: 0.10\n", "", "weights.system", "missing"),
+    ("  length: 0.50\n", "  length: 0.50\n  colour: 1.0\n", "weights.colour", "unknown key"),
+    ("  code: 12\n", "  code: 0\n", "saturation.code", "above 0"),
+    ("  routine: 2\n", "  routine: yes\n", "saturation.routine", "finite number"),
+    ("  medium: 0.30\n", "  medium: 0.70\n", "cutoffs", "medium <= complex"),
+    ('  code_chars: "{};`"', '  code_chars: ""', "symbols.code_chars", "non-empty string"),
+    ('"Error", ', "7, ", "symbols.code_marks[8]", "non-empty string"),
+    ("    - prove|proves", "    - Prove|proves", "vocabulary.reasoning[0]", "'Prove' is not a lower-case word"),
+    ("    - show that\n", "    - show  |that\n", "vocabulary.reasoning[1]", "'' is not a lower-case word"),
+    ("    - show that\n", "    - '# that'\n", "vocabulary.reasoning[1]", "not in the first slot"),
+    ("    - show that\n", "    - ^\n", "vocabulary.reasoning[1]", "no words"),
+    ("    - show that\n", "    - no\n", "vocabulary.reasoning[1]", "got False"),
+    ("    - show that\n", "    - prove|proves|proving|proof|proofs|disprove\n", "vocabulary.reasoning[1]", "repeats"),
+    ("  code:  #", "  kode:  #", "vocabulary.kode", "unknown key"),
+    ("  multipart:  #", "  domain:  #", "line ", "invalid YAML: repeated key 'domain'"),
+    ("weights:\n", "weights: [\n", "line ", "',' or ']'"),  # libyaml says "did not find expected", PyYAML "expected"
+    ("vocabulary:\n", "vocabulary: {}\nwords:\n", "words", "unknown key"),
+    ("cutoffs:\n  medium: 0.30\n  complex: 0.60\n", "", "cutoffs", "missing"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "key", "problem"), MALFORMED, ids=[f"{c[2]} {c[3]}" for c in MALFORMED])
+def test_a_malformed_data_file_names_the_file_and_the_key(
+    tmp_path: Path, loader: str, old: str, new: str, key: str, problem: str
+) -> None:
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert old in text, "the case no longer matches the shipped file"
+    path = tmp_path / DATA_FILE
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ComplexityDataError) as info:
+        _load_tables(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}"), message  # a YAML error names the line instead
+    assert problem in message, message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("", "(top level): expected a mapping"), ("- a list\n", "got a list"), (b"\xff", "cannot read")],
+)
+def test_a_data_file_that_is_not_a_mapping_is_refused(
+    tmp_path: Path, loader: str, text: str | bytes, problem: str
+) -> None:
+    path = tmp_path / DATA_FILE
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ComplexityDataError) as info:
+        _load_tables(path)
+    assert str(info.value).startswith(f"{path}: ") and problem in str(info.value), info.value
+    with pytest.raises(ComplexityDataError, match="cannot read"):
+        _load_tables(tmp_path / "absent.yaml")
+
+
+def test_a_repeated_key_names_its_line(tmp_path: Path, loader: str) -> None:
+    text = SHIPPED.read_text(encoding="utf-8")
+    line = text[: text.index("  multipart:  #")].count("\n") + 1
+    path = tmp_path / DATA_FILE
+    path.write_text(text.replace("  multipart:  #", "  domain:  #", 1), encoding="utf-8")
+    with pytest.raises(ComplexityDataError) as info:
+        _load_tables(path)
+    assert str(info.value) == f"{path}: line {line}, column 3: invalid YAML: repeated key 'domain'"

@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from support import REPO, free_port
+from support import REPO, chat_body, eventually, free_port
+
+pytestmark = pytest.mark.integration  # pip builds and installs the wheel; the installed proxy serves
 
 KEY = "sk-packaging-test"
 
@@ -31,7 +32,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_carries_the_price_list_and_the_license(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "proxy/data/pricing.yaml" in names
+    for data in ("pricing.yaml", "complexity.yaml", "ratelimit_take.lua", "ratelimit_charge.lua", "budget_reserve.lua",
+                 "budget_settle.lua"):
+        assert f"proxy/data/{data}" in names, data
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
@@ -66,10 +69,11 @@ routes: [{{name: fast, match: {{model: fast}}, to: mock/gpt-4o-mini}}]
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while not _healthy(base):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.05)
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            return _healthy(base)
+
+        eventually(up, timeout=20, interval=0.05, what=lambda: (tmp_path / "server.log").read_text())
         yield base
     finally:
         proc.terminate()
@@ -86,6 +90,6 @@ def _healthy(base: str) -> bool:
 
 def test_an_installed_switchyard_prices_requests_outside_the_source_tree(served: str):
     r = httpx.post(served + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                   json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+                   json=chat_body())
     assert r.status_code == 200
     assert float(r.headers["x-switchyard-cost-usd"]) > 0  # gpt-4o-mini's list price, from the wheel
