@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check clean redis tools bench bench-suites bench-anchors
+.PHONY: install run test test-fast check lint clean redis tools bench bench-suites bench-anchors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ redis: install tools
 	       && sleep 1 && echo "started redis-server on 127.0.0.1:6379"; } \
 	  || echo "no Redis answers and redis-server is not installed: Redis tests will fail"
 
-test: install tools redis
-	$(BIN)/python -m pytest -q
+test: check tools redis
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the fast loop: no subprocesses, Redis, Prometheus or PostgreSQL (`make test` runs everything)
+test-fast: check
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 # Load tests (need wrk: apt-get install wrk); tables and charts go to stdout and loadtest/results/.
 # `make bench` puts Switchyard, the bare mock and (after `make bench-anchors`) LiteLLM and
@@ -47,8 +51,13 @@ bench-suites: install redis
 bench-anchors:
 	bash loadtest/install_anchors.sh
 
-check: install
-	$(BIN)/switchyard check proxy.yaml
+# the linters and the type checker (configured in pyproject.toml), then the shipped config
+lint: install
+	$(BIN)/ruff check proxy tests loadtest
+	$(BIN)/mypy
+
+check: lint
+	$(BIN)/switchyard check proxy.yaml > /dev/null
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -243,7 +243,7 @@ def run(suite: str, seconds: int, warmup: int) -> str:
 
 
 def table(suite: str, rows: list[tuple[str, dict[str, float]]], seconds: int) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"### {suite} suite, {now}",
         "",
@@ -272,7 +272,7 @@ def main() -> None:
     report = run(args.suite, args.seconds, args.warmup)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    path = out_dir / f"{args.suite}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.md"
+    path = out_dir / f"{args.suite}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
     path.write_text(report)
     print("\n" + report + f"\nwritten to {path.relative_to(ROOT)}")
 

@@ -122,7 +122,7 @@ class Running:
         self.gateway = gateway
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "Running":
+    def __enter__(self) -> Running:
         if not self.gateway.command:
             return self  # direct: the mock is already up
         port = urlsplit(self.gateway.ready).port
@@ -255,8 +255,8 @@ def main() -> None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     scenarios = set(args.scenarios.split(","))
     mocks = [
-        subprocess.Popen(["taskset", "-c", LOAD_CPU, sys.executable, str(HERE / "mock_upstream.py"), "--port", str(port),
-                          *extra], stdout=subprocess.DEVNULL)
+        subprocess.Popen(["taskset", "-c", LOAD_CPU, sys.executable, str(HERE / "mock_upstream.py"),
+                          "--port", str(port), *extra], stdout=subprocess.DEVNULL)
         for port, extra in ((MOCK_PORT, []), (SLOW_PORT, ["--chunk-interval-ms", "50"]))
     ]
     results: dict[str, dict[str, float]] = {}
@@ -290,7 +290,7 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     direct = results.get("direct", {})
     rows = [
         ("non-stream req/s, c50", "rps_c50", "{:,.0f}"),
@@ -358,7 +358,7 @@ def chart(results: dict[str, dict[str, float]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("non-stream req/s, c50", "rps_c50"), ("streams/s, c20", "streams_c20"),
               ("latency ms: p50 c1 / p99 c50", None)]
-    for ax, (title, key) in zip(axes, panels):
+    for ax, (title, key) in zip(axes, panels, strict=True):
         if key:
             ax.bar(names, [results[n].get(key, 0) for n in names], color="#4477aa")
             ax.set_yscale("log")

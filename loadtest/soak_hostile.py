@@ -28,6 +28,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import GATEWAY_CPU, HERE, LOAD_CPU, MOCK_PORT, ROOT, rss_kib, wait_http, wait_port, wrk  # noqa: E402
 
@@ -49,8 +51,8 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def chat_request(model: str, body_extra: str = "") -> bytes:
-    body = ('{"model":"%s","messages":[{"role":"user","content":"hi"}]%s}' % (model, body_extra)).encode()
+def chat_request(model: str, body_extra: dict[str, object] | None = None) -> bytes:
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **(body_extra or {})})
     return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-bench\r\n"
             b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
 
@@ -150,7 +152,8 @@ def run(minutes: float, sample_s: float) -> str:
                 t.start()
             while load.is_alive():
                 samples.append((time.monotonic() - started, rss_kib(proxy.pid), open_fds(proxy.pid)))
-                print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1] / 1024:6.1f} MiB  fds {samples[-1][2]}", flush=True)
+                at, rss, fds = samples[-1]
+                print(f"{at:6.0f} s  RSS {rss / 1024:6.1f} MiB  fds {fds}", flush=True)
                 load.join(sample_s)
             stop.set()
             for t in hostile:
@@ -167,7 +170,7 @@ def run(minutes: float, sample_s: float) -> str:
 
 def report(minutes: float, samples: list[tuple[float, int, int]], normal: dict[str, float],
            counts: Counter[str]) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     settled = samples[min(2, len(samples) - 1)]  # after the first minute: pools and caches have filled
     lines = [
         f"### hostile soak, {minutes:g} min, {now}",
@@ -195,7 +198,7 @@ def main() -> None:
     text = run(args.minutes, args.sample_s)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    path = out / f"soak-hostile-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.md"
+    path = out / f"soak-hostile-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
     path.write_text(text)
     print("\n" + text + f"\nwritten to {path.relative_to(ROOT)}")
 

@@ -6,7 +6,7 @@ the hash of what the client sent reveals nothing through timing about any stored
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from proxy.errors import AdminForbidden, InvalidApiKey
 from proxy.snapshot import Snapshot, Team

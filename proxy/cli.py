@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import secrets
 import signal
 import sys
 import tempfile
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from proxy import __version__
-from proxy.config import ConfigError
+from proxy.config import ConfigError, stored_key_hash
 from proxy.errors import ProxyError
 from proxy.redis_guard import redacted_url
 from proxy.routing import RouteRequest, Step, decide
@@ -137,7 +139,7 @@ def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         workers=args.workers,
         loop="uvloop",
         http=GuardedHttpToolsProtocol,  # uvicorn's httptools protocol, with bounded request heads
-        timeout_keep_alive=server.keepalive_timeout_s,
+        timeout_keep_alive=math.ceil(server.keepalive_timeout_s),  # uvicorn takes whole seconds
         access_log=False,  # ours is richer: telemetry/access_log.py
         log_config=None,
         log_level=os.environ["SWITCHYARD_LOG_LEVEL"],
@@ -253,10 +255,10 @@ def _describe_action(route: Route) -> str:
     return action
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _route(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
@@ -265,9 +267,9 @@ def _route(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         known = ", ".join(snapshot.teams) or "none"
         print(f"name a team with --team (known: {known})", file=sys.stderr)
         return 2
-    now = datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else datetime.now(timezone.utc)
+    now = datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else datetime.now(UTC)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     rand = args.rand if args.rand is not None else secrets.randbelow(10**6) / 10**6
     level = _explain_prompt(snapshot, args.prompt) if args.prompt is not None else None
     request = RouteRequest(args.model, team, args.user, args.stream, now, rand, complexity=level)
@@ -329,8 +331,7 @@ def _keys_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
 
 def _fingerprint(stored: str) -> str:
     """What identifies a key without revealing it: the start of its SHA-256."""
-    digest = stored[7:].lower() if stored.startswith("sha256:") else hash_key(stored)
-    return f"sha256:{digest[:12]}"
+    return f"sha256:{stored_key_hash(stored)[:12]}"
 
 
 def _experiments_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
@@ -367,7 +368,7 @@ def _usage(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
               f"(is ledger.path in {path} the one the server uses?)", file=sys.stderr)
         return 1
     zone = ZoneInfo(snapshot.config.accounting.timezone)
-    periods = periods_at(datetime.now(timezone.utc).timestamp(), zone)
+    periods = periods_at(datetime.now(UTC).timestamp(), zone)
     try:
         since = reports.parse_time(args.since, periods.month_start, zone)
         until = reports.parse_time(args.until, periods.now + 1, zone)
@@ -440,17 +441,17 @@ def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot)
                      f"{_ci(v['feedback'], 2)} ({v['feedback']['n']})", "yes" if v["min_samples_reached"] else "no"))
     _table(rows)
     print()
-    rows = [("vs " + result["control"], "cost p (d)", "latency p (d)", "errors p (diff)", "feedback p (r)")]
+    tests = [("vs " + str(result["control"]), "cost p (d)", "latency p (d)", "errors p (diff)", "feedback p (r)")]
     for c in result["comparisons"]:
-        rows.append((c["variant"], _p(c["cost"]), _p(c["latency"]), _p(c["errors"]), _p(c["feedback"])))
-    _table(rows)
+        tests.append((str(c["variant"]), _p(c["cost"]), _p(c["latency"]), _p(c["errors"]), _p(c["feedback"])))
+    _table(tests)
     verdict = result["verdict"]
     print()
     print(f"=> {verdict['winner'] + ' wins' if verdict['winner'] else 'no winner yet'}: {verdict['reason']}")
     return 0
 
 
-def _ci(stat: dict, digits: int) -> str:
+def _ci(stat: dict[str, Any], digits: int) -> str:
     if stat.get("mean") is None:
         return "-"
     if stat.get("ci_low") is None:
@@ -458,11 +459,11 @@ def _ci(stat: dict, digits: int) -> str:
     return f"{stat['mean']:.{digits}f} ({stat['ci_low']:.{digits}f}..{stat['ci_high']:.{digits}f})"
 
 
-def _rate(stat: dict) -> str:
+def _rate(stat: dict[str, Any]) -> str:
     return "-" if stat.get("rate") is None else f"{stat['rate']:.3f}"
 
 
-def _p(test: dict) -> str:
+def _p(test: dict[str, Any]) -> str:
     if test.get("p_value") is None:
         return "-"
     effect = test.get("effect_size")

@@ -22,14 +22,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from proxy.forwarding import refused_reason
 
@@ -460,7 +461,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             if first is not key_node:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark
+                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                    key_node.start_mark,
                 )
         return super().construct_mapping(node, deep)
 
@@ -591,13 +593,26 @@ def _is_union_tag(part: str) -> bool:
     )
 
 
-def _reason(error: dict[str, Any]) -> str:
+def _reason(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key"
     if error["type"] == "missing":
         return "required"
     msg = str(error["msg"])
     return msg.removeprefix("Value error, ")
+
+
+# ---------------------------------------------------------------- keys
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 (hex) by which a presented key is looked up."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def stored_key_hash(key: str) -> str:
+    """The hash a key written in the config is indexed by: `sha256:<hex>` as written, a plain key hashed."""
+    return key[7:].lower() if key.startswith("sha256:") else hash_key(key)
 
 
 # ---------------------------------------------------------------- cross checks
@@ -641,9 +656,9 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
         for path, target in targets:
             problems.extend(_check_target(path, target, providers))
             problems.extend(_check_placeholders(path, target, route.match.model))
-        for team in route.match.teams or []:
-            if team not in config.teams:
-                problems.append((f"{where}.match.teams", f"unknown team {team!r}"))
+        for team_name in route.match.teams or []:
+            if team_name not in config.teams:
+                problems.append((f"{where}.match.teams", f"unknown team {team_name!r}"))
     key_owner: dict[str, str] = {}
     for team_name, team in config.teams.items():
         for k, key in enumerate(team.keys):
@@ -651,7 +666,7 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
             if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
                 problems.append((path, "a sha256: key needs 64 hex digits"))
             # compare what the key index stores, so a plain key and its sha256: form collide
-            normal = key[7:].lower() if key.startswith("sha256:") else hashlib.sha256(key.encode()).hexdigest()
+            normal = stored_key_hash(key)
             owner = key_owner.get(normal)
             if owner is not None and owner != team_name:
                 problems.append((path, f"key also belongs to team {owner!r}"))

@@ -11,28 +11,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from types import MappingProxyType
 import os
 import random
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
 
 import orjson
 
-from proxy.accounting.service import Accounting
 from proxy.accounting.pricing import warn_unpriced
+from proxy.accounting.service import Accounting
 from proxy.auth import authenticate
 from proxy.cache import BYPASS, Entry, ResponseCache, request_policy
 from proxy.cache.streams import StreamCapture, choices_identical, replay_events
 from proxy.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, ProxyError, UnsupportedMediaType, shown
 from proxy.forwarding import forwarded
-from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse, spawn
+from proxy.pipeline.record import RequestRecord
+from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.relay import (
     BytesResponse,
-    header_value,
     DisconnectWatch,
     Headers,
     Receive,
@@ -40,6 +41,7 @@ from proxy.relay import (
     Send,
     StreamRelay,
     error_response,
+    header_value,
     iterate,
     upstream_failure,
     upstream_headers,
@@ -47,7 +49,8 @@ from proxy.relay import (
 from proxy.resilience import Attempt, Health, attempt_upstream
 from proxy.routing import RouteRequest, Target, classify_level, decide
 from proxy.snapshot import Snapshot
-from proxy.telemetry import TRACE_HEADERS, RequestRecord, Telemetry
+from proxy.tasks import spawn
+from proxy.telemetry import TRACE_HEADERS, Telemetry
 from proxy.usage import UsageStripper, UsageTap
 from proxy.validation import check_chat, check_embeddings, check_name, parse_json_object
 
@@ -141,7 +144,7 @@ class ProxyEndpoint:
                 team=team,
                 user=user if isinstance(user, str) and user else None,
                 stream=stream,
-                now=datetime.now(timezone.utc),
+                now=datetime.now(UTC),
                 rand=random.random(),
                 complexity=classify_level(snapshot, body) if snapshot.uses_complexity else None,
                 promoted=active.promoted,
@@ -169,7 +172,8 @@ class ProxyEndpoint:
         cache = active.cache
         if cache is not None:
             route = snapshot.routes[decision.route_index]
-            policy = request_policy(cache.settings, route.cache_ttl_s, route.cache_enabled, headers.get("cache-control"))
+            policy = request_policy(cache.settings, route.cache_ttl_s, route.cache_enabled,
+                                    headers.get("cache-control"))
         key = ""
         if cache is not None and policy.used:
             key = cache.key(team=team.name, target=target_name, endpoint=self.endpoint, body=body)

@@ -6,7 +6,8 @@
     ├── AdminForbidden               403     admin_forbidden
     ├── ModelNotAllowed              403     model_not_allowed
     ├── ModelNotFound                404     model_not_found
-    ├── NotFound                     404     not_found
+    ├── NotFound                     404     not_found (an unknown path too)
+    ├── MethodNotAllowed             405     method_not_allowed
     ├── PayloadTooLarge              413     request_too_large
     ├── UnsupportedMediaType         415     unsupported_media_type
     ├── RateLimited                  429     rate_limit_exceeded
@@ -17,14 +18,18 @@
     │   └── UpstreamAuthError        502     upstream_auth_error (the provider refused our key)
     ├── NoHealthyUpstream            503     no_healthy_upstream
     ├── GatewayBusy                  503     gateway_busy (our own connection pool is full)
-    └── UpstreamTimeout              504     upstream_timeout
+    ├── UpstreamTimeout              504     upstream_timeout
+    └── InternalError                500     internal_error (a bug: logged, never detailed)
 
-Every error a client can see is one of these; `app.py` maps them to HTTP in one place.
+Every error a client can see is one of these, rendered by the functions at the end of
+this module: `error_body` (a JSON answer), `error_event` (the last event of a broken stream).
 Messages never carry keys, stack traces or file system paths, and client strings
 echoed in them are cut short (`shown`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import orjson
 
@@ -88,6 +93,12 @@ class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class PayloadTooLarge(ProxyError):
@@ -184,6 +195,20 @@ def shown(text: str) -> str:
     """A client's string as an error message may quote it: cut short, control characters escaped."""
     cut = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
     return repr(cut)
+
+
+class InternalError(ProxyError):
+    status = 500
+    type = "api_error"
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error in the proxy; it has been logged")
+
+
+def error_event(exc: ProxyError) -> dict[str, Any]:
+    """What a stream that broke after it started ends with: the error object the SDKs raise."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:

@@ -21,8 +21,9 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from proxy.accounting.ledger import LedgerReader
 from proxy.snapshot import Experiment, Snapshot
@@ -60,7 +61,8 @@ def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> dict[str,
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"n": n, "count": successes, "rate": p, "ci_low": max(0.0, centre - half), "ci_high": min(1.0, centre + half)}
+    return {"n": n, "count": successes, "rate": p, "ci_low": max(0.0, centre - half),
+            "ci_high": min(1.0, centre + half)}
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
@@ -201,9 +203,11 @@ def _samples_for(objective: str, s: Samples) -> int:
 
 def _objective_mean(objective: str, variant: dict[str, Any]) -> float | None:
     if objective == "errors":
-        return variant["error_rate"]["rate"]
+        rate: float | None = variant["error_rate"]["rate"]
+        return rate
     key = {"cost": "cost_usd", "latency": "latency_ms", "feedback": "feedback"}[objective]
-    return variant[key]["mean"]
+    mean: float | None = variant[key]["mean"]
+    return mean
 
 
 def verdict(experiment: Experiment, variants: list[dict[str, Any]], comparisons: list[dict[str, Any]],
@@ -226,9 +230,16 @@ def verdict(experiment: Experiment, variants: list[dict[str, Any]], comparisons:
     # the best of the control and the variants that differ from it significantly
     candidates = [control] + [c["variant"] for c in significant]
     pick = min if lower else max
-    winner = pick(candidates, key=lambda n: means[n] if means[n] is not None else (math.inf if lower else -math.inf))
+    missing = math.inf if lower else -math.inf  # a variant without samples is never the best
+
+    def mean_of(name: str) -> float:
+        value = means[name]
+        return missing if value is None else value
+
+    winner = pick(candidates, key=mean_of)
     if winner == control:
-        reason = f"{control} is significantly better on {objective} than " + ", ".join(c["variant"] for c in significant)
+        reason = (f"{control} is significantly better on {objective} than "
+                  + ", ".join(c["variant"] for c in significant))
     else:
         p = next(c[objective]["p_value"] for c in significant if c["variant"] == winner)
         reason = f"{winner} is significantly {'lower' if lower else 'higher'} on {objective} than {control} (p={p:.3g})"

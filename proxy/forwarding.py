@@ -11,7 +11,7 @@ and `x-title`, say); credentials and hop-by-hop headers can never be added.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 FORWARDED = frozenset({
     "accept",

@@ -12,21 +12,22 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
-
-import orjson
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
 
 from proxy import sse
-from proxy.errors import ProxyError, UpstreamError, provider_message
+from proxy.errors import ProxyError, UpstreamError, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
 from proxy.server import DISCONNECT_KEY
 
 log = logging.getLogger("switchyard.relay")
 
 Headers = list[tuple[bytes, bytes]]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# ASGI, as the servers and frameworks type it
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 # upstream response headers worth passing on; the rest describe the provider's account
 # or connection (its own rate limits, cookies, framing) and stay here
@@ -129,11 +130,11 @@ class StreamRelay:
         if hook is not None:
             await self._relay_in_place(hook, send)
             return
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = self.disconnected or asyncio.ensure_future(_wait_for_disconnect(receive))
+        pump: asyncio.Future[str] = asyncio.ensure_future(self._pump(send))
+        watch: asyncio.Future[None] = self.disconnected or asyncio.ensure_future(_wait_for_disconnect(receive))
         outcome = "client_disconnected"
         try:
-            done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
             if pump in done:
                 outcome = pump.result()
         finally:
@@ -191,7 +192,7 @@ class StreamRelay:
         except ProxyError as exc:
             log.warning("stream broken: %s", exc.message)
             self.error = exc
-            await send({"type": "http.response.body", "body": sse.encode(_error_event(exc)), "more_body": True})
+            await send({"type": "http.response.body", "body": sse.encode(error_event(exc)), "more_body": True})
             outcome = "upstream_failed"
         except OSError:  # the client went away while we were writing
             return "client_disconnected"
@@ -202,10 +203,6 @@ class StreamRelay:
 async def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
-
-
-def _error_event(exc: ProxyError) -> dict[str, Any]:
-    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
 class DisconnectWatch:

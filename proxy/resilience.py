@@ -20,8 +20,9 @@ import asyncio
 import random
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any
 
 from proxy.config import CircuitConfig, ResilienceConfig
 from proxy.errors import (
@@ -73,7 +74,8 @@ class Health:
         if b is not None:
             return b
         if target in self.known:
-            b = self._targets[target] = self._unknown.pop(target, None) or Breaker()
+            b = self._unknown.pop(target, None) or Breaker()
+            self._targets[target] = b
             return b
         b = self._unknown.get(target)
         if b is None:
@@ -167,7 +169,7 @@ class Health:
             b.state = state
             self.on_change(target, state)
 
-    def report(self, circuit: CircuitConfig) -> list[dict]:
+    def report(self, circuit: CircuitConfig) -> list[dict[str, Any]]:
         out = []
         breakers = {**self._unknown, **self._targets}
         for target in sorted(breakers):
@@ -275,7 +277,7 @@ async def attempt_upstream(
             try:
                 async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
                     response = await send(target)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 health.failed(name, circuit)
                 attempts.append(Attempt(target, "failed", "timeout", clock() - started))
                 raise UpstreamTimeout("the request's deadline (resilience.timeout_s) passed") from None

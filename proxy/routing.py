@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any
 
 from proxy.errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NoHealthyUpstream, shown
 from proxy.snapshot import Experiment, Route, Snapshot, Team
-
 
 _NO_PROMOTIONS: Mapping[str, str] = MappingProxyType({})
 
@@ -154,7 +154,17 @@ def _note(trace: list[Step] | None, route: str, outcome: str, reason: str) -> No
 
 
 def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None) -> tuple[str, ...] | None:
-    """The wildcard captures if every condition holds, else None."""
+    """The wildcard captures if every condition holds, else None (and, when tracing, why not)."""
+    outcome = _check(route, model, req)
+    if isinstance(outcome, tuple):
+        return outcome
+    if trace is not None:  # the reason is only worded for someone who reads it
+        _note(trace, route.name, "skipped", _why_not(outcome, route, model, req))
+    return None
+
+
+def _check(route: Route, model: str, req: RouteRequest) -> tuple[str, ...] | str:
+    """The wildcard captures when every condition holds, else the name of the first that fails."""
     m = route.match
     groups: tuple[str, ...] = ()
     if m.models is not None:
@@ -164,38 +174,51 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
                 groups = found
                 break
         else:
-            return _fail(trace, route, f"model {shown(model)} does not match {', '.join(g.pattern for g in m.models)}")
+            return "model"
     if m.teams is not None and req.team.name not in m.teams:
-        return _fail(trace, route, f"team {req.team.name!r} not in teams")
+        return "teams"
     if m.users is not None and req.user not in m.users:
-        return _fail(trace, route, f"user {_shown(req.user)} not in users")
+        return "users"
     if m.exclude_users is not None and req.user in m.exclude_users:
-        return _fail(trace, route, f"user {_shown(req.user)} is excluded")
+        return "exclude_users"
     if m.stream is not None and req.stream != m.stream:
-        return _fail(trace, route, f"stream is {str(req.stream).lower()}, rule wants {str(m.stream).lower()}")
+        return "stream"
     if m.after is not None and req.now < m.after:
-        return _fail(trace, route, f"before the rule's start {m.after.isoformat()}")
+        return "after"
     if m.before is not None and req.now >= m.before:
-        return _fail(trace, route, f"after the rule's end {m.before.isoformat()}")
+        return "before"
     if m.complexity is not None and req.complexity not in m.complexity:
-        return _fail(trace, route, f"prompt is {req.complexity or 'unclassified'}, rule wants "
-                                   f"{', '.join(sorted(m.complexity))}")
-    if m.percent is not None:
-        subject = req.user or req.team.name
-        bucket = percent_bucket(route.name, subject)
-        if bucket >= m.percent:
-            who = f"user {shown(req.user)}" if req.user else f"team {req.team.name!r} (no user)"
-            return _fail(trace, route, f"{who} is in bucket {bucket:.2f}, outside the first {m.percent:g}%")
+        return "complexity"
+    if m.percent is not None and percent_bucket(route.name, req.user or req.team.name) >= m.percent:
+        return "percent"
     return groups
+
+
+def _why_not(condition: str, route: Route, model: str, req: RouteRequest) -> str:
+    m = route.match
+    if condition == "model":
+        return f"model {shown(model)} does not match {', '.join(g.pattern for g in m.models or ())}"
+    if condition == "teams":
+        return f"team {req.team.name!r} not in teams"
+    if condition == "users":
+        return f"user {_shown(req.user)} not in users"
+    if condition == "exclude_users":
+        return f"user {_shown(req.user)} is excluded"
+    if condition == "stream":
+        return f"stream is {str(req.stream).lower()}, rule wants {str(m.stream).lower()}"
+    if condition == "after" and m.after is not None:
+        return f"before the rule's start {m.after.isoformat()}"
+    if condition == "before" and m.before is not None:
+        return f"after the rule's end {m.before.isoformat()}"
+    if condition == "complexity":
+        return f"prompt is {req.complexity or 'unclassified'}, rule wants {', '.join(sorted(m.complexity or ()))}"
+    who = f"user {shown(req.user)}" if req.user else f"team {req.team.name!r} (no user)"
+    bucket = percent_bucket(route.name, req.user or req.team.name)
+    return f"{who} is in bucket {bucket:.2f}, outside the first {m.percent:g}%"
 
 
 def _shown(user: str | None) -> str:
     return "-" if user is None else shown(user)
-
-
-def _fail(trace: list[Step] | None, route: Route, reason: str) -> None:
-    _note(trace, route.name, "skipped", reason)
-    return None
 
 
 def percent_bucket(route_name: str, subject: str) -> float:
@@ -204,7 +227,7 @@ def percent_bucket(route_name: str, subject: str) -> float:
     return int.from_bytes(digest, "big") * 100.0 / 2**64
 
 
-def classify_level(snapshot: Snapshot, body: dict) -> str:
+def classify_level(snapshot: Snapshot, body: dict[str, Any]) -> str:
     """The prompt's complexity level under the snapshot's classifier settings."""
     from proxy.complexity import classify_body
 

@@ -22,8 +22,9 @@ other error of the gateway.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -72,7 +73,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._limits = HeadLimits()
         self._hook: DisconnectHook | None = None  # the current request's
-        self.logger = _QuietOnRefusal(self.logger, self)  # a refusal is not "Invalid HTTP request"
+        # a refusal is not "Invalid HTTP request"; the duck-typed logger stands in for uvicorn's
+        self.logger = _QuietOnRefusal(self.logger, self)  # type: ignore[assignment]
 
     # --- connection
 
@@ -117,7 +119,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refusal = (431, self._too_large(), "request_header_fields_too_large")
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
         self._hook = DisconnectHook()
-        self.scope["extensions"] = {DISCONNECT_KEY: self._hook}  # the scope the cycle is about to get
+        # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours is an object)
+        self.scope["extensions"] = {DISCONNECT_KEY: self._hook}  # type: ignore[dict-item]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from proxy.accounting.pricing import Price, PriceTable, load_prices, pricing_source
-from proxy.forwarding import FORWARDED, allowed_names
 from proxy.config import (
     Config,
     ConfigError,
@@ -24,9 +24,12 @@ from proxy.config import (
     ProviderConfig,
     RouteCacheConfig,
     RouteConfig,
+    hash_key,
     load_file,
     load_text,
+    stored_key_hash,
 )
+from proxy.forwarding import FORWARDED, allowed_names
 
 # ---------------------------------------------------------------- globs
 
@@ -211,16 +214,6 @@ class Snapshot:
         return sorted(patterns)
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _stored_key_hash(key: str) -> str:
-    if key.startswith("sha256:"):
-        return key[7:].lower()
-    return hash_key(key)
-
-
 # ---------------------------------------------------------------- compile
 
 
@@ -234,8 +227,8 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         )
         for name, t in config.teams.items()
     }
-    key_index = {_stored_key_hash(k): name for name, t in config.teams.items() for k in t.keys}
-    admin = frozenset(_stored_key_hash(k) for k in config.server.admin_keys)
+    key_index = {stored_key_hash(k): name for name, t in config.teams.items() for k in t.keys}
+    admin = frozenset(stored_key_hash(k) for k in config.server.admin_keys)
     routes = tuple(_compile_route(i, r, config.resilience.balance) for i, r in enumerate(config.routes))
     providers = {
         name: _provider_spec(name, p)
@@ -282,10 +275,13 @@ def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Rou
         stream=m.stream,
         complexity=None if m.complexity is None else frozenset(m.complexity),
     )
-    to, split = r.to, None if r.split is None else tuple(r.split.items())
-    if isinstance(to, list):  # equivalent targets: an even split, balanced like one
-        to, split = None, tuple((t, 1.0) for t in to) if len(to) > 1 else None
-        to = r.to[0] if split is None else None  # type: ignore[index]
+    to: str | None
+    split = None if r.split is None else tuple(r.split.items())
+    if isinstance(r.to, list):  # equivalent targets: one is an alias, several an even split balanced like one
+        to = r.to[0] if len(r.to) == 1 else None
+        split = None if len(r.to) == 1 else tuple((t, 1.0) for t in r.to)
+    else:
+        to = r.to
     enabled = r.cache is not False
     ttl = r.cache.ttl_s if isinstance(r.cache, RouteCacheConfig) else None
     experiment = None
@@ -356,7 +352,8 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
     )
 
 
-def snapshot_from_text(text: str, *, source: str = "<text>", generation: int = 1, env: dict[str, str] | None = None) -> Snapshot:
+def snapshot_from_text(text: str, *, source: str = "<text>", generation: int = 1,
+                       env: dict[str, str] | None = None) -> Snapshot:
     loaded = load_text(text, env)
     return compile_snapshot(loaded, source=source, digest=_digest(text.encode()), generation=generation)
 
@@ -418,8 +415,8 @@ class SnapshotHolder:
         self._env = env
         self._current: Snapshot | None = None
         self.last_failure: ReloadFailure | None = None
-        self.listeners: list = []  # called with each snapshot swapped in
-        self.observers: list = []  # called with each load's result: ok, unchanged or error
+        self.listeners: list[Callable[[Snapshot], None]] = []  # called with each snapshot swapped in
+        self.observers: list[Callable[[str], None]] = []  # called with each load's result: ok, unchanged or error
         self.reloads = {"ok": 0, "error": 0, "unchanged": 0}
 
     @property

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from proxy.accounting.budgets import Alert
-from proxy.providers.base import spawn
+from proxy.tasks import spawn
 from proxy.telemetry.logs import money
 
 log = logging.getLogger("switchyard.budget")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from proxy.accounting.spend import DAY, MONTH, Periods, SpendCounters
 from proxy.config import BudgetConfig

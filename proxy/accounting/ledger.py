@@ -14,8 +14,9 @@ import asyncio
 import logging
 import os
 import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -172,7 +173,7 @@ class LedgerWriter:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
                 log.error("ledger: %d rows could not be written before shutdown", len(self._pending))
         if self._db is not None:
@@ -201,7 +202,7 @@ class LedgerWriter:
             if not self._closing:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s + backoff)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self._wake.clear()
             ok = await self._flush()

@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass
 
 from proxy.config import LimitsConfig
+from proxy.data import text as data_text
 from proxy.errors import RateLimited
 from proxy.redis_guard import RedisGuard
+from proxy.tasks import spawn
 
 log = logging.getLogger("switchyard.limits")
 
@@ -112,45 +114,9 @@ class LocalLimiter:
             del self._tat[key]
 
 
-# KEYS: the TAT keys. ARGV: per key (interval_s, cost). Server time, so replicas agree.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local window = 60.0
-local out, news = {}, {}
-local ok = 1
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local cost = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key) or '0')
-  local start = math.max(tat, now)
-  local new = start + interval * cost
-  local allowed = 1
-  local wait = 0
-  if cost > 0 and new - window > now then allowed = 0; wait = new - window - now end
-  if cost == 0 and start - now > window then allowed = 0; wait = start - window - now end
-  if allowed == 0 then ok = 0 end
-  news[i] = new
-  local remaining = math.max(math.floor((window - (new - now)) / interval), 0)
-  if allowed == 0 then remaining = 0; new = start end
-  out[i] = {allowed, remaining, tostring(new - now), tostring(wait)}
-end
-if ok == 1 then
-  for i, key in ipairs(KEYS) do
-    redis.call('SET', key, tostring(news[i]), 'PX', math.ceil((news[i] - now + 1) * 1000))
-  end
-end
-return out
-"""
+_TAKE = data_text("ratelimit_take.lua")  # every Lua script says what its KEYS and ARGV hold
 
-_CHARGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-local new = math.max(tat, now) + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now + 1) * 1000))
-return 1
-"""
+_CHARGE = data_text("ratelimit_charge.lua")
 
 
 class RateLimiter:
@@ -179,7 +145,7 @@ class RateLimiter:
             return []
         outcomes = await self._outcomes(checks)
         headers = _headers(checks, outcomes)
-        for check, outcome in zip(checks, outcomes):
+        for check, outcome in zip(checks, outcomes, strict=True):
             if not outcome.allowed:
                 retry = max(1, math.ceil(outcome.retry_after_s))
                 who = f"team {team!r}" if check.scope == "team" else f"user {user!r} of team {team!r}"
@@ -202,8 +168,6 @@ class RateLimiter:
             if check.kind == "tokens":
                 self.local.charge(check.key, check.limit, tokens, now)
                 if self._redis is not None and self._redis_usable():
-                    from proxy.providers.base import spawn
-
                     spawn(self._charge_redis(check, tokens))
 
     async def aclose(self) -> None:
@@ -252,7 +216,7 @@ def _headers(checks: list[Check], outcomes: list[Outcome]) -> list[tuple[bytes, 
     """OpenAI-style headers, from the tightest team or user limit of each kind."""
     out: list[tuple[bytes, bytes]] = []
     for kind in ("requests", "tokens"):
-        pairs = [(c, o) for c, o in zip(checks, outcomes) if c.kind == kind]
+        pairs = [(c, o) for c, o in zip(checks, outcomes, strict=True) if c.kind == kind]
         if not pairs:
             continue
         check, outcome = min(pairs, key=lambda p: p[1].remaining)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -90,7 +90,8 @@ def _row(r: Any) -> dict[str, Any]:
 
 async def daily_spend(reader: LedgerReader, team: str | None, since: float, until: float) -> dict[int, float]:
     """Spend per 24 h bucket counted from `since` (bucket 0 is the first day)."""
-    where, params = "ts >= ? AND ts < ? AND cost_usd IS NOT NULL", [since, since, until]
+    where = "ts >= ? AND ts < ? AND cost_usd IS NOT NULL"
+    params: list[Any] = [since, since, until]
     if team is not None:
         where += " AND team = ?"
         params.append(team)
@@ -155,4 +156,4 @@ def projection(spent_month: float, daily: dict[int, float], periods: Periods,
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

@@ -20,17 +20,16 @@ import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from proxy.accounting import reports
 from proxy.accounting.alerts import AlertDispatcher
 from proxy.accounting.budgets import Alert, Budgets
 from proxy.accounting.ledger import LedgerReader, LedgerWriter
 from proxy.accounting.limits import RateLimiter
 from proxy.accounting.spend import DAY, MONTH, Periods, RedisSpendCounters, SpendCounters, periods_at
 from proxy.config import BudgetConfig
-from proxy.providers.base import spawn
+from proxy.pipeline.record import RequestRecord
 from proxy.redis_guard import RedisGuards
 from proxy.snapshot import Snapshot
-from proxy.telemetry.record import RequestRecord
+from proxy.tasks import spawn
 from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.accounting")
@@ -115,7 +114,7 @@ class Accounting:
             self.counters.watch_all(self.snapshot.teams, periods)
         else:
             for (team, key), usd in values.items():
-                self.counters.set(team, key, usd)
+                self.counters.assign(team, key, usd)
         for row in raised:
             self._claimed.add((row["team"], row["period"], row["period_key"], row["threshold"]))
 
@@ -129,7 +128,7 @@ class Accounting:
         for closing in (self.counters.close(), self.limiter.aclose(), self.alerts.aclose()):
             try:
                 await asyncio.wait_for(closing, 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("accounting: a Redis client did not close within 5 s; leaving it")
 
     def configure(self, snapshot: Snapshot) -> None:
@@ -163,7 +162,8 @@ class Accounting:
 
     # --- the request path
 
-    async def admit(self, record: RequestRecord, snapshot: Snapshot, estimate: float = 0.0) -> list[tuple[bytes, bytes]]:
+    async def admit(self, record: RequestRecord, snapshot: Snapshot,
+                    estimate: float = 0.0) -> list[tuple[bytes, bytes]]:
         """Rate limits, then budget; the rate-limit headers for the response. `estimate`:
         what the request may cost, held against a shared budget until it ends."""
         team = snapshot.config.teams.get(record.team or "")
@@ -225,103 +225,6 @@ class Accounting:
         if team.limits is not None and record.usage is not None:
             self.limiter.charge(record.team, record.user, team.limits, sum(tokens(record.usage)))
 
-    # --- feedback
-
-    async def request_of_team(self, request_id: str, team: str) -> bool:
-        """Whether the ledger has this request for this team (queued rows are written first)."""
-        if self.reader is None or self.writer is None:
-            return False
-        await self.ready()
-        await self.writer.flush()
-        rows = await self.reader.query("SELECT 1 FROM requests WHERE id = ? AND team = ? LIMIT 1", (request_id, team))
-        return bool(rows)
-
-    def record_feedback(self, request_id: str, team: str, score: float, comment: str | None) -> None:
-        assert self.writer is not None
-        self.writer.append_feedback((request_id, team, time.time(), score, comment))
-
-    # --- reports
-
-    async def team_usage(self, team: str) -> dict[str, Any]:
-        """What `GET /v1/usage` shows a team about itself."""
-        await self.ready()
-        config = self.snapshot.config.teams.get(team)
-        budget = config.budget if config else None
-        limits = config.limits if config else None
-        periods = self.periods()
-        today = self.counters.spent(team, periods.day)
-        month = self.counters.spent(team, periods.month)
-        totals: dict[str, Any] = {}
-        daily: dict[int, float] = {}
-        since = periods.month_start
-        if self.reader is not None and self.writer is not None:
-            await self.writer.flush()
-            rows = await reports.usage(self.reader, since=periods.month_start, until=periods.now + 1, team=team,
-                                       group_by="team", zone=self.zone())
-            totals = rows[0] if rows else {}
-            since = await reports.observed_since(self.reader, periods.month_start, periods.now)
-            daily = await reports.daily_spend(self.reader, team, since, periods.now + 1)
-        monthly = budget.monthly_usd if budget else None
-        return {
-            "object": "usage",
-            "team": team,
-            "day": periods.day,
-            "month": periods.month,
-            "spend": {"today_usd": round(today, 10), "month_usd": round(month, 10)},
-            "requests": {"month": totals.get("requests", 0), "errors": totals.get("errors", 0),
-                         "cache_hits": totals.get("cache_hits", 0)},
-            "tokens": {"input": totals.get("input_tokens", 0), "output": totals.get("output_tokens", 0)},
-            "budget": None if budget is None else {
-                "daily_usd": budget.daily_usd,
-                "monthly_usd": budget.monthly_usd,
-                "remaining_today_usd": None if budget.daily_usd is None else round(budget.daily_usd - today, 10),
-                "remaining_month_usd": None if monthly is None else round(monthly - month, 10),
-                "alerts": budget.alerts,
-                "exceeded": _spent(self.budgets.remaining(team, budget, periods)),
-            },
-            "limits": None if limits is None else limits.model_dump(exclude_none=True),
-            "projection": reports.projection(month, daily, periods, monthly, since),
-            "savings": {
-                "cache_usd": totals.get("cache_savings_usd", 0.0),
-                "routing_usd": totals.get("routing_savings_usd", 0.0),
-                "baseline_model": self.snapshot.config.accounting.baseline_model,
-            },
-        }
-
-    async def usage_report(self, *, since: str | None, until: str | None, team: str | None,
-                           group_by: str) -> dict[str, Any]:
-        await self.ready()
-        periods = self.periods()
-        zone = self.zone()
-        start = reports.parse_time(since, periods.month_start, zone)
-        end = reports.parse_time(until, periods.now + 1, zone)
-        rows: list[dict[str, Any]] = []
-        if self.reader is not None and self.writer is not None:
-            await self.writer.flush()
-            rows = await reports.usage(self.reader, since=start, until=end, team=team, group_by=group_by, zone=zone)
-        return {"object": "usage_report", "since": reports.iso(start), "until": reports.iso(end),
-                "group_by": group_by, "team": team, "data": rows}
-
-    async def costs(self) -> dict[str, Any]:
-        """`GET /admin/costs`: per-team spend, budgets and projections, 30 days of history, alerts."""
-        await self.ready()
-        periods = self.periods()
-        teams = []
-        for name, config in self.snapshot.config.teams.items():
-            usage = await self.team_usage(name)
-            teams.append({"team": name, "spend": usage["spend"], "budget": usage["budget"],
-                          "projection": usage["projection"], "savings": usage["savings"]})
-        history: list[dict[str, Any]] = []
-        alerts: list[dict[str, Any]] = []
-        if self.reader is not None:
-            history = (await self.usage_report(since=str(periods.now - 30 * 86400), until=None, team=None,
-                                               group_by="day"))["data"]
-            for row in await self.reader.alerts_since(periods.month_start):
-                if row["period_key"] in (periods.day, periods.month):
-                    alerts.append({k: row[k] for k in row.keys()})
-        return {"object": "costs", "day": periods.day, "month": periods.month, "teams": teams,
-                "history": history, "active_alerts": alerts}
-
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.snapshot.config.accounting.timezone)
 
@@ -342,10 +245,6 @@ class Accounting:
     def _ledger_error(self, kind: str) -> None:
         if self._metrics is not None:
             self._metrics.ledger_error(kind)
-
-
-def _spent(remaining: float | None) -> bool:
-    return remaining is not None and remaining <= 0
 
 
 def ledger_row(record: RequestRecord) -> tuple[Any, ...]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from proxy.data import text as data_text
 from proxy.redis_guard import DOWN, RedisGuard
 
 log = logging.getLogger("switchyard.spend")
@@ -75,17 +77,12 @@ class SpendCounters:
         for key in keys:
             counters[key] = counters.get(key, 0.0) + usd
 
-    def set(self, team: str, key: str, usd: float) -> None:
+    def assign(self, team: str, key: str, usd: float) -> None:
         self._spent.setdefault(team, {})[key] = usd
 
     def note(self, team: str, keys: Iterable[str], usd: float) -> None:
         """Add to this process's view only: the shared total already has it (a settled reservation)."""
         SpendCounters.add(self, team, keys, usd)
-
-    def forget_except(self, keep: set[str]) -> None:
-        for counters in self._spent.values():
-            for key in [k for k in counters if k not in keep]:
-                del counters[key]
 
     async def start(self) -> None:
         return None
@@ -109,68 +106,9 @@ class Reservation:
     held_usd: float
 
 
-# KEYS: per budgeted period, its spend counter and its hash of reservations (request id ->
-# "usd:expires"), then the team's estimate key. ARGV: per period its budget; then the
-# request's estimate, its id, the reservation's time to live, and 1 when this replica has
-# seen a request of the team finish. Redis's clock, so replicas agree.
-# A request is admitted while the budget is not spent and either nothing else is in flight
-# or everything in flight plus this request's estimate still fits: near the edge the
-# requests of every replica go one at a time, so together they overshoot by at most one
-# (as long as estimates hold: the larger of the request's own, from its size and output
-# cap at list price, and the most a request of the team cost in the last hour; until one
-# has finished, requests go one at a time).
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local n = (#KEYS - 1) / 2
-local seen = redis.call('GET', KEYS[#KEYS]) or (ARGV[n + 4] == '1' and '0')
-local est = math.max(tonumber(ARGV[n + 1]), tonumber(seen or '0'))
-local id, ttl = ARGV[n + 2], tonumber(ARGV[n + 3])
-for i = 1, n do
-  local spent = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local held, live = 0, 0
-  local entries = redis.call('HGETALL', KEYS[2 * i])
-  for j = 1, #entries, 2 do
-    local usd, expires = string.match(entries[j + 1], '([^:]+):([^:]+)')
-    if tonumber(expires) < now then
-      redis.call('HDEL', KEYS[2 * i], entries[j])
-    else
-      held = held + tonumber(usd); live = live + 1
-    end
-  end
-  local budget = tonumber(ARGV[i])
-  if spent >= budget then return {0, 'spent', i, tostring(spent), tostring(held)} end
-  -- no request of this team has finished lately: its cost is anyone's guess, so one at a time
-  if live > 0 and (not seen or spent + held + est > budget) then
-    return {0, 'edge', i, tostring(spent), tostring(held)}
-  end
-end
-for i = 1, n do
-  redis.call('HSET', KEYS[2 * i], id, tostring(est) .. ':' .. tostring(now + ttl))
-  redis.call('EXPIRE', KEYS[2 * i], math.ceil(ttl) * 2)
-end
-return {1, 'ok', 0, '0', '0'}
-"""
+_RESERVE = data_text("budget_reserve.lua")  # every Lua script says what its KEYS and ARGV hold
 
-# KEYS: per period its counter and reservations, then the estimate key. ARGV: the cost, the
-# request id, each counter's TTL. The reservation becomes the real cost; the team's estimate
-# (the most a recent request cost) is raised to it.
-_SETTLE = """
-local n = (#KEYS - 1) / 2
-local cost = tonumber(ARGV[1])
-for i = 1, n do
-  redis.call('HDEL', KEYS[2 * i], ARGV[2])
-  if cost > 0 then
-    redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[1])
-    redis.call('EXPIRE', KEYS[2 * i - 1], tonumber(ARGV[2 + i]))
-  end
-end
-local seen = redis.call('GET', KEYS[#KEYS])
-if not seen or cost > tonumber(seen) then
-  redis.call('SET', KEYS[#KEYS], ARGV[1], 'EX', 3600)
-end
-return 1
-"""
+_SETTLE = data_text("budget_settle.lua")
 
 
 class RedisSpendCounters(SpendCounters):
@@ -220,7 +158,7 @@ class RedisSpendCounters(SpendCounters):
         reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         period = budgets[int(index) - 1][0] if int(index) else None
         if period is not None:
-            self.set(team, period, float(spent))  # what refused it is what this process should see
+            self.assign(team, period, float(spent))  # what refused it is what this process should see
         return Reservation(bool(admitted), reason, period, float(spent), float(held))
 
     async def settle(self, team: str, keys: tuple[str, ...], usd: float, request_id: str) -> None:
@@ -276,7 +214,7 @@ class RedisSpendCounters(SpendCounters):
         except Exception as exc:  # noqa: BLE001 - Redis down: the local view starts from the ledger
             log.warning("spend counters: cannot seed Redis (%s); counting locally", exc)
             for (team, key), usd in values.items():
-                self.set(team, key, usd)
+                self.assign(team, key, usd)
 
     async def start(self) -> None:
         await self.sync()
@@ -323,10 +261,10 @@ class RedisSpendCounters(SpendCounters):
             return False
         self.guard.ok()
         totals = results[2 * len(unsent):]
-        for (team, key), raw in zip(known, totals):
+        for (team, key), raw in zip(known, totals, strict=True):
             if raw is not None:
                 # additions made while this sync was in flight are not in Redis yet
-                self.set(team, key, float(raw) + self._unsent.get((team, key), 0.0))
+                self.assign(team, key, float(raw) + self._unsent.get((team, key), 0.0))
         return True
 
 
@@ -335,4 +273,4 @@ def _ttl(key: str) -> int:
 
 
 def now_utc() -> float:
-    return datetime.now(timezone.utc).timestamp()
+    return datetime.now(UTC).timestamp()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -78,7 +79,8 @@ class CachePolicy:
 BYPASS = CachePolicy(False, False, None, 0)
 
 
-def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: bool, cache_control: str | None) -> CachePolicy:
+def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: bool,
+                   cache_control: str | None) -> CachePolicy:
     """Combine the config, the route's override and the client's Cache-Control header."""
     if settings.backend == "off" or not route_enabled:
         return BYPASS

@@ -14,7 +14,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -138,11 +138,11 @@ class RedisBackend(Backend):
             return await self.fallback.get(key)
         try:
             value = await asyncio.wait_for(self.client.get(key), self._timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
             return await self.fallback.get(key)
         self._ok()
-        return value
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         if not self.available:
@@ -150,7 +150,7 @@ class RedisBackend(Backend):
             return
         try:
             await asyncio.wait_for(self.client.set(key, value, ex=ttl_s), self._timeout * 5)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
             await self.fallback.set(key, value, ttl_s)
             return

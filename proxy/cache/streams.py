@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from proxy import sse
+from proxy.dialects import chat
 
 
 class StreamAssembler:
@@ -89,21 +90,15 @@ class StreamAssembler:
 
 def replay_events(completion: dict[str, Any], *, include_usage: bool) -> list[bytes]:
     """A stored `chat.completion` as the SSE events a live stream of it would have sent."""
-    base = {
-        "id": completion.get("id", "chatcmpl-cached"),
-        "object": "chat.completion.chunk",
-        "created": completion.get("created", 0),
-        "model": completion.get("model", ""),
-    }
-    if completion.get("system_fingerprint"):
-        base["system_fingerprint"] = completion["system_fingerprint"]
+    meta = chat.chunk_meta(completion.get("id", "chatcmpl-cached"), completion.get("created", 0),
+                           completion.get("model", ""), completion.get("system_fingerprint"))
     events: list[bytes] = []
     for choice in completion.get("choices") or ():
         index = choice.get("index", 0)
         message = choice.get("message") or {}
 
         def chunk(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
-            return sse.encode({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+            return sse.encode(chat.chunk(meta, delta, index=index, finish_reason=finish))
 
         # as a live stream: `content: ""` opens a text answer, `null` a tool-call-only one
         opening = "" if message.get("content") is not None or not message.get("tool_calls") else None
@@ -116,7 +111,7 @@ def replay_events(completion: dict[str, Any], *, include_usage: bool) -> list[by
             events.append(chunk({"tool_calls": [{"index": position, **call}]}))
         events.append(chunk({}, choice.get("finish_reason") or "stop"))
     if include_usage and completion.get("usage") is not None:
-        events.append(sse.encode({**base, "choices": [], "usage": completion["usage"]}))
+        events.append(sse.encode(chat.usage_chunk(meta, completion["usage"])))
     events.append(sse.DONE)
     return events
 

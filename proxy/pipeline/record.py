@@ -16,7 +16,8 @@ class RequestRecord:
         "route", "provider", "model", "known_model", "stream", "status", "cache", "error_kind",
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
-        "prompt", "completion", "budget_held", "reservation", "baseline_usd", "experiment", "variant", "attempts", "known_targets",
+        "prompt", "completion", "budget_held", "reservation", "baseline_usd", "experiment", "variant", "attempts",
+        "known_targets",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:

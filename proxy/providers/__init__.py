@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Callable, Mapping
 
-from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse, spawn
+from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.mock import MockAdapter
 from proxy.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 from proxy.snapshot import ProviderSpec, Snapshot
+from proxy.tasks import spawn
 
 AdapterFactory = Callable[[ProviderSpec], Adapter]
 

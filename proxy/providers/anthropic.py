@@ -17,14 +17,16 @@ bodies become OpenAI-shaped ones (529 overloaded → 503).
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
 from proxy import sse
+from proxy.dialects import chat
 from proxy.errors import InvalidRequest, InvalidResponse, UpstreamError
 from proxy.providers.base import UpstreamRequest, UpstreamResponse
-from proxy.providers.openai import credentials_refused, OpenAIAdapter, closer
+from proxy.providers.openai import OpenAIAdapter, closer, credentials_refused
 from proxy.snapshot import ProviderSpec
 
 API_VERSION = "2023-06-01"
@@ -227,7 +229,8 @@ def to_chat_completion(message: dict[str, Any]) -> dict[str, Any]:
             texts.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
             calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name"), "arguments": orjson.dumps(block.get("input", {})).decode()}})
+                          "function": {"name": block.get("name"),
+                                       "arguments": orjson.dumps(block.get("input", {})).decode()}})
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         reply["tool_calls"] = calls
@@ -236,7 +239,7 @@ def to_chat_completion(message: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": message.get("model"),
-        "choices": [{"index": 0, "message": reply, "finish_reason": FINISH.get(message.get("stop_reason"), "stop"),
+        "choices": [{"index": 0, "message": reply, "finish_reason": FINISH.get(str(message.get("stop_reason")), "stop"),
                      "logprobs": None}],
         "usage": usage(message.get("usage") or {}),
     }
@@ -264,8 +267,7 @@ class StreamTranslator:
 
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage
-        self.base: dict[str, Any] = {"id": "", "object": "chat.completion.chunk", "created": int(time.time()),
-                                     "model": ""}
+        self.base: dict[str, Any] = chat.chunk_meta("", int(time.time()), "")
         self.tool_index: dict[int, int] = {}  # Anthropic content block index -> tool_calls index
         self.usage: dict[str, Any] = {}
         self.finish: str | None = None
@@ -295,13 +297,13 @@ class StreamTranslator:
                                                       "function": {"arguments": delta.get("partial_json", "")}}]})]
             return []
         if kind == "message_delta":
-            self.finish = FINISH.get((data.get("delta") or {}).get("stop_reason"), "stop")
+            self.finish = FINISH.get(str((data.get("delta") or {}).get("stop_reason")), "stop")
             self.usage.update(data.get("usage") or {})
             return []
         if kind == "message_stop":
             out = [self._chunk({}, self.finish or "stop")]
             if self.include_usage:
-                out.append(sse.encode({**self.base, "choices": [], "usage": usage(self.usage)}))
+                out.append(sse.encode(chat.usage_chunk(self.base, usage(self.usage))))
             return out + [sse.DONE]
         if kind == "error":
             error = data.get("error") or {}
@@ -310,7 +312,7 @@ class StreamTranslator:
         return []  # ping, and event types added later
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return sse.encode({**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        return sse.encode(chat.chunk(self.base, delta, finish_reason=finish))
 
 
 async def translate_stream(raw: AsyncIterator[bytes], include_usage: bool, provider: str) -> AsyncIterator[bytes]:

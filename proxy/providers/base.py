@@ -8,12 +8,13 @@ raised as `UpstreamError` / `UpstreamTimeout`, before or during a stream.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from proxy.snapshot import ProviderSpec
+from proxy.tasks import spawn
 
 Endpoint = str  # "chat/completions" | "embeddings"
 
@@ -21,24 +22,10 @@ Endpoint = str  # "chat/completions" | "embeddings"
 @dataclass(slots=True)
 class UpstreamRequest:
     endpoint: Endpoint
-    body: dict
+    body: dict[str, Any]
     stream: bool
     request_id: str
     headers: list[tuple[str, str]] = field(default_factory=list)  # client headers safe to forward
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def spawn(coro: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine in the background, holding a reference so it is not collected."""
-    try:
-        task = asyncio.get_running_loop().create_task(coro)
-    except RuntimeError:  # no loop (CLI, tests): nothing can be in flight, run it now
-        asyncio.run(coro)
-        return
-    _background.add(task)
-    task.add_done_callback(_background.discard)
 
 
 async def _nothing() -> None:
@@ -52,7 +39,7 @@ class UpstreamResponse:
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None  # set for a successful stream
     close: Callable[[], Awaitable[None]] = _nothing
-    answer: dict | None = None  # a 2xx JSON answer, parsed once by the adapter that checked it
+    answer: dict[str, Any] | None = None  # a 2xx JSON answer, parsed once by the adapter that checked it
 
     @property
     def ok(self) -> bool:

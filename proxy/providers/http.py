@@ -40,7 +40,7 @@ import ssl
 import time
 import zlib
 from collections import deque
-from typing import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
 from urllib.parse import urlsplit
 
 import aiohappyeyeballs
@@ -234,7 +234,7 @@ class HttpPool:
     async def _connect(self) -> _Connection:
         try:
             return await asyncio.wait_for(self._open_connection(), self.connect_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s") from None
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS handshake failed: {exc.reason or exc}") from None
@@ -555,7 +555,7 @@ class HttpResponse:
             self._waiter = None
 
 
-def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:  # type: ignore[name-defined]
+def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:
     for name, value in headers:
         if name.lower() == "content-encoding":
             encoding = value.strip().lower()

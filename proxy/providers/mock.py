@@ -44,14 +44,16 @@ import json
 import math
 import struct
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, Literal, TypedDict
 
 import orjson
 
 from proxy import sse
+from proxy.dialects import chat
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
-from proxy.providers.schema_example import example
+from proxy.providers.schema_example import Json, example
 
 _JSON = [("content-type", "application/json")]
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
@@ -63,7 +65,7 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
-def _text_of(content: Any) -> str:
+def _text_of(content: Json) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -71,7 +73,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _message_text(message: dict) -> str:
+def _message_text(message: dict[str, Any]) -> str:
     """What a message costs to read: its content plus any tool calls it made."""
     parts = [_text_of(message.get("content"))]
     for call in message.get("tool_calls") or ():
@@ -81,12 +83,12 @@ def _message_text(message: dict) -> str:
     return " ".join(p for p in parts if p)
 
 
-def prompt_tokens(messages: list[dict]) -> int:
+def prompt_tokens(messages: list[Json]) -> int:
     # 3 tokens of framing per message plus 3 to prime the answer, as OpenAI counts
     return 3 + sum(3 + estimate_tokens(_message_text(m)) for m in messages if isinstance(m, dict))
 
 
-def request_prompt_tokens(body: dict) -> int:
+def request_prompt_tokens(body: dict[str, Any]) -> int:
     """The messages, plus the tool definitions and response schema the model also reads."""
     fmt = body.get("response_format")
     extra = [body.get("tools"), fmt.get("json_schema") if isinstance(fmt, dict) else None]
@@ -98,22 +100,22 @@ def _snippet(text: str) -> str:
     return " ".join(text.split())[:_SNIPPET]
 
 
-def answer_text(model: str, messages: list[dict]) -> str:
+def answer_text(model: str, messages: list[dict[str, Any]]) -> str:
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     return f"This is a mock answer from {model}. You said: {_snippet(last_user) or '(nothing)'}"
 
 
-def _after_tool_text(model: str, messages: list[dict]) -> str:
+def _after_tool_text(model: str, messages: list[dict[str, Any]]) -> str:
     result = _snippet(_text_of(messages[-1].get("content")))
     return f"This is a mock answer from {model}. The tool returned: {result or '(nothing)'}"
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: Json) -> str:
     # compact like OpenAI's own JSON; key order kept, as the schema lists properties
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _limit(body: dict) -> int | None:
+def _limit(body: dict[str, Any]) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if isinstance(value, int) and value > 0:
@@ -121,19 +123,19 @@ def _limit(body: dict) -> int | None:
     return None
 
 
-def _n(body: dict) -> int:
+def _n(body: dict[str, Any]) -> int:
     n = body.get("n")
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
-def _digest(value: Any) -> str:
+def _digest(value: Json) -> str:
     return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
 
 
 # ------------------------------------------------------------------ tools
 
 
-def _function_tools(tools: Any) -> list[dict]:
+def _function_tools(tools: Json) -> list[dict[str, Any]]:
     """The `function` part of each function tool offered."""
     if not isinstance(tools, list):
         return []
@@ -147,7 +149,7 @@ def _function_tools(tools: Any) -> list[dict]:
     ]
 
 
-def _named(choice: Any) -> str | None:
+def _named(choice: Json) -> str | None:
     """The function name a tool choice (or allowed-tools entry) names, if any."""
     if not isinstance(choice, dict) or choice.get("type") != "function":
         return None
@@ -156,11 +158,12 @@ def _named(choice: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _last_role(messages: list[dict]) -> str | None:
-    return messages[-1].get("role") if messages and isinstance(messages[-1], dict) else None
+def _last_role(messages: list[Json]) -> str | None:
+    role = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else None
+    return role if isinstance(role, str) else None
 
 
-def _mentioned(tools: list[dict], messages: list[dict]) -> dict | None:
+def _mentioned(tools: list[dict[str, Any]], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     said = last_user.lower()
     for tool in tools:
@@ -170,12 +173,12 @@ def _mentioned(tools: list[dict], messages: list[dict]) -> dict | None:
     return None
 
 
-def choose_tool(body: dict) -> dict | None:
+def choose_tool(body: dict[str, Any]) -> dict[str, Any] | None:
     """The function (`{"name", "parameters", ...}`) the answer calls, or None for text."""
     tools = _function_tools(body.get("tools"))
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") if isinstance(choice.get("allowed_tools"), dict) else {}
+        allowed = listed if isinstance(listed := choice.get("allowed_tools"), dict) else {}
         names = {_named(t) for t in allowed.get("tools") or ()}
         tools = [t for t in tools if t["name"] in names]
         choice = allowed.get("mode", "auto")
@@ -190,7 +193,20 @@ def choose_tool(body: dict) -> dict | None:
     return _mentioned(tools, messages) or tools[0]
 
 
-def tool_call(body: dict, function: dict) -> dict:
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(TypedDict):
+    """One entry of an assistant message's `tool_calls`."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+def tool_call(body: dict[str, Any], function: dict[str, Any]) -> ToolCall:
     """One call of `function` with arguments valid against its `parameters` schema."""
     parameters = function.get("parameters")
     arguments = example(parameters, function["name"]) if isinstance(parameters, dict) and parameters else {}
@@ -207,17 +223,17 @@ class Reply:
     """What each of the n (identical) choices says, and the usage of all of them."""
 
     content: str | None
-    call: dict | None
+    call: ToolCall | None
     finish_reason: str
     usage: dict[str, int]
 
-    def message(self) -> dict:
+    def message(self) -> dict[str, Any]:
         if self.call is None:
             return {"role": "assistant", "content": self.content}
         return {"role": "assistant", "content": None, "tool_calls": [self.call]}
 
 
-def _structured(body: dict, text: str) -> str | None:
+def _structured(body: dict[str, Any], text: str) -> str | None:
     """The JSON content `response_format` asks for, or None for plain text."""
     fmt = body.get("response_format")
     kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -229,7 +245,7 @@ def _structured(body: dict, text: str) -> str | None:
     return None
 
 
-def reply(body: dict) -> Reply:
+def reply(body: dict[str, Any]) -> Reply:
     model = body.get("model", "mock")
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     n = _n(body)
@@ -257,44 +273,26 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _completion_id(body: dict) -> str:
+def _completion_id(body: dict[str, Any]) -> str:
     return "chatcmpl-mock" + _digest(body.get("messages"))
 
 
-def _meta(body: dict) -> dict:
-    return {
-        "id": _completion_id(body),
-        "created": int(time.time()),
-        "model": body.get("model", "mock"),
-        "system_fingerprint": "fp_mock",
-    }
+def _meta(body: dict[str, Any]) -> dict[str, Any]:
+    return chat.chunk_meta(_completion_id(body), int(time.time()), body.get("model", "mock"), "fp_mock")
 
 
-def completion(body: dict) -> dict:
+def completion(body: dict[str, Any]) -> dict[str, Any]:
     answer = reply(body)
     meta = _meta(body)
     choices = [
         {"index": i, "message": answer.message(), "finish_reason": answer.finish_reason, "logprobs": None}
         for i in range(_n(body))
     ]
-    return {"id": meta["id"], "object": "chat.completion", **meta, "choices": choices, "usage": answer.usage}
+    return {"id": meta["id"], "object": "chat.completion", "created": meta["created"], "model": meta["model"],
+            "system_fingerprint": meta["system_fingerprint"], "choices": choices, "usage": answer.usage}
 
 
 # ------------------------------------------------------------------ streams
-
-
-def _chunk(
-    meta: dict, index: int | None = None, delta: dict | None = None, finish: str | None = None,
-    usage: dict | None = None,
-) -> dict:
-    """The one place a `chat.completion.chunk` is built: a choice's delta, or (no
-    index) the closing usage chunk with `choices: []`."""
-    choice = {"index": index, "delta": delta or {}, "finish_reason": finish, "logprobs": None}
-    choices = [] if index is None else [choice]
-    event = {"id": meta["id"], "object": "chat.completion.chunk", **meta, "choices": choices}
-    if usage is not None:
-        event["usage"] = usage
-    return event
 
 
 def _words(text: str) -> list[str]:
@@ -302,8 +300,9 @@ def _words(text: str) -> list[str]:
     return [p if i == len(parts) - 1 else p + " " for i, p in enumerate(parts)]
 
 
-def _deltas(answer: Reply) -> list[tuple[dict, str | None]]:
+def _deltas(answer: Reply) -> list[tuple[dict[str, Any], str | None]]:
     """One choice's stream: (delta, finish_reason) from the role chunk to the finish."""
+    steps: list[tuple[dict[str, Any], str | None]]
     if answer.call is None:
         text = answer.content or ""
         steps = [({"role": "assistant", "content": ""}, None)]
@@ -321,15 +320,16 @@ def _deltas(answer: Reply) -> list[tuple[dict, str | None]]:
     return [*steps, ({}, answer.finish_reason)]
 
 
-def stream_events(body: dict) -> list[bytes]:
+def stream_events(body: dict[str, Any]) -> list[bytes]:
     answer = reply(body)
     meta = _meta(body)
     steps = _deltas(answer)
     # round-robin over the choices, as OpenAI interleaves them
-    events = [sse.encode(_chunk(meta, i, delta, finish)) for delta, finish in steps for i in range(_n(body))]
+    events = [sse.encode(chat.chunk(meta, delta, index=i, finish_reason=finish))
+              for delta, finish in steps for i in range(_n(body))]
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
-        events.append(sse.encode(_chunk(meta, usage=answer.usage)))
+        events.append(sse.encode(chat.usage_chunk(meta, answer.usage)))
     events.append(sse.DONE)
     return events
 
@@ -340,12 +340,12 @@ def stream_events(body: dict) -> list[bytes]:
 _ENCODINGS = ("float", "base64")
 
 
-def embeddings(body: dict) -> dict:
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)) else raw
-    dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) and body["dimensions"] > 0 else 16
+    dims = asked if isinstance(asked := body.get("dimensions"), int) and asked > 0 else 16
     as_base64 = body.get("encoding_format") == "base64"
-    data = []
+    data: list[dict[str, Any]] = []
     tokens = 0
     for i, item in enumerate(inputs or []):
         text = item if isinstance(item, str) else " ".join(map(str, item))
@@ -399,7 +399,7 @@ class MockAdapter(Adapter):
         answer = completion(request.body)
         return UpstreamResponse(200, list(_JSON), body=orjson.dumps(answer), answer=answer)
 
-    async def _stream(self, body: dict) -> AsyncIterator[bytes]:
+    async def _stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         interval = self.spec.chunk_interval_ms / 1000
         for i, event in enumerate(stream_events(body)):
             if i and interval:

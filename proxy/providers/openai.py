@@ -9,13 +9,21 @@ read timeouts from the config). Streams are relayed chunk by chunk as they arriv
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from proxy.errors import provider_message
-from proxy.errors import GatewayBusy, InvalidResponse, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout
+from proxy.errors import (
+    GatewayBusy,
+    InvalidResponse,
+    ProxyError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+    provider_message,
+)
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.http import (
     ConnectError,
@@ -129,8 +137,8 @@ def credentials_refused(spec: ProviderSpec, status: int, body: bytes) -> Upstrea
     502 naming the provider; the provider's own words (which may echo the key) go to the
     log, redacted."""
     message = provider_message(body) or body[:300].decode("utf-8", "replace")
-    _refusals.warning(f"{spec.name}:{status}", "provider %s refused the gateway's credentials (%d): %s", spec.name, status,
-                      redact(message, spec.api_key))
+    _refusals.warning(f"{spec.name}:{status}", "provider %s refused the gateway's credentials (%d): %s",
+                      spec.name, status, redact(message, spec.api_key))
     return UpstreamAuthError(f"provider {spec.name} refused the gateway's credentials ({status}); "
                              "the gateway's operator must fix its key (details are in the gateway log)")
 
@@ -159,7 +167,7 @@ def _content_type(response: HttpResponse) -> str:
     return (response.header("content-type") or "none").split(";", 1)[0].strip().lower()[:80]
 
 
-def _json_object(body: bytes) -> dict | None:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:

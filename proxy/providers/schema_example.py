@@ -46,9 +46,15 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import unquote
+
+# A value parsed from JSON (dict, list, str, int, float, bool or None): schemas and the
+# instances generated for them arrive untyped, so nothing tighter than Any is honest.
+# A schema node that is an object is typed `dict[str, Any]`.
+Json: TypeAlias = Any
 
 MAX_REF_DEPTH = 2  # times one $ref may repeat on a path before going minimal
 _HARD_DEPTH = 48  # $refs on one path: beyond this, recursion is unsatisfiable; give up
@@ -65,23 +71,23 @@ _NUMBER_HINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "
 
 @dataclass(frozen=True, slots=True)
 class _Ctx:
-    root: Any  # the whole document, for resolving $ref
+    root: Json  # the whole document, for resolving $ref
     path: tuple[str, ...] = ()  # the $refs entered on the way here, outermost first
 
     @property
     def minimal(self) -> bool:
         return any(self.path.count(ref) > MAX_REF_DEPTH for ref in set(self.path))
 
-    def enter(self, ref: str) -> "_Ctx":
+    def enter(self, ref: str) -> _Ctx:
         return _Ctx(self.root, self.path + (ref,))
 
 
-def example(schema: Any, name: str = "value") -> Any:
+def example(schema: Json, name: str = "value") -> Json:
     """A deterministic instance of `schema`; `name` seeds readable strings at the root."""
     return _generate(schema, _Ctx(schema), name, 0)
 
 
-def conforms(instance: Any, schema: Any, root: Any = None) -> bool:
+def conforms(instance: Json, schema: Json, root: Json = None) -> bool:
     """Whether `instance` satisfies `schema`, for the keywords this module generates
     (formats are not checked). Used to pick branches and hints; public for tests."""
     return _conforms(instance, schema, schema if root is None else root, 0)
@@ -90,13 +96,13 @@ def conforms(instance: Any, schema: Any, root: Any = None) -> bool:
 # ------------------------------------------------------------------ schema plumbing
 
 
-def _as_schema(value: Any) -> dict[str, Any]:
+def _as_schema(value: Json) -> dict[str, Any]:
     if value is False:
         return {"not": {}}
     return value if isinstance(value, dict) else {}
 
 
-def _resolve(root: Any, ref: Any) -> Any:
+def _resolve(root: Json, ref: Json) -> Json:
     """The schema a local `$ref` points at; `{}` for what cannot be resolved."""
     if not isinstance(ref, str) or not ref.startswith("#"):
         return {}
@@ -163,7 +169,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _intersect_types(a: Any, b: Any) -> Any:
+def _intersect_types(a: Json, b: Json) -> Json:
     mine = [a] if isinstance(a, str) else list(a) if isinstance(a, list) else []
     theirs = [b] if isinstance(b, str) else list(b) if isinstance(b, list) else []
     both = [t for t in mine if t in theirs or (t == "integer" and "number" in theirs)]
@@ -171,27 +177,33 @@ def _intersect_types(a: Any, b: Any) -> Any:
     return both or a
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Json) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Json, b: Json) -> bool:
     """JSON equality: `true` is not `1`, `1` is `1.0`."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if _is_number(a) and _is_number(b):
         return a == b
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 
+def _object_at(schema: dict[str, Any], key: str) -> dict[str, Any]:
+    """`schema[key]` when it is an object (`properties`, `patternProperties`, ...), else `{}`."""
+    value = schema.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 # ------------------------------------------------------------------ generation
 
 
-def _generate(schema: Any, ctx: _Ctx, name: str, variant: int) -> Any:
+def _generate(schema: Json, ctx: _Ctx, name: str, variant: int) -> Json:
     if schema is False or len(ctx.path) > _HARD_DEPTH:
         return None  # nothing is valid here; null is as good as anything
     schema, ctx = _flatten(_as_schema(schema), ctx)
@@ -208,19 +220,19 @@ def _generate(schema: Any, ctx: _Ctx, name: str, variant: int) -> Any:
     return _BUILDERS[_kind(schema, ctx)](schema, ctx, name, variant)
 
 
-def _from_enum(schema: dict[str, Any], ctx: _Ctx, variant: int) -> Any:
+def _from_enum(schema: dict[str, Any], ctx: _Ctx, variant: int) -> Json:
     rest = {k: v for k, v in schema.items() if k != "enum"}
     values = [v for v in schema["enum"] if _conforms(v, rest, ctx.root, 0)] or schema["enum"]
     return values[variant % len(values)] if values else None
 
 
-def _from_branches(schema: dict[str, Any], key: str, ctx: _Ctx, name: str, variant: int) -> Any:
+def _from_branches(schema: dict[str, Any], key: str, ctx: _Ctx, name: str, variant: int) -> Json:
     """The first branch (non-null ones first, or null first when minimal) whose value
     passes the whole schema; failing that, the first branch's value."""
     base = {k: v for k, v in schema.items() if k != key}
     branches = schema[key]
     order = sorted(range(len(branches)), key=lambda i: _is_null_branch(branches[i], ctx) != ctx.minimal)
-    first: tuple[Any] | None = None
+    first: tuple[Json] | None = None
     for i in order:
         branch, branch_ctx = _flatten(_as_schema(branches[i]), ctx)
         value = _generate(_merge(base, branch), branch_ctx, name, variant)
@@ -230,7 +242,7 @@ def _from_branches(schema: dict[str, Any], key: str, ctx: _Ctx, name: str, varia
     return first[0] if first else None
 
 
-def _is_null_branch(branch: Any, ctx: _Ctx) -> bool:
+def _is_null_branch(branch: Json, ctx: _Ctx) -> bool:
     flat, _ = _flatten(_as_schema(branch), ctx)
     kind = flat.get("type")
     return (
@@ -241,7 +253,7 @@ def _is_null_branch(branch: Any, ctx: _Ctx) -> bool:
     )
 
 
-def _hint(schema: dict[str, Any], ctx: _Ctx) -> Any:
+def _hint(schema: dict[str, Any], ctx: _Ctx) -> Json:
     """A scalar `examples`/`example`/`default` that is valid; structures are generated so
     they show every property and an item."""
     candidates = list(schema["examples"]) if isinstance(schema.get("examples"), list) else []
@@ -256,10 +268,11 @@ def _hint(schema: dict[str, Any], ctx: _Ctx) -> Any:
 def _kind(schema: dict[str, Any], ctx: _Ctx) -> str:
     declared = schema.get("type")
     types = [declared] if isinstance(declared, str) else declared if isinstance(declared, list) else []
-    types = [t for t in types if t in _BUILDERS]
-    if types:
+    # membership first: only strings are builder names (and an unhashable entry raises as before)
+    known = [t for t in types if t in _BUILDERS and isinstance(t, str)]
+    if known:
         # a null member loses to any other type, unless recursion asks for the least
-        return sorted(types, key=lambda t: (t == "null") != ctx.minimal)[0]
+        return sorted(known, key=lambda t: (t == "null") != ctx.minimal)[0]
     for kind, hints in (("object", _OBJECT_HINTS), ("array", _ARRAY_HINTS),
                         ("string", _STRING_HINTS), ("number", _NUMBER_HINTS)):
         if any(h in schema for h in hints):
@@ -270,8 +283,8 @@ def _kind(schema: dict[str, Any], ctx: _Ctx) -> str:
 # ------------------------------------------------------------------ objects and arrays
 
 
-def _object(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> dict[str, Any]:
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+def _object(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> dict[str, Json]:
+    props = _object_at(schema, "properties")
     required = [r for r in schema.get("required") or [] if isinstance(r, str)]
     keys = [k for k in props if k in required] if ctx.minimal else list(props)
     keys += [r for r in required if r not in props]
@@ -281,11 +294,11 @@ def _object(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> dict[
     return out
 
 
-def _property_schema(schema: dict[str, Any], key: str) -> Any:
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+def _property_schema(schema: dict[str, Any], key: str) -> Json:
+    props = _object_at(schema, "properties")
     if key in props:
         return props[key]
-    patterns = schema.get("patternProperties") if isinstance(schema.get("patternProperties"), dict) else {}
+    patterns = _object_at(schema, "patternProperties")
     for pattern, sub in patterns.items():
         if _search(pattern, key):
             return sub
@@ -293,8 +306,8 @@ def _property_schema(schema: dict[str, Any], key: str) -> Any:
     return extra if isinstance(extra, dict) else {}
 
 
-def _add_dependencies(out: dict[str, Any], schema: dict[str, Any], ctx: _Ctx, variant: int) -> None:
-    deps = schema.get("dependentRequired") if isinstance(schema.get("dependentRequired"), dict) else {}
+def _add_dependencies(out: dict[str, Json], schema: dict[str, Any], ctx: _Ctx, variant: int) -> None:
+    deps = _object_at(schema, "dependentRequired")
     for key in list(out):
         for needed in deps.get(key) or []:
             if isinstance(needed, str) and needed not in out:
@@ -302,7 +315,7 @@ def _add_dependencies(out: dict[str, Any], schema: dict[str, Any], ctx: _Ctx, va
 
 
 def _fit_property_count(
-    out: dict[str, Any], schema: dict[str, Any], ctx: _Ctx, required: list[str], variant: int
+    out: dict[str, Json], schema: dict[str, Any], ctx: _Ctx, required: list[str], variant: int
 ) -> None:
     least = schema.get("minProperties")
     extra = schema.get("additionalProperties", {})
@@ -316,9 +329,9 @@ def _fit_property_count(
         del out[key]
 
 
-def _array(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> list[Any]:
+def _array(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> list[Json]:
     prefix, rest = _item_schemas(schema)
-    least = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
+    least = min_items if isinstance(min_items := schema.get("minItems"), int) else 0
     count = least if ctx.minimal else max(least, len(prefix), 1)
     if isinstance(schema.get("maxItems"), int):
         count = min(count, schema["maxItems"])
@@ -329,7 +342,7 @@ def _array(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> list[A
     return _ensure_contains(items, schema, ctx, item, variant)
 
 
-def _item_schemas(schema: dict[str, Any]) -> tuple[list[Any], Any]:
+def _item_schemas(schema: dict[str, Any]) -> tuple[list[Json], Json]:
     """The positional item schemas and the schema for the items after them."""
     items = schema.get("items", {})
     if isinstance(items, list):  # draft 7's tuple form
@@ -338,7 +351,7 @@ def _item_schemas(schema: dict[str, Any]) -> tuple[list[Any], Any]:
     return (prefix if isinstance(prefix, list) else []), items
 
 
-def _ensure_contains(items: list[Any], schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> list[Any]:
+def _ensure_contains(items: list[Json], schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> list[Json]:
     wanted = schema.get("contains")
     if wanted is None or any(_conforms(i, wanted, ctx.root, 0) for i in items):
         return items
@@ -366,7 +379,9 @@ def _boolean(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> bool
 
 
 def _integer(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> int:
-    return _number_value(schema, True, variant)
+    # with integer=True every candidate is snapped to an int and the fallback is 1: int() is a
+    # no-op at run time, it states what `_number_value`'s float | int signature cannot
+    return int(_number_value(schema, True, variant))
 
 
 def _number(schema: dict[str, Any], ctx: _Ctx, name: str, variant: int) -> float | int:
@@ -502,7 +517,7 @@ _FORMATS: dict[str, Callable[[str, int], str]] = {
     "byte": lambda n, v: "bW9jaw==",
 }
 
-_BUILDERS: dict[str, Callable[[dict[str, Any], _Ctx, str, int], Any]] = {
+_BUILDERS: dict[str, Callable[[dict[str, Any], _Ctx, str, int], Json]] = {
     "object": _object,
     "array": _array,
     "string": _string,
@@ -659,7 +674,7 @@ def _search(pattern: str, text: str) -> bool:
 # ------------------------------------------------------------------ checking
 
 
-def _types_of(value: Any) -> set[str]:
+def _types_of(value: Json) -> set[str]:
     if value is None:
         return {"null"}
     if isinstance(value, bool):
@@ -675,7 +690,7 @@ def _types_of(value: Any) -> set[str]:
     return {"object"} if isinstance(value, dict) else set()
 
 
-def _conforms(value: Any, schema: Any, root: Any, depth: int) -> bool:
+def _conforms(value: Json, schema: Json, root: Json, depth: int) -> bool:
     if schema is False:
         return False
     if not isinstance(schema, dict) or not schema or depth > 64:
@@ -685,7 +700,7 @@ def _conforms(value: Any, schema: Any, root: Any, depth: int) -> bool:
     return all(check(value, schema, root, depth) for check in _CHECKS)
 
 
-def _check_type(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
+def _check_type(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
     declared = schema.get("type")
     if declared is None:
         return True
@@ -693,15 +708,15 @@ def _check_type(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bo
     return bool(wanted & _types_of(value))
 
 
-def _check_values(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
+def _check_values(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
     if "const" in schema and not _same(value, schema["const"]):
         return False
     enum = schema.get("enum")
     return not isinstance(enum, list) or any(_same(value, v) for v in enum)
 
 
-def _check_combinators(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
-    def ok(sub: Any) -> bool:
+def _check_combinators(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
+    def ok(sub: Json) -> bool:
         return _conforms(value, sub, root, depth + 1)
 
     if not all(ok(s) for s in schema.get("allOf") or []):
@@ -711,11 +726,11 @@ def _check_combinators(value: Any, schema: dict[str, Any], root: Any, depth: int
     return not isinstance(schema.get("oneOf"), list) or sum(map(ok, schema["oneOf"])) == 1
 
 
-def _check_object(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
+def _check_object(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
     if not isinstance(value, dict):
         return True
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    patterns = schema.get("patternProperties") if isinstance(schema.get("patternProperties"), dict) else {}
+    props = _object_at(schema, "properties")
+    patterns = _object_at(schema, "patternProperties")
     if any(isinstance(r, str) and r not in value for r in schema.get("required") or []):
         return False
     if not _count_ok(len(value), schema, "minProperties", "maxProperties"):
@@ -731,7 +746,7 @@ def _check_object(value: Any, schema: dict[str, Any], root: Any, depth: int) -> 
     return True
 
 
-def _check_array(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
+def _check_array(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
     if not isinstance(value, list):
         return True
     if not _count_ok(len(value), schema, "minItems", "maxItems"):
@@ -748,7 +763,7 @@ def _check_array(value: Any, schema: dict[str, Any], root: Any, depth: int) -> b
     return wanted is None or any(_conforms(item, wanted, root, depth + 1) for item in value)
 
 
-def _check_string(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
+def _check_string(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
     if not isinstance(value, str):
         return True
     if not _count_ok(len(value), schema, "minLength", "maxLength"):
@@ -757,7 +772,7 @@ def _check_string(value: Any, schema: dict[str, Any], root: Any, depth: int) -> 
     return not isinstance(pattern, str) or _search(pattern, value)
 
 
-def _check_number(value: Any, schema: dict[str, Any], root: Any, depth: int) -> bool:
+def _check_number(value: Json, schema: dict[str, Any], root: Json, depth: int) -> bool:
     if not _is_number(value):
         return True
     low, low_open, high, high_open = _bounds(schema)
@@ -769,7 +784,7 @@ def _check_number(value: Any, schema: dict[str, Any], root: Any, depth: int) -> 
     return not (_is_number(step) and step > 0) or _is_multiple(value, step)
 
 
-def _is_multiple(value: float, step: float) -> bool:
+def _is_multiple(value: int | float, step: int | float) -> bool:
     if isinstance(step, float):  # as jsonschema does it: the quotient must be integral
         quotient = value / step
         return math.isfinite(quotient) and int(quotient) == quotient

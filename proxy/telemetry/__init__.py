@@ -13,13 +13,13 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from proxy.config import TelemetryConfig
+from proxy.pipeline.record import RequestRecord
 from proxy.telemetry import access_log
 from proxy.telemetry.logs import setup_logging
 from proxy.telemetry.metrics import Metrics
-from proxy.telemetry.record import RequestRecord
 from proxy.telemetry.tracing import SHUTDOWN_TIMEOUT_S, TRACE_HEADERS, Tracing, otlp_traces_endpoint
 
 log = logging.getLogger("switchyard.telemetry")
@@ -92,7 +92,7 @@ class Telemetry:
         if tracing is not None:
             try:  # bounded inside too; this is the belt to those braces
                 await asyncio.wait_for(asyncio.to_thread(tracing.shutdown), SHUTDOWN_TIMEOUT_S + 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("tracing: spans not yet exported were dropped at shutdown (collector unreachable)")
 
 
@@ -105,4 +105,4 @@ def _shutdown_later(tracing: Tracing) -> None:
     loop.run_in_executor(None, tracing.shutdown)
 
 
-__all__ = ["RequestRecord", "TRACE_HEADERS", "Telemetry"]
+__all__ = ["TRACE_HEADERS", "Telemetry"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from proxy.pipeline.record import RequestRecord
 from proxy.telemetry.logs import money
-from proxy.telemetry.record import RequestRecord
 from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.access")
@@ -92,7 +92,7 @@ class BufferedJsonLines:
             pass
 
 
-_second: list = [-1, ""]  # the formatted whole second, reused for every line within it
+_second: list[Any] = [-1, ""]  # the formatted whole second, reused for every line within it
 
 
 def _utc_now() -> str:

@@ -60,8 +60,8 @@ def resolve_format(configured: str | None = None, stream: Any = None) -> str:
     chosen = os.environ.get("SWITCHYARD_LOG_FORMAT", "").strip().lower()
     if chosen in FORMATS:
         return chosen
-    if configured in FORMATS:
-        return configured  # type: ignore[return-value]
+    if configured is not None and configured in FORMATS:
+        return configured
     stream = sys.stderr if stream is None else stream
     try:
         return "text" if stream.isatty() else "json"

@@ -18,10 +18,10 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.telemetry.record import RequestRecord
+from proxy.pipeline.record import RequestRecord
 from proxy.usage import tokens
 
-prometheus_client.disable_created_metrics()  # `_created` series double the output for nothing here
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
 
 # LLM calls take from milliseconds (cache, small models) to minutes (long generations)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -107,7 +107,8 @@ class Metrics:
         self.webhook_failures = Counter(
             "switchyard_budget_webhook_failures", "Budget alert webhooks that failed after retries.", registry=r)
         self.attempts = _Children(Counter(
-            "llm_upstream_attempts", "Upstream attempts by outcome (ok, retry, failed, status_4xx, circuit_open, gateway_busy).",
+            "llm_upstream_attempts",
+            "Upstream attempts by outcome (ok, retry, failed, status_4xx, circuit_open, gateway_busy).",
             ["provider", "model", "outcome"], registry=r))
         self.circuit = _Children(Gauge(
             "llm_circuit_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
@@ -201,7 +202,7 @@ class Metrics:
             from prometheus_client import multiprocess
 
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged, path=directory)
+            multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from opentelemetry import trace
@@ -24,7 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from proxy.config import TelemetryConfig
-from proxy.telemetry.record import RequestRecord
+from proxy.pipeline.record import RequestRecord
 from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.telemetry")
@@ -43,8 +44,8 @@ def otlp_traces_endpoint(settings: TelemetryConfig) -> str | None:
     explicit = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if explicit:
         return explicit
-    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    return base.rstrip("/") + "/v1/traces" if base else None
+    general = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return general.rstrip("/") + "/v1/traces" if general else None
 
 
 EXPORT_TIMEOUT_S = 5.0

@@ -1,0 +1,109 @@
+"""What the ledger and the spend counters tell: a team's own usage (`GET /v1/usage`), usage
+reports (`/admin/usage`), and every team's costs and projections (`/admin/costs`).
+
+Reads only. The request path (admission, the accounting of finished requests) is
+`service.Accounting`'s; a report asks it for the ledger, the counters and the periods,
+and writes queued rows first so it sees every finished request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.accounting import reports
+from proxy.accounting.ledger import LedgerReader
+from proxy.accounting.service import Accounting
+
+
+class Reports:
+    def __init__(self, accounting: Accounting) -> None:
+        self.accounting = accounting
+
+    async def _ledger(self) -> LedgerReader | None:
+        """The ledger, once queued rows are written; None when the ledger is off."""
+        acct = self.accounting
+        await acct.ready()
+        if acct.reader is None or acct.writer is None:
+            return None
+        await acct.writer.flush()
+        return acct.reader
+
+    async def team_usage(self, team: str) -> dict[str, Any]:
+        """What `GET /v1/usage` shows a team about itself."""
+        acct = self.accounting
+        reader = await self._ledger()
+        config = acct.snapshot.config.teams.get(team)
+        budget = config.budget if config else None
+        limits = config.limits if config else None
+        periods = acct.periods()
+        today = acct.counters.spent(team, periods.day)
+        month = acct.counters.spent(team, periods.month)
+        totals: dict[str, Any] = {}
+        daily: dict[int, float] = {}
+        since = periods.month_start
+        if reader is not None:
+            rows = await reports.usage(reader, since=periods.month_start, until=periods.now + 1, team=team,
+                                       group_by="team", zone=acct.zone())
+            totals = rows[0] if rows else {}
+            since = await reports.observed_since(reader, periods.month_start, periods.now)
+            daily = await reports.daily_spend(reader, team, since, periods.now + 1)
+        monthly = budget.monthly_usd if budget else None
+        remaining = acct.budgets.remaining(team, budget, periods) if budget else None
+        return {
+            "object": "usage",
+            "team": team,
+            "day": periods.day,
+            "month": periods.month,
+            "spend": {"today_usd": round(today, 10), "month_usd": round(month, 10)},
+            "requests": {"month": totals.get("requests", 0), "errors": totals.get("errors", 0),
+                         "cache_hits": totals.get("cache_hits", 0)},
+            "tokens": {"input": totals.get("input_tokens", 0), "output": totals.get("output_tokens", 0)},
+            "budget": None if budget is None else {
+                "daily_usd": budget.daily_usd,
+                "monthly_usd": budget.monthly_usd,
+                "remaining_today_usd": None if budget.daily_usd is None else round(budget.daily_usd - today, 10),
+                "remaining_month_usd": None if monthly is None else round(monthly - month, 10),
+                "alerts": budget.alerts,
+                "exceeded": remaining is not None and remaining <= 0,
+            },
+            "limits": None if limits is None else limits.model_dump(exclude_none=True),
+            "projection": reports.projection(month, daily, periods, monthly, since),
+            "savings": {
+                "cache_usd": totals.get("cache_savings_usd", 0.0),
+                "routing_usd": totals.get("routing_savings_usd", 0.0),
+                "baseline_model": acct.snapshot.config.accounting.baseline_model,
+            },
+        }
+
+    async def usage_report(self, *, since: str | None, until: str | None, team: str | None,
+                           group_by: str) -> dict[str, Any]:
+        """Ledger totals grouped by team, model, route, provider, user or day (`/admin/usage`)."""
+        reader = await self._ledger()
+        periods = self.accounting.periods()
+        zone = self.accounting.zone()
+        start = reports.parse_time(since, periods.month_start, zone)
+        end = reports.parse_time(until, periods.now + 1, zone)
+        rows = [] if reader is None else await reports.usage(reader, since=start, until=end, team=team,
+                                                              group_by=group_by, zone=zone)
+        return {"object": "usage_report", "since": reports.iso(start), "until": reports.iso(end),
+                "group_by": group_by, "team": team, "data": rows}
+
+    async def costs(self) -> dict[str, Any]:
+        """`GET /admin/costs`: per-team spend, budgets and projections, 30 days of history, alerts."""
+        reader = await self._ledger()
+        periods = self.accounting.periods()
+        teams = []
+        for name in self.accounting.snapshot.config.teams:
+            usage = await self.team_usage(name)
+            teams.append({"team": name, "spend": usage["spend"], "budget": usage["budget"],
+                          "projection": usage["projection"], "savings": usage["savings"]})
+        history: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        if reader is not None:
+            history = (await self.usage_report(since=str(periods.now - 30 * 86400), until=None, team=None,
+                                               group_by="day"))["data"]
+            for row in await reader.alerts_since(periods.month_start):
+                if row["period_key"] in (periods.day, periods.month):
+                    alerts.append({k: row[k] for k in row.keys()})
+        return {"object": "costs", "day": periods.day, "month": periods.month, "teams": teams,
+                "history": history, "active_alerts": alerts}

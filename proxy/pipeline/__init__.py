@@ -1,0 +1,1 @@
+"""The request path: one pipeline for every API surface, and the context a request carries."""
