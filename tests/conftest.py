@@ -1,13 +1,45 @@
-"""Suite-wide fixtures: the shared test Redis is left as it was found."""
+"""Suite-wide fixtures: the in-process app behind an httpx client (`app_client`), and the
+shared test Redis left as it was found."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from support import REDIS_PREFIX, REDIS_URL
+from proxy.app import create_app
+from support import REDIS_PREFIX, REDIS_URL, AppClient
+
+MakeAppClient = Callable[..., Awaitable[AppClient]]
+
+
+@pytest.fixture
+async def app_client(tmp_path: Path) -> AsyncIterator[MakeAppClient]:
+    """`await app_client(config_text, path=None, **create_app_kwargs)`: writes the config
+    (to `path`, by default the test's tmp_path/proxy.yaml), builds the app (not watching
+    the file unless `watch=` says so) and returns an `AppClient` on it (`.app`, `.runtime`).
+
+    Every client and runtime made is closed at teardown; `await client.aclose()` closes
+    one earlier (to read what its shutdown wrote, or to start another on the same files).
+    """
+    made: list[AppClient] = []
+
+    async def make(config_text: str, *, path: Path | None = None, **create_app_kwargs: Any) -> AppClient:
+        target = path if path is not None else tmp_path / "proxy.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(config_text)
+        create_app_kwargs.setdefault("watch", False)
+        app = create_app(str(target), **create_app_kwargs)
+        client = AppClient(app)
+        made.append(client)
+        return client
+
+    yield make
+    for client in reversed(made):
+        await client.aclose()
 
 
 @pytest.fixture(scope="session", autouse=True)

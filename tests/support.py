@@ -7,12 +7,17 @@ what the proxy sent (`route.calls.last.request`). Run it inside the test's event
 for a proxy started as a subprocess.
 
 `ServerProcess` runs `python -m proxy serve` on a free port and waits until /healthz
-answers; its log goes to a file the test can read.
+answers; its log goes to a file the test can read. `AppClient` is the in-process app
+behind an httpx client (conftest.py's `app_client` fixture makes them).
+
+`eventually(predicate)` is the one way a test waits for something to happen (never a
+fixed sleep); `chat_body()` is the one chat request body builder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import signal
@@ -21,9 +26,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
 import orjson
@@ -47,6 +53,113 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# ------------------------------------------------------------------ waiting, and request bodies
+
+
+def eventually(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    what: str | Callable[[], str] | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+    blocking: bool | None = None,
+) -> Any:
+    """Poll `predicate` until it returns something truthy, and return that value.
+
+    The one way a test waits for a condition: the wait ends as soon as it holds, and
+    `timeout` only bounds a hang (past it: an AssertionError naming `what`, a string or a
+    callable that describes the state). Exceptions of the `ignore` types count as "not yet".
+
+    In a running event loop it is a coroutine (`await eventually(...)`) and the predicate
+    may be async; outside one (sync tests, threads) it blocks. `blocking=True` blocks even
+    in a loop: for sync helpers (starting a server) that async tests call too.
+    """
+    if blocking is None:
+        try:
+            asyncio.get_running_loop()
+            blocking = False
+        except RuntimeError:
+            blocking = True
+    if blocking:
+        return _eventually_blocking(predicate, timeout, interval, what, ignore)
+    return _eventually_async(predicate, timeout, interval, what, ignore)
+
+
+def _timed_out(predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str] | None,
+               last_error: BaseException | None) -> AssertionError:
+    described = what() if callable(what) else what
+    name = described or getattr(predicate, "__qualname__", repr(predicate))
+    note = f" (last error: {last_error!r})" if last_error is not None else ""
+    return AssertionError(f"timed out after {timeout:g} s waiting for {name}{note}")
+
+
+def _attempt(predicate: Callable[[], Any], ignore: tuple[type[BaseException], ...]) -> tuple[Any, BaseException | None]:
+    try:
+        return predicate(), None
+    except ignore as exc:
+        return None, exc
+
+
+def _eventually_blocking(predicate: Callable[[], Any], timeout: float, interval: float,
+                         what: str | Callable[[], str] | None, ignore: tuple[type[BaseException], ...]) -> Any:
+    deadline, last_error = time.monotonic() + timeout, None
+    while True:
+        value, last_error = _attempt(predicate, ignore)
+        if inspect.iscoroutine(value):
+            value.close()
+            raise TypeError("an async predicate needs `await eventually(...)` in a running loop")
+        if value or time.monotonic() >= deadline:
+            return _settled(value, predicate, timeout, what, last_error)
+        time.sleep(interval)
+
+
+async def _eventually_async(predicate: Callable[[], Any], timeout: float, interval: float,
+                            what: str | Callable[[], str] | None, ignore: tuple[type[BaseException], ...]) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline, last_error = loop.time() + timeout, None
+    while True:
+        value, last_error = _attempt(predicate, ignore)
+        if inspect.isawaitable(value):
+            value, last_error = await _awaited(value, ignore)
+        if value or loop.time() >= deadline:
+            return _settled(value, predicate, timeout, what, last_error)
+        await asyncio.sleep(interval)
+
+
+async def _awaited(value: Any, ignore: tuple[type[BaseException], ...]) -> tuple[Any, BaseException | None]:
+    try:
+        return await value, None
+    except ignore as exc:
+        return None, exc
+
+
+def _settled(value: Any, predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str] | None,
+             last_error: BaseException | None) -> Any:
+    """The value when the condition held; the timeout's AssertionError when it never did."""
+    if value:
+        return value
+    raise _timed_out(predicate, timeout, what, last_error)
+
+
+def expire_redis_keys(pattern: str, seconds: float, url: str = REDIS_URL) -> list[bytes]:
+    """Expire now the keys matching `pattern` whose TTL is at most `seconds`: Redis keeps its
+    own time, so a test that lets a short TTL pass does it this way instead of waiting."""
+    with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
+        short = [k for k in client.scan_iter(match=pattern, count=1000) if 0 <= client.pttl(k) <= seconds * 1000]
+        assert short, f"no key matching {pattern} has a TTL of at most {seconds:g} s"
+        for k in short:
+            client.pexpire(k, 1)
+        eventually(lambda: not any(client.exists(k) for k in short), what="the short-lived keys to expire",
+                   blocking=True)
+    return short
+
+
+def chat_body(model: str = "fast", text: str = "hello", **fields: Any) -> dict[str, Any]:
+    """A chat completions request body: one user message; `fields` are added (or replace `messages`)."""
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
 # ------------------------------------------------------------------ a private Redis
 
 
@@ -64,20 +177,21 @@ class PrivateRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
-                    if probe.ping():
-                        return self
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError("the private redis-server did not start")
+
+        def answers() -> bool:
+            with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
+                return bool(probe.ping())
+
+        try:  # blocking: async tests restart it too
+            eventually(answers, timeout=10, interval=0.02, ignore=(redis.RedisError,), blocking=True)
+        except AssertionError:
+            raise RuntimeError("the private redis-server did not start") from None
+        return self
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
@@ -140,7 +254,7 @@ class Calls:
     items: list[RecordedRequest] = field(default_factory=list)
 
     @property
-    def last(self) -> "Call":
+    def last(self) -> Call:
         return Call(self.items[-1])
 
     def __len__(self) -> int:
@@ -178,7 +292,7 @@ class FakeRoute:
         content: bytes | str | None = None,
         headers: dict[str, str] | None = None,
         delay_s: float = 0.0,
-    ) -> "FakeRoute":
+    ) -> FakeRoute:
         if json is not None:
             body = orjson.dumps(json)
             base = {"content-type": "application/json"}
@@ -205,7 +319,7 @@ class FakeRoute:
         pause_s: float = 0.0,
         cut_after: int | None = None,
         headers: dict[str, str] | None = None,
-    ) -> "FakeRoute":
+    ) -> FakeRoute:
         """Send `events` one write each. `pause_after=N` sleeps `pause_s` after the N-th;
         `cut_after=N` drops the connection after N events (no terminating chunk)."""
         events = list(events)
@@ -231,7 +345,7 @@ class FakeRoute:
         self._handler = handler
         return self
 
-    def fault(self, kind: str, *, seconds: float = 30.0) -> "FakeRoute":
+    def fault(self, kind: str, *, seconds: float = 30.0) -> FakeRoute:
         """`hang`: never answer (for `seconds`); `close`: drop the connection with no answer."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -246,7 +360,7 @@ class FakeRoute:
         self._handler = handler
         return self
 
-    def handler(self, fn: Behaviour) -> "FakeRoute":
+    def handler(self, fn: Behaviour) -> FakeRoute:
         self._handler = fn
         return self
 
@@ -301,7 +415,7 @@ class FakeUpstream:
             return web.json_response({"error": {"message": f"no route {request.path}"}}, status=404)
         return await route._serve(request)
 
-    async def start(self) -> "FakeUpstream":
+    async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
@@ -314,7 +428,7 @@ class FakeUpstream:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> "FakeUpstream":
+    async def __aenter__(self) -> FakeUpstream:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -322,7 +436,7 @@ class FakeUpstream:
 
     # --- in a thread, for a proxy in another process
 
-    def start_threaded(self) -> "FakeUpstream":
+    def start_threaded(self) -> FakeUpstream:
         ready = threading.Event()
 
         def run() -> None:
@@ -345,6 +459,30 @@ class FakeUpstream:
             self._thread.join(10)
 
 
+# ------------------------------------------------------------------ the app in process
+
+
+class AppClient(httpx.AsyncClient):
+    """An httpx client over ASGITransport to an app `create_app` built; `aclose()` closes the
+    app's runtime too (provider pools, cache, ledger, telemetry). Made by conftest.py's
+    `app_client` fixture, which closes any a test left open."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(transport=httpx.ASGITransport(app=app), base_url="http://t", **kwargs)
+        self.app = app
+        self._runtime_closed = False
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if not self._runtime_closed:
+            self._runtime_closed = True
+            await self.app.state.runtime.aclose()
+
+
 # ------------------------------------------------------------------ SSE helpers
 
 
@@ -355,7 +493,8 @@ def sse(obj: Any) -> bytes:
 def chunk_events(words: list[str], *, model: str = "up-model", usage: dict | None = None) -> list[bytes]:
     """A well-formed OpenAI chat stream of `words`, with an optional usage chunk, then [DONE]."""
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
-    events = [sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    events = [sse({**base, "choices": [opening]})]
     events += [sse({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in words]
     events.append(sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if usage is not None:
@@ -392,26 +531,27 @@ class ServerProcess:
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 20.0) -> "ServerProcess":
+    def start(self, timeout_s: float = 20.0) -> ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "serve", "--config", str(self.config),
              "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
+            assert self.proc is not None
             if self.proc.poll() is not None:
                 self._log.close()
                 raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.base_url + "/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"proxy did not become healthy in {timeout_s}s:\n{self.log()}")
+            return httpx.get(self.base_url + "/healthz", timeout=0.5).status_code == 200
+
+        try:
+            eventually(healthy, timeout=timeout_s, interval=0.05, ignore=(httpx.HTTPError,), blocking=True)
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(f"proxy did not become healthy in {timeout_s}s:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -433,7 +573,7 @@ class ServerProcess:
         self._log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -8,24 +8,24 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC as UTC_TZ
+from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 
 from proxy.accounting import ledger as ledger_module
 from proxy.accounting.budgets import Budgets
 from proxy.accounting.ledger import COLUMNS, LedgerWriter, migrate, open_db
-from proxy.accounting.limits import LocalLimiter, Check, duration, gcra
+from proxy.accounting.limits import Check, LocalLimiter, duration, gcra
 from proxy.accounting.reports import projection
 from proxy.accounting.spend import SpendCounters, periods_at
-from proxy.app import create_app
 from proxy.config import BudgetConfig
 from proxy.errors import BudgetExceeded
-from support import FakeUpstream, free_port
+from proxy.tasks import drain
+from support import FakeUpstream, chat_body, eventually, free_port
 
 UTC = ZoneInfo("UTC")
 KEY = "sk-acct-team-1"
@@ -35,7 +35,7 @@ PRICE = 1000.0  # USD per 1M tokens: a mock answer (7 in + ~14 out) costs about 
 
 
 def ts(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC_TZ).timestamp()
 
 
 # ---------------------------------------------------------------- periods
@@ -299,7 +299,7 @@ def test_projection_counts_only_the_days_the_ledger_saw(since, complete, rate):
     assert out["complete_days"] == complete
     if complete in (0, 2):
         assert out["daily_rate_usd"] == pytest.approx(rate)
-    assert out["observed_since"].startswith(datetime.fromtimestamp(first, timezone.utc).strftime("%Y-%m-%d"))
+    assert out["observed_since"].startswith(datetime.fromtimestamp(first, UTC_TZ).strftime("%Y-%m-%d"))
 
 
 def test_projection_with_history_has_an_interval_around_the_mean():
@@ -336,12 +336,13 @@ async def test_ledger_writes_in_batches_and_on_close(tmp_path):
     await writer.start()
     for i in range(3):
         writer.append(row(i))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # a bounded wait that proves nothing is written yet
     assert not path.exists() or count(path) == 0  # a part batch waits for the interval
     for i in range(3, 25):
         writer.append(row(i))
-    await asyncio.sleep(0.2)
-    assert count(path) == 25  # a full batch wakes the writer, which writes all it has
+    # a full batch wakes the writer, which writes all it has
+    await eventually(lambda: path.exists() and count(path) == 25, ignore=(sqlite3.OperationalError,),
+                     what="the full batch to be written")
     for i in range(25, 30):
         writer.append(row(i))
     await writer.close()
@@ -360,7 +361,7 @@ async def test_ledger_unwritable_then_recovers_without_losing_rows(tmp_path):
     await writer.start()
     for i in range(12):
         writer.append(row(i))
-    await asyncio.sleep(0.4)
+    await eventually(lambda: errors and writer.write_errors >= 1, what="a failed write")
     assert errors and writer.stats().pending == 12 and writer.write_errors >= 1
     blocker.unlink()  # the operator fixes the volume
     blocker.mkdir()
@@ -386,8 +387,7 @@ async def test_ledger_disk_full_rows_are_kept_and_retried(tmp_path, monkeypatch)
     await writer.start()
     for i in range(400):
         writer.append(row(i, cost=0.5))
-    await asyncio.sleep(0.5)
-    assert "disk_full" in errors
+    await eventually(lambda: "disk_full" in errors, what="a disk_full error")
     assert writer.stats().pending == 400
     full["on"] = False
     await writer.close()
@@ -440,23 +440,6 @@ routes:
 """
 
 
-async def make(tmp_path: Path, text: str) -> tuple:
-    path = tmp_path / "proxy.yaml"
-    path.write_text(text)
-    app = create_app(str(path), watch=False)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    return app, client
-
-
-async def close(app, client) -> None:
-    await client.aclose()
-    await app.state.runtime.aclose()
-
-
-def chat(model: str = "fast", text: str = "hello", **fields) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
-
-
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -468,15 +451,15 @@ async def hook() -> AsyncIterator[FakeUpstream]:
         yield receiver
 
 
-async def test_every_request_gets_a_ledger_row(tmp_path):
-    app, client = await make(tmp_path, config())
+async def test_every_request_gets_a_ledger_row(tmp_path, app_client):
+    client = await app_client(config())
     try:
-        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 200
-        assert (await client.post("/v1/chat/completions", json=chat(stream=True), headers=AUTH)).status_code == 200
-        assert (await client.post("/v1/chat/completions", json=chat("nope"), headers=AUTH)).status_code == 404
-        assert (await client.post("/v1/chat/completions", json=chat(), headers={"x": "no key"})).status_code == 401
+        assert (await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat_body(stream=True), headers=AUTH)).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat_body("nope"), headers=AUTH)).status_code == 404
+        assert (await client.post("/v1/chat/completions", json=chat_body(), headers={"x": "no key"})).status_code == 401
     finally:
-        await close(app, client)
+        await client.aclose()
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         db.row_factory = sqlite3.Row
         rows = db.execute("SELECT * FROM requests ORDER BY ts").fetchall()
@@ -490,179 +473,154 @@ async def test_every_request_gets_a_ledger_row(tmp_path):
     assert first["baseline_usd"] == pytest.approx(first["cost_usd"] * 10)
 
 
-async def test_budget_refuses_with_insufficient_quota_and_alerts_by_webhook(tmp_path, hook):
+async def test_budget_refuses_with_insufficient_quota_and_alerts_by_webhook(hook, app_client):
     text = config(f"{hook.base_url}/hook", budget="budget: {daily_usd: 0.05, alerts: [0.5]}")
-    app, client = await make(tmp_path, text)
-    try:
-        statuses = []
-        for i in range(6):
-            r = await client.post("/v1/chat/completions", json=chat(text=f"q{i}"), headers=AUTH)
-            statuses.append(r.status_code)
-            if r.status_code == 429:
-                error = r.json()["error"]
-                assert error["type"] == "insufficient_quota" and error["code"] == "budget_exceeded"
-                assert "search" in error["message"]
-        assert statuses[:2] == [200, 200] and 429 in statuses
-        other = await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {OTHER}"})
-        assert other.status_code == 200  # another team's budget is its own
-        for _ in range(100):
-            if len(hook.post("/hook").calls) >= 2:
-                break
-            await asyncio.sleep(0.02)
-        sent = [c.json() for c in hook.post("/hook").calls.items]
-        assert [(s["team"], s["period"], s["threshold"]) for s in sent] == [("search", "day", 0.5),
-                                                                           ("search", "day", 1.0)]
-        usage = (await client.get("/v1/usage", headers=AUTH)).json()
-        assert usage["budget"]["exceeded"] is True
-        assert usage["budget"]["remaining_today_usd"] <= 0
-        costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()
-        assert {(a["team"], a["threshold"]) for a in costs["active_alerts"]} == {("search", 0.5), ("search", 1.0)}
-        text_metrics = (await client.get("/metrics")).text
-        assert 'switchyard_budget_alerts_total{period="day",team="search",threshold="0.5"} 1.0' in text_metrics
-    finally:
-        await close(app, client)
+    client = await app_client(text)
+    statuses = []
+    for i in range(6):
+        r = await client.post("/v1/chat/completions", json=chat_body(text=f"q{i}"), headers=AUTH)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            error = r.json()["error"]
+            assert error["type"] == "insufficient_quota" and error["code"] == "budget_exceeded"
+            assert "search" in error["message"]
+    assert statuses[:2] == [200, 200] and 429 in statuses
+    other = await client.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": f"Bearer {OTHER}"})
+    assert other.status_code == 200  # another team's budget is its own
+    await drain()  # the alerts (and their webhook calls) run in the background
+    sent = [c.json() for c in hook.post("/hook").calls.items]
+    assert [(s["team"], s["period"], s["threshold"]) for s in sent] == [("search", "day", 0.5),
+                                                                       ("search", "day", 1.0)]
+    usage = (await client.get("/v1/usage", headers=AUTH)).json()
+    assert usage["budget"]["exceeded"] is True
+    assert usage["budget"]["remaining_today_usd"] <= 0
+    costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()
+    assert {(a["team"], a["threshold"]) for a in costs["active_alerts"]} == {("search", 0.5), ("search", 1.0)}
+    text_metrics = (await client.get("/metrics")).text
+    assert 'switchyard_budget_alerts_total{period="day",team="search",threshold="0.5"} 1.0' in text_metrics
 
 
-async def test_a_reload_that_lowers_the_budget_below_the_spend_raises_the_alert(tmp_path, hook):
+async def test_a_reload_that_lowers_the_budget_below_the_spend_raises_the_alert(tmp_path, hook, app_client):
     text = config(f"{hook.base_url}/hook", budget="budget: {daily_usd: 100, alerts: [0.5]}")
-    app, client = await make(tmp_path, text)
-    try:
-        r = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert r.status_code == 200
-        spent = float(r.headers["x-switchyard-cost-usd"])
-        (tmp_path / "proxy.yaml").write_text(text.replace("daily_usd: 100", f"daily_usd: {spent / 2:.6f}"))
-        reload = await client.post("/admin/reload", headers=ADMIN_AUTH)
-        assert reload.json()["result"] == "ok"
-        for _ in range(100):
-            if len(hook.post("/hook").calls) >= 2:
-                break
-            await asyncio.sleep(0.02)
-        sent = [(c.json()["threshold"], c.json()["budget_usd"]) for c in hook.post("/hook").calls.items]
-        assert sent == [(0.5, pytest.approx(spent / 2, rel=1e-3)), (1.0, pytest.approx(spent / 2, rel=1e-3))]
-        refused = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
-        assert 0 < int(refused.headers["retry-after"]) <= 86400
-    finally:
-        await close(app, client)
+    client = await app_client(text)
+    r = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert r.status_code == 200
+    spent = float(r.headers["x-switchyard-cost-usd"])
+    (tmp_path / "proxy.yaml").write_text(text.replace("daily_usd: 100", f"daily_usd: {spent / 2:.6f}"))
+    reload = await client.post("/admin/reload", headers=ADMIN_AUTH)
+    assert reload.json()["result"] == "ok"
+    await drain()  # the alerts (and their webhook calls) run in the background
+    sent = [(c.json()["threshold"], c.json()["budget_usd"]) for c in hook.post("/hook").calls.items]
+    assert sent == [(0.5, pytest.approx(spent / 2, rel=1e-3)), (1.0, pytest.approx(spent / 2, rel=1e-3))]
+    refused = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert 0 < int(refused.headers["retry-after"]) <= 86400
 
 
-async def test_budget_edge_under_concurrency_overshoots_by_at_most_one_request(tmp_path):
-    app, client = await make(tmp_path, config(budget="budget: {daily_usd: 0.2}"))
-    try:
-        first = await client.post("/v1/chat/completions", json=chat(text="warm"), headers=AUTH)
-        one = float(first.headers["x-switchyard-cost-usd"])
-        results = await asyncio.gather(*(
-            client.post("/v1/chat/completions", json=chat(text=f"c{i}"), headers=AUTH) for i in range(40)
-        ))
-        assert {r.status_code for r in results} <= {200, 429}
-        spent = one + sum(float(r.headers.get("x-switchyard-cost-usd", 0)) for r in results)
-        assert 0.2 - one <= spent <= 0.2 + one * 1.01
-        usage = (await client.get("/v1/usage", headers=AUTH)).json()
-        assert usage["spend"]["today_usd"] == pytest.approx(spent)
-    finally:
-        await close(app, client)
+async def test_budget_edge_under_concurrency_overshoots_by_at_most_one_request(app_client):
+    client = await app_client(config(budget="budget: {daily_usd: 0.2}"))
+    first = await client.post("/v1/chat/completions", json=chat_body(text="warm"), headers=AUTH)
+    one = float(first.headers["x-switchyard-cost-usd"])
+    results = await asyncio.gather(*(
+        client.post("/v1/chat/completions", json=chat_body(text=f"c{i}"), headers=AUTH) for i in range(40)
+    ))
+    assert {r.status_code for r in results} <= {200, 429}
+    spent = one + sum(float(r.headers.get("x-switchyard-cost-usd", 0)) for r in results)
+    assert 0.2 - one <= spent <= 0.2 + one * 1.01
+    usage = (await client.get("/v1/usage", headers=AUTH)).json()
+    assert usage["spend"]["today_usd"] == pytest.approx(spent)
 
 
-async def test_spend_restored_from_the_ledger_after_restart(tmp_path):
+async def test_spend_restored_from_the_ledger_after_restart(app_client):
     text = config(budget="budget: {daily_usd: 0.06}")
-    app, client = await make(tmp_path, text)
+    client = await app_client(text)
     try:
         for i in range(2):
-            assert (await client.post("/v1/chat/completions", json=chat(text=f"r{i}"), headers=AUTH)).status_code == 200
+            r = await client.post("/v1/chat/completions", json=chat_body(text=f"r{i}"), headers=AUTH)
+            assert r.status_code == 200
         before = (await client.get("/v1/usage", headers=AUTH)).json()["spend"]["today_usd"]
     finally:
-        await close(app, client)
-    app, client = await make(tmp_path, text)
+        await client.aclose()
+    client = await app_client(text)
+    after = (await client.get("/v1/usage", headers=AUTH)).json()["spend"]["today_usd"]
+    assert after == pytest.approx(before) and after > 0
+
+
+async def test_rate_limit_rpm_headers_and_429(app_client):
+    client = await app_client(config(limits="limits: {rpm: 3, user_rpm: 1}"))
+    ok = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert ok.headers["x-ratelimit-limit-requests"] == "3"
+    assert ok.headers["x-ratelimit-remaining-requests"] == "2"
+    assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+    alice = {**AUTH, "x-switchyard-user": "alice"}
+    assert (await client.post("/v1/chat/completions", json=chat_body(), headers=alice)).status_code == 200
+    limited = await client.post("/v1/chat/completions", json=chat_body(), headers=alice)
+    assert limited.status_code == 429
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "alice" in error["message"]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert (await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)).status_code == 200
+    team_limited = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert team_limited.status_code == 429
+    assert team_limited.headers["x-ratelimit-remaining-requests"] == "0"
+    other = await client.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": f"Bearer {OTHER}"})
+    assert other.status_code == 200 and "x-ratelimit-limit-requests" not in other.headers
+
+
+async def test_rate_limit_tpm_counts_answered_tokens(app_client):
+    client = await app_client(config(limits="limits: {tpm: 30}"))
+    first = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "30"
+    used = first.json()["usage"]["total_tokens"]
+    assert used > 15
+    second = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert second.status_code == 200  # admitted: the minute's tokens were not yet overdrawn
+    third = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert third.status_code == 429 and third.json()["error"]["type"] == "tokens"
+
+
+async def test_usage_endpoints(app_client):
+    client = await app_client(config(budget="budget: {monthly_usd: 100}"))
+    for i in range(3):
+        await client.post("/v1/chat/completions", json=chat_body(text=f"u{i}"), headers=AUTH)
+    await client.post("/v1/chat/completions", json=chat_body("free"), headers=AUTH)
+    await client.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": f"Bearer {OTHER}"})
+    usage = (await client.get("/v1/usage", headers=AUTH)).json()
+    assert usage["team"] == "search" and usage["requests"]["month"] == 4
+    assert usage["spend"]["month_usd"] > 0
+    assert usage["budget"]["monthly_usd"] == 100 and usage["budget"]["remaining_month_usd"] < 100
+    assert usage["projection"]["month_end_usd"] >= usage["spend"]["month_usd"]
+    # the ledger began today: no day of this month is complete, none counts as a zero-spend day
+    assert usage["projection"]["complete_days"] == 0
+    assert usage["projection"]["daily_rate_usd"] > 0
+    assert usage["savings"]["routing_usd"] == pytest.approx(usage["spend"]["month_usd"] * 9)
+    assert usage["savings"]["baseline_model"] == "mock/expensive"
+    by_model = (await client.get("/admin/usage?group_by=model", headers=ADMIN_AUTH)).json()
+    assert {r["key"] for r in by_model["data"]} == {"mock/mock-fast", "mock/unpriced"}
+    by_team = (await client.get("/admin/usage?group_by=team&team=other", headers=ADMIN_AUTH)).json()
+    assert [r["key"] for r in by_team["data"]] == ["other"]
+    by_day = (await client.get("/admin/usage?group_by=day", headers=ADMIN_AUTH)).json()
+    assert by_day["data"][0]["requests"] == 5
+    future = (await client.get("/admin/usage?since=2099-01-01", headers=ADMIN_AUTH)).json()
+    assert future["data"] == []
+    for bad, param in (("group_by=color", "group_by"), ("since=yesterday-ish", "since")):
+        r = await client.get(f"/admin/usage?{bad}", headers=ADMIN_AUTH)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert (await client.get("/admin/usage?team=ghost", headers=ADMIN_AUTH)).status_code == 404
+    assert (await client.get("/admin/usage", headers=AUTH)).status_code == 401
+    assert (await client.get("/v1/usage")).status_code == 401
+    costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()
+    assert {t["team"] for t in costs["teams"]} == {"search", "other"}
+    assert costs["history"][0]["requests"] == 5
+
+
+@pytest.mark.integration  # the CLI, in a process of its own
+async def test_cli_usage_prints_the_ledger(tmp_path, app_client):
+    client = await app_client(config(budget="budget: {daily_usd: 5, monthly_usd: 50}"))
     try:
-        after = (await client.get("/v1/usage", headers=AUTH)).json()["spend"]["today_usd"]
-        assert after == pytest.approx(before) and after > 0
+        await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
     finally:
-        await close(app, client)
-
-
-async def test_rate_limit_rpm_headers_and_429(tmp_path):
-    app, client = await make(tmp_path, config(limits="limits: {rpm: 3, user_rpm: 1}"))
-    try:
-        ok = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert ok.headers["x-ratelimit-limit-requests"] == "3"
-        assert ok.headers["x-ratelimit-remaining-requests"] == "2"
-        assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
-        alice = {**AUTH, "x-switchyard-user": "alice"}
-        assert (await client.post("/v1/chat/completions", json=chat(), headers=alice)).status_code == 200
-        limited = await client.post("/v1/chat/completions", json=chat(), headers=alice)
-        assert limited.status_code == 429
-        error = limited.json()["error"]
-        assert error["code"] == "rate_limit_exceeded" and "alice" in error["message"]
-        assert int(limited.headers["retry-after"]) >= 1
-        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status_code == 200
-        team_limited = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert team_limited.status_code == 429
-        assert team_limited.headers["x-ratelimit-remaining-requests"] == "0"
-        other = await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {OTHER}"})
-        assert other.status_code == 200 and "x-ratelimit-limit-requests" not in other.headers
-    finally:
-        await close(app, client)
-
-
-async def test_rate_limit_tpm_counts_answered_tokens(tmp_path):
-    app, client = await make(tmp_path, config(limits="limits: {tpm: 30}"))
-    try:
-        first = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "30"
-        used = first.json()["usage"]["total_tokens"]
-        assert used > 15
-        second = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert second.status_code == 200  # admitted: the minute's tokens were not yet overdrawn
-        third = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert third.status_code == 429 and third.json()["error"]["type"] == "tokens"
-    finally:
-        await close(app, client)
-
-
-async def test_usage_endpoints(tmp_path):
-    app, client = await make(tmp_path, config(budget="budget: {monthly_usd: 100}"))
-    try:
-        for i in range(3):
-            await client.post("/v1/chat/completions", json=chat(text=f"u{i}"), headers=AUTH)
-        await client.post("/v1/chat/completions", json=chat("free"), headers=AUTH)
-        await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {OTHER}"})
-        usage = (await client.get("/v1/usage", headers=AUTH)).json()
-        assert usage["team"] == "search" and usage["requests"]["month"] == 4
-        assert usage["spend"]["month_usd"] > 0
-        assert usage["budget"]["monthly_usd"] == 100 and usage["budget"]["remaining_month_usd"] < 100
-        assert usage["projection"]["month_end_usd"] >= usage["spend"]["month_usd"]
-        # the ledger began today: no day of this month is complete, none counts as a zero-spend day
-        assert usage["projection"]["complete_days"] == 0
-        assert usage["projection"]["daily_rate_usd"] > 0
-        assert usage["savings"]["routing_usd"] == pytest.approx(usage["spend"]["month_usd"] * 9)
-        assert usage["savings"]["baseline_model"] == "mock/expensive"
-        by_model = (await client.get("/admin/usage?group_by=model", headers=ADMIN_AUTH)).json()
-        assert {r["key"] for r in by_model["data"]} == {"mock/mock-fast", "mock/unpriced"}
-        by_team = (await client.get("/admin/usage?group_by=team&team=other", headers=ADMIN_AUTH)).json()
-        assert [r["key"] for r in by_team["data"]] == ["other"]
-        by_day = (await client.get("/admin/usage?group_by=day", headers=ADMIN_AUTH)).json()
-        assert by_day["data"][0]["requests"] == 5
-        future = (await client.get("/admin/usage?since=2099-01-01", headers=ADMIN_AUTH)).json()
-        assert future["data"] == []
-        for bad, param in (("group_by=color", "group_by"), ("since=yesterday-ish", "since")):
-            r = await client.get(f"/admin/usage?{bad}", headers=ADMIN_AUTH)
-            assert r.status_code == 400 and r.json()["error"]["param"] == param
-        assert (await client.get("/admin/usage?team=ghost", headers=ADMIN_AUTH)).status_code == 404
-        assert (await client.get("/admin/usage", headers=AUTH)).status_code == 401
-        assert (await client.get("/v1/usage")).status_code == 401
-        costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()
-        assert {t["team"] for t in costs["teams"]} == {"search", "other"}
-        assert costs["history"][0]["requests"] == 5
-    finally:
-        await close(app, client)
-
-
-async def test_cli_usage_prints_the_ledger(tmp_path):
-    app, client = await make(tmp_path, config(budget="budget: {daily_usd: 5, monthly_usd: 50}"))
-    try:
-        await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-    finally:
-        await close(app, client)
+        await client.aclose()
     def cli(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "proxy", "usage", "--config", str(tmp_path / "proxy.yaml"), *args],
                               capture_output=True, text=True, timeout=60)
@@ -674,34 +632,36 @@ async def test_cli_usage_prints_the_ledger(tmp_path):
     assert "mock/mock-fast" in await asyncio.to_thread(cli, "--group-by", "model")
 
 
-async def test_unwritable_ledger_does_not_fail_requests(tmp_path):
+async def test_unwritable_ledger_does_not_fail_requests(tmp_path, app_client):
     (tmp_path / "ledger.db").mkdir()  # a directory where the file should be
-    app, client = await make(tmp_path, config())
+    client = await app_client(config())
     try:
         for i in range(5):
-            assert (await client.post("/v1/chat/completions", json=chat(text=f"w{i}"), headers=AUTH)).status_code == 200
-        await asyncio.sleep(0.3)
-        metrics = (await client.get("/metrics")).text
+            r = await client.post("/v1/chat/completions", json=chat_body(text=f"w{i}"), headers=AUTH)
+            assert r.status_code == 200
+
+        async def write_failed() -> str | None:
+            text = (await client.get("/metrics")).text
+            return text if 'switchyard_ledger_write_errors_total{kind="unwritable"}' in text else None
+
+        metrics = await eventually(write_failed, what="a ledger write error in /metrics")
         assert "switchyard_ledger_write_errors_total" in metrics
         assert 'switchyard_ledger_write_errors_total{kind="unwritable"}' in metrics
     finally:
         os.rmdir(tmp_path / "ledger.db")
-        await close(app, client)  # now writable: the queued rows land
+        await client.aclose()  # now writable: the queued rows land
     assert count(tmp_path / "ledger.db") == 5
 
 
-async def test_redis_down_budgets_and_limits_enforced_locally(tmp_path):
+async def test_redis_down_budgets_and_limits_enforced_locally(app_client):
     dead = free_port()
     extra = ""
     text = config(budget="budget: {daily_usd: 0.05}", limits="limits: {rpm: 100}").replace(
         "accounting: {", f'accounting: {{backend: redis, url: "redis://127.0.0.1:{dead}/0", timeout_ms: 20, '
     ) + extra
-    app, client = await make(tmp_path, text)
-    try:
-        statuses = []
-        for i in range(6):
-            r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(text=f"d{i}"), headers=AUTH), 5)
-            statuses.append(r.status_code)
-        assert statuses[:2] == [200, 200] and statuses[-1] == 429
-    finally:
-        await close(app, client)
+    client = await app_client(text)
+    statuses = []
+    for i in range(6):
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat_body(text=f"d{i}"), headers=AUTH), 5)
+        statuses.append(r.status_code)
+    assert statuses[:2] == [200, 200] and statuses[-1] == 429

@@ -4,21 +4,23 @@ and a SIGTERM under load that must leave a ledger row for every answered request
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
 import threading
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from proxy.app import create_app
-from support import REDIS_PREFIX, REDIS_URL, ServerProcess
+from proxy.tasks import drain
+from support import REDIS_PREFIX, REDIS_URL, AppClient, ServerProcess, chat_body, eventually
+
+pytestmark = pytest.mark.integration  # the real Redis, and a served proxy
 
 KEY = "sk-shared-team-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -50,18 +52,14 @@ routes:
 """
 
 
-async def replica(tmp_path: Path, name: str, text: str) -> tuple:
-    directory = tmp_path / name
-    directory.mkdir()
-    path = directory / "proxy.yaml"
-    path.write_text(text)
-    app = create_app(str(path), watch=False)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    return app, client
+@pytest.fixture
+def replica(tmp_path: Path, app_client) -> Callable[[str, str], Awaitable[AppClient]]:
+    """`await replica(name, text)`: one more in-process proxy, in a directory (and ledger) of its own."""
 
+    async def make(name: str, text: str) -> AppClient:
+        return await app_client(text, path=tmp_path / name / "proxy.yaml")
 
-def chat(text: str) -> dict:
-    return {"model": "fast", "messages": [{"role": "user", "content": text}]}
+    return make
 
 
 @pytest.fixture
@@ -74,46 +72,38 @@ def team() -> str:
         client.delete(key)
 
 
-async def test_two_replicas_share_one_rate_limit(tmp_path, team):
+async def test_two_replicas_share_one_rate_limit(replica, team):
     text = config(team, "ledger.db", limits="limits: {rpm: 4}")
-    a = await replica(tmp_path, "a", text)
-    b = await replica(tmp_path, "b", text)
-    try:
-        statuses = []
-        for i in range(6):
-            _, client = a if i % 2 == 0 else b
-            statuses.append((await client.post("/v1/chat/completions", json=chat(f"x{i}"), headers=AUTH)).status_code)
-        assert statuses == [200, 200, 200, 200, 429, 429]
-    finally:
-        for app, client in (a, b):
-            await client.aclose()
-            await app.state.runtime.aclose()
+    a = await replica("a", text)
+    b = await replica("b", text)
+    statuses = []
+    for i in range(6):
+        client = a if i % 2 == 0 else b
+        statuses.append((await client.post("/v1/chat/completions", json=chat_body(text=f"x{i}"),
+                                           headers=AUTH)).status_code)
+    assert statuses == [200, 200, 200, 200, 429, 429]
 
 
-async def test_two_replicas_share_one_budget(tmp_path, team):
+async def test_two_replicas_share_one_budget(replica, team):
     text = config(team, "ledger.db", budget="budget: {daily_usd: 0.1}")
-    a = await replica(tmp_path, "a", text)
-    b = await replica(tmp_path, "b", text)
-    try:
-        spent = 0.0
-        for i in range(4):  # about 0.02 each, all through replica a
-            r = await a[1].post("/v1/chat/completions", json=chat(f"a{i}"), headers=AUTH)
-            spent += float(r.headers["x-switchyard-cost-usd"])
-        for _ in range(100):  # replica b reads the shared counter within its sync interval
-            usage = (await b[1].get("/v1/usage", headers=AUTH)).json()
-            if usage["spend"]["today_usd"] >= spent - 1e-9:
-                break
-            await asyncio.sleep(0.05)
-        assert usage["spend"]["today_usd"] == pytest.approx(spent)
-        statuses = []
-        for i in range(4):
-            r = await b[1].post("/v1/chat/completions", json=chat(f"b{i}"), headers=AUTH)
-            statuses.append(r.status_code)
-        assert statuses[0] == 200 and statuses[-1] == 429
-    finally:
-        for app, client in (a, b):
-            await client.aclose()
-            await app.state.runtime.aclose()
+    a = await replica("a", text)
+    b = await replica("b", text)
+    spent = 0.0
+    for i in range(4):  # about 0.02 each, all through replica a
+        r = await a.post("/v1/chat/completions", json=chat_body(text=f"a{i}"), headers=AUTH)
+        spent += float(r.headers["x-switchyard-cost-usd"])
+
+    async def b_sees_it() -> dict | None:  # replica b reads the shared counter within its sync interval
+        usage = (await b.get("/v1/usage", headers=AUTH)).json()
+        return usage if usage["spend"]["today_usd"] >= spent - 1e-9 else None
+
+    usage = await eventually(b_sees_it, interval=0.05, what="replica b to see replica a's spend")
+    assert usage["spend"]["today_usd"] == pytest.approx(spent)
+    statuses = []
+    for i in range(4):
+        r = await b.post("/v1/chat/completions", json=chat_body(text=f"b{i}"), headers=AUTH)
+        statuses.append(r.status_code)
+    assert statuses[0] == 200 and statuses[-1] == 429
 
 
 def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
@@ -128,7 +118,8 @@ def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
             while not stop.is_set():
                 rid = f"req-{n}-{i}"
                 try:
-                    r = client.post("/v1/chat/completions", json=chat(rid), headers={**AUTH, "x-request-id": rid})
+                    r = client.post("/v1/chat/completions", json=chat_body(text=rid),
+                                    headers={**AUTH, "x-request-id": rid})
                 except httpx.HTTPError:
                     return  # the server is going away
                 if r.status_code == 200:
@@ -140,15 +131,14 @@ def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
     for t in threads:
         t.start()
     try:
-        deadline = 200
-        while len(answered) < deadline:
-            threading.Event().wait(0.05)
+        eventually(lambda: len(answered) >= 200, timeout=60, interval=0.05, what="200 answers")
         server.signal(signal.SIGTERM)  # rows are flushed every 30 s: only shutdown can write them
         assert server.proc is not None
         try:
             server.proc.wait(30)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"no exit 30 s after SIGTERM; the server's log ends:\n{server.log()[-3000:]}") from None
+            raise AssertionError(
+                f"no exit 30 s after SIGTERM; the server's log ends:\n{server.log()[-3000:]}") from None
     finally:
         stop.set()
         for t in threads:
@@ -164,34 +154,26 @@ def test_sigterm_under_load_leaves_a_row_for_every_answer(tmp_path):
     assert len(answered) >= 200
 
 
-async def test_a_burst_over_two_replicas_overshoots_the_budget_by_at_most_one_request(tmp_path, team):
+async def test_a_burst_over_two_replicas_overshoots_the_budget_by_at_most_one_request(replica, team):
     """Admission reserves each request's estimate in Redis, atomically: 40 concurrent
     requests split over two replicas cannot all pass on a stale view of the spend."""
     budget = 0.1
     text = config(team, "ledger.db", budget=f"budget: {{daily_usd: {budget}}}")
-    a = await replica(tmp_path, "a", text)
-    b = await replica(tmp_path, "b", text)
-    try:
-        clients = [a[1], b[1]]
-        results = await asyncio.gather(*(
-            clients[i % 2].post("/v1/chat/completions", json=chat(f"burst {i}"), headers=AUTH) for i in range(40)
-        ))
-        costs = [float(r.headers["x-switchyard-cost-usd"]) for r in results if r.status_code == 200]
-        refused = [r for r in results if r.status_code == 429]
-        assert costs and refused and len(costs) + len(refused) == 40
-        assert sum(costs) <= budget + max(costs) + 1e-9, (sum(costs), costs)
-        assert all(r.json()["error"]["code"] == "budget_exceeded" and int(r.headers["retry-after"]) >= 1
-                   for r in refused)
-        held = redis.Redis.from_url(REDIS_URL).hgetall(f"{REDIS_PREFIX}spend:{team}:" + datetime.now(timezone.utc)
-                                                       .strftime("%Y-%m-%d") + ":held")
-        for _ in range(100):  # settled after the answers: no reservation outlives its request
-            if not held:
-                break
-            await asyncio.sleep(0.02)
-            held = redis.Redis.from_url(REDIS_URL).hgetall(f"{REDIS_PREFIX}spend:{team}:"
-                                                           + datetime.now(timezone.utc).strftime("%Y-%m-%d") + ":held")
-        assert not held
-    finally:
-        for app, client in (a, b):
-            await client.aclose()
-            await app.state.runtime.aclose()
+    a = await replica("a", text)
+    b = await replica("b", text)
+    clients = [a, b]
+    results = await asyncio.gather(*(
+        clients[i % 2].post("/v1/chat/completions", json=chat_body(text=f"burst {i}"), headers=AUTH)
+        for i in range(40)
+    ))
+    costs = [float(r.headers["x-switchyard-cost-usd"]) for r in results if r.status_code == 200]
+    refused = [r for r in results if r.status_code == 429]
+    assert costs and refused and len(costs) + len(refused) == 40
+    assert sum(costs) <= budget + max(costs) + 1e-9, (sum(costs), costs)
+    assert all(r.json()["error"]["code"] == "budget_exceeded" and int(r.headers["retry-after"]) >= 1
+               for r in refused)
+    await drain()  # the settles run in the background, after the answers
+    with redis.Redis.from_url(REDIS_URL) as shared:  # no reservation outlives its request
+        held = shared.hgetall(f"{REDIS_PREFIX}spend:{team}:" + datetime.now(UTC).strftime("%Y-%m-%d")
+                              + ":held")
+    assert not held

@@ -5,8 +5,8 @@ openai SDK through the served proxy to a local Anthropic-shaped upstream."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import openai
 import orjson
@@ -69,7 +69,8 @@ REQUESTS = [
     pytest.param({"model": "c", "messages": [
         user("weather?"),
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
         {"role": "tool", "tool_call_id": "call_2", "content": "rain"}]},
         {"messages": [
@@ -100,8 +101,8 @@ def test_request_translation(body, expected):
 
 
 def test_tool_choice_none_sends_no_tools():
-    out = to_messages({"model": "c", "messages": [user("hi")], "tools": [{"type": "function", "function": {"name": "f"}}],
-                       "tool_choice": "none"})
+    out = to_messages({"model": "c", "messages": [user("hi")],
+                       "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"})
     assert "tools" not in out and "tool_choice" not in out
 
 
@@ -231,8 +232,9 @@ async def test_adapter_sends_messages_api_request_with_its_headers(upstream):
     adapter = build_adapter(spec(upstream.base_url.removesuffix("/v1")))
     assert isinstance(adapter, AnthropicAdapter)
     try:
-        response = await adapter.send(UpstreamRequest("chat/completions", {"model": "claude-x", "messages": [user("hi")]},
-                                                      False, "r1", [("authorization", "Bearer client")]))
+        body = {"model": "claude-x", "messages": [user("hi")]}
+        response = await adapter.send(UpstreamRequest("chat/completions", body, False, "r1",
+                                                      [("authorization", "Bearer client")]))
     finally:
         await adapter.aclose()
     sent = route.calls.last.request
@@ -287,6 +289,7 @@ routes:
     up.stop_threaded()
 
 
+@pytest.mark.integration
 def test_sdk_non_stream_through_anthropic(served):
     server, up = served
     up.at("POST", "/v1/messages").respond(json=json.loads(fixture("tool_use.json")))
@@ -301,6 +304,7 @@ def test_sdk_non_stream_through_anthropic(served):
     assert float(raw.headers["x-switchyard-cost-usd"]) > 0
 
 
+@pytest.mark.integration
 def test_sdk_stream_through_anthropic(served):
     server, up = served
     up.at("POST", "/v1/messages").stream([fixture("text_stream.sse")], headers={"content-type": "text/event-stream"})
@@ -311,6 +315,7 @@ def test_sdk_stream_through_anthropic(served):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 15
 
 
+@pytest.mark.integration
 def test_sdk_sees_anthropic_errors_as_openai_errors(served):
     server, up = served
     up.at("POST", "/v1/messages").respond(400, content=fixture("invalid_request.json"),

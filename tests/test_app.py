@@ -5,17 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
 
 import proxy
-
-from proxy.app import create_app
 from proxy.providers import build_adapter
-from support import FakeUpstream, free_port
+from support import AppClient, FakeUpstream, chat_body, free_port
 
 UP_PORT = free_port()  # every test's fake upstream listens here, so configs can name it
 UP = f"http://127.0.0.1:{UP_PORT}/v1"
@@ -64,7 +62,7 @@ teams:
 
 
 AUTH = {"Authorization": f"Bearer {SEARCH_KEY}"}
-GOOD_CHAT = {"model": "fast", "messages": [{"role": "user", "content": "hello"}]}
+GOOD_CHAT = chat_body()  # {"model": "fast", one user message "hello"}
 
 
 @pytest.fixture
@@ -80,25 +78,9 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield up
 
 
-async def _client_for(path: Path) -> tuple:
-    app = create_app(str(path), adapter_factory=build_adapter, watch=False)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    return app, client
-
-
 @pytest.fixture
-async def app_client(config_file, upstream) -> AsyncIterator[tuple]:
-    app, client = await _client_for(config_file)
-    try:
-        yield app, client
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
-
-
-@pytest.fixture
-def client(app_client) -> httpx.AsyncClient:
-    return app_client[1]
+async def client(config_file, upstream, app_client) -> AppClient:
+    return await app_client(config_file.read_text(), path=config_file, adapter_factory=build_adapter)
 
 
 def assert_error(
@@ -196,10 +178,6 @@ async def test_chunked_body_under_limit_accepted(client):
 # ---------------------------------------------------------------- bad bodies
 
 
-def _chat(**fields) -> dict:
-    return {"model": "fast", "messages": [{"role": "user", "content": "hi"}], **fields}
-
-
 BAD_CHAT_BODIES = [
     pytest.param({"model": "fast"}, "messages", id="missing-messages"),
     pytest.param({"model": "fast", "messages": []}, "messages", id="empty-messages"),
@@ -211,18 +189,19 @@ BAD_CHAT_BODIES = [
         "messages[1].role",
         id="bad-role",
     ),
-    pytest.param({"model": "fast", "messages": [{"role": "user", "content": 5}]}, "messages[0].content", id="content-number"),
-    pytest.param(_chat(model=42), "model", id="model-number"),
-    pytest.param(_chat(stream="yes"), "stream", id="stream-string"),
-    pytest.param(_chat(temperature="hot"), "temperature", id="temperature-string"),
-    pytest.param(_chat(temperature=3), "temperature", id="temperature-range"),
-    pytest.param(_chat(top_p=1.5), "top_p", id="top-p-range"),
-    pytest.param(_chat(max_tokens=0), "max_tokens", id="max-tokens-zero"),
-    pytest.param(_chat(max_tokens=1.5), "max_tokens", id="max-tokens-float"),
-    pytest.param(_chat(n=True), "n", id="n-bool"),
-    pytest.param(_chat(user=7), "user", id="user-number"),
-    pytest.param(_chat(stream_options={"include_usage": True}), "stream_options", id="stream-options-no-stream"),
-    pytest.param(_chat(stream=True, stream_options="yes"), "stream_options", id="stream-options-string"),
+    pytest.param({"model": "fast", "messages": [{"role": "user", "content": 5}]}, "messages[0].content",
+                 id="content-number"),
+    pytest.param(chat_body(model=42), "model", id="model-number"),
+    pytest.param(chat_body(stream="yes"), "stream", id="stream-string"),
+    pytest.param(chat_body(temperature="hot"), "temperature", id="temperature-string"),
+    pytest.param(chat_body(temperature=3), "temperature", id="temperature-range"),
+    pytest.param(chat_body(top_p=1.5), "top_p", id="top-p-range"),
+    pytest.param(chat_body(max_tokens=0), "max_tokens", id="max-tokens-zero"),
+    pytest.param(chat_body(max_tokens=1.5), "max_tokens", id="max-tokens-float"),
+    pytest.param(chat_body(n=True), "n", id="n-bool"),
+    pytest.param(chat_body(user=7), "user", id="user-number"),
+    pytest.param(chat_body(stream_options={"include_usage": True}), "stream_options", id="stream-options-no-stream"),
+    pytest.param(chat_body(stream=True, stream_options="yes"), "stream_options", id="stream-options-string"),
 ]
 
 
@@ -272,7 +251,7 @@ async def test_unusable_json_body_400(client, raw, fragment):
 
 
 async def test_body_over_limit_with_content_length_413(client):
-    big = _chat(messages=[{"role": "user", "content": "x" * (LIMIT_BYTES + 100)}])
+    big = chat_body(messages=[{"role": "user", "content": "x" * (LIMIT_BYTES + 100)}])
     raw = json.dumps(big).encode()
     response = await client.post(
         "/v1/chat/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"}
@@ -306,9 +285,9 @@ async def test_body_over_limit_chunked_without_content_length_413(client):
 
 
 async def test_body_at_exactly_the_limit_is_accepted(client):
-    base = json.dumps(_chat(messages=[{"role": "user", "content": ""}])).encode()
+    base = json.dumps(chat_body(messages=[{"role": "user", "content": ""}])).encode()
     pad = LIMIT_BYTES - len(base)
-    raw = json.dumps(_chat(messages=[{"role": "user", "content": "z" * pad}])).encode()
+    raw = json.dumps(chat_body(messages=[{"role": "user", "content": "z" * pad}])).encode()
     assert len(raw) == LIMIT_BYTES
     response = await client.post(
         "/v1/chat/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"}
@@ -359,7 +338,7 @@ async def test_bad_key_checked_before_body(client):
 
 async def test_model_not_allowed_403(client):
     response = await client.post(
-        "/v1/chat/completions", json=_chat(model="secret"), headers=AUTH
+        "/v1/chat/completions", json=chat_body(model="secret"), headers=AUTH
     )
     error = assert_error(response, 403, "model_not_allowed", param="model")
     assert "secret" in error["message"]
@@ -367,7 +346,7 @@ async def test_model_not_allowed_403(client):
 
 
 async def test_unknown_model_404_lists_allowed_names(client):
-    response = await client.post("/v1/chat/completions", json=_chat(model="up-nothing"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="up-nothing"), headers=AUTH)
     error = assert_error(response, 404, "model_not_found", param="model")
     assert "up-nothing" in error["message"]
     for name in ("fast", "smart", "emb", "gpt-*"):
@@ -378,7 +357,7 @@ async def test_unknown_model_404_lists_allowed_names(client):
 
 async def test_unknown_model_for_unrestricted_team_404(client):
     response = await client.post(
-        "/v1/chat/completions", json=_chat(model="nonexistent"), headers={"Authorization": f"Bearer {OTHER_KEY}"}
+        "/v1/chat/completions", json=chat_body(model="nonexistent"), headers={"Authorization": f"Bearer {OTHER_KEY}"}
     )
     error = assert_error(response, 404, "model_not_found", param="model")
     for name in ("fast", "smart", "emb", "secret"):
@@ -390,7 +369,7 @@ async def test_unknown_model_for_unrestricted_team_404(client):
 
 async def test_upstream_connection_refused_502(client, upstream):
     await upstream.stop()  # nothing listens on the provider's port now
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     error = assert_error(response, 502, "upstream_error", type_="api_error")
     assert str(UP_PORT) not in error["message"]
     assert response.headers["x-switchyard-provider"] == "up"
@@ -400,14 +379,14 @@ async def test_upstream_connection_refused_502(client, upstream):
 
 async def test_upstream_connection_closed_502(client, upstream):
     upstream.post("/chat/completions").fault("close")
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     assert_error(response, 502, "upstream_error", type_="api_error")
     await assert_still_serving(client)
 
 
 async def test_upstream_timeout_504(client, upstream):
     upstream.post("/chat/completions").fault("hang", seconds=3)  # provider timeout_s is 1
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     assert_error(response, 504, "upstream_timeout", type_="api_error")
     await assert_still_serving(client)
 
@@ -418,7 +397,7 @@ async def test_upstream_400_passed_through_exactly(client, upstream):
         b'    "type": "invalid_request_error",\n    "param": "tool_choice",\n    "code": null\n  }\n}\n'
     )
     upstream.post("/chat/completions").respond(400, content=raw, headers={"content-type": "application/json"})
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     assert response.status_code == 400
     assert response.content == raw
     assert response.headers["x-switchyard-route"] == "smart-route"
@@ -429,7 +408,7 @@ async def test_upstream_500_becomes_502_with_upstream_message(client, upstream):
     upstream.post("/chat/completions").respond(
         500, json={"error": {"message": "the model exploded", "type": "server_error"}}
     )
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     error = assert_error(response, 502, "upstream_error", type_="api_error")
     assert "the model exploded" in error["message"]
     assert "500" in error["message"]
@@ -437,8 +416,9 @@ async def test_upstream_500_becomes_502_with_upstream_message(client, upstream):
 
 
 async def test_upstream_non_json_500_becomes_502(client, upstream):
-    upstream.post("/chat/completions").respond(503, content=b"<html>Bad gateway</html>", headers={"content-type": "text/html"})
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    upstream.post("/chat/completions").respond(503, content=b"<html>Bad gateway</html>",
+                                               headers={"content-type": "text/html"})
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     error = assert_error(response, 502, "upstream_error", type_="api_error")
     assert "<html>" not in error["message"]
 
@@ -456,7 +436,8 @@ async def test_unknown_path_404_openai_shape(client, path):
 
 @pytest.mark.parametrize(
     "method, path",
-    [("GET", "/v1/chat/completions"), ("PUT", "/v1/embeddings"), ("POST", "/v1/models"), ("DELETE", "/healthz"), ("GET", "/admin/reload")],
+    [("GET", "/v1/chat/completions"), ("PUT", "/v1/embeddings"), ("POST", "/v1/models"), ("DELETE", "/healthz"),
+     ("GET", "/admin/reload")],
 )
 async def test_wrong_method_405_openai_shape(client, method, path):
     response = await client.request(method, path, headers=AUTH)
@@ -470,7 +451,7 @@ async def test_wrong_method_405_openai_shape(client, method, path):
 
 async def test_proxied_response_headers(client, upstream):
     upstream.post("/chat/completions").respond(200, json={"id": "x", "choices": []})
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     assert response.status_code == 200
     assert re.fullmatch(r"req_[0-9a-f]{32}", response.headers["x-request-id"])
     assert response.headers["x-switchyard-route"] == "smart-route"
@@ -521,7 +502,8 @@ async def test_request_id_on_error_responses_honoured(client):
 async def test_passthrough_rewrites_model_and_keeps_fields(client, upstream):
     raw = b'{"id":"chatcmpl-up","object":"chat.completion","choices":[] }'
     route = upstream.post("/chat/completions").respond(200, content=raw, headers={"content-type": "application/json"})
-    body = _chat(model="smart", temperature=0.7, metadata={"k": [1, {"v": None}]}, seed=11, tools=[{"type": "function"}])
+    body = chat_body(model="smart", temperature=0.7, metadata={"k": [1, {"v": None}]}, seed=11,
+                     tools=[{"type": "function"}])
     response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert response.status_code == 200
     assert response.content == raw
@@ -534,7 +516,7 @@ async def test_passthrough_rewrites_model_and_keeps_fields(client, upstream):
 
 async def test_passthrough_template_route_keeps_model_name(client, upstream):
     route = upstream.post("/chat/completions").respond(200, json={})
-    response = await client.post("/v1/chat/completions", json=_chat(model="gpt-4.1-nano"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="gpt-4.1-nano"), headers=AUTH)
     assert response.status_code == 200
     assert response.headers["x-switchyard-route"] == "gpt-prefix"
     assert response.headers["x-switchyard-model"] == "gpt-4.1-nano"
@@ -545,7 +527,7 @@ async def test_only_allow_listed_headers_reach_the_provider(client, upstream):
     route = upstream.post("/chat/completions").respond(200, json={})
     response = await client.post(
         "/v1/chat/completions",
-        json=_chat(model="smart"),
+        json=chat_body(model="smart"),
         headers={
             **AUTH,
             "Connection": "close",
@@ -585,7 +567,7 @@ async def test_only_allow_listed_headers_reach_the_provider(client, upstream):
 
 async def test_api_key_header_not_forwarded(client, upstream):
     route = upstream.post("/chat/completions").respond(200, json={})
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers={"api-key": SEARCH_KEY})
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers={"api-key": SEARCH_KEY})
     assert response.status_code == 200
     sent = route.calls.last.request.headers
     assert "api-key" not in sent
@@ -605,7 +587,7 @@ async def test_upstream_response_headers_filtered(client, upstream):
         },
     )
     response = await client.post(
-        "/v1/chat/completions", json=_chat(model="smart"), headers={**AUTH, "x-request-id": "mine-1"}
+        "/v1/chat/completions", json=chat_body(model="smart"), headers={**AUTH, "x-request-id": "mine-1"}
     )
     assert response.headers["x-request-id"] == "mine-1"
     assert response.headers["x-switchyard-upstream-request-id"] == "upstream-req-7"
@@ -691,18 +673,12 @@ async def test_admin_config_needs_admin_key(client):
     assert_error(await client.get("/admin/config", headers=AUTH), 401, "invalid_api_key")
 
 
-async def test_admin_forbidden_when_no_admin_keys(tmp_path, upstream):
-    path = tmp_path / "noadmin.yaml"
-    path.write_text(config_text(admin=False))
-    app, client = await _client_for(path)
-    try:
-        for method, url in (("GET", "/admin/config"), ("POST", "/admin/reload")):
-            response = await client.request(method, url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-            assert_error(response, 403, "admin_forbidden")
-        await assert_still_serving(client)
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
+async def test_admin_forbidden_when_no_admin_keys(tmp_path, upstream, app_client):
+    client = await app_client(config_text(admin=False), path=tmp_path / "noadmin.yaml", adapter_factory=build_adapter)
+    for method, url in (("GET", "/admin/config"), ("POST", "/admin/reload")):
+        response = await client.request(method, url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert_error(response, 403, "admin_forbidden")
+    await assert_still_serving(client)
 
 
 async def test_admin_config_redacts_secrets(client):
@@ -720,7 +696,8 @@ async def test_admin_config_redacts_secrets(client):
     assert config["providers"]["up"]["base_url"] == UP
     assert len(config["teams"]["search"]["keys"]) == 1
     assert len(config["teams"]["other"]["keys"]) == 1
-    assert [r["name"] for r in config["routes"]] == ["fast-route", "smart-route", "emb-route", "gpt-prefix", "secret-route"]
+    assert [r["name"] for r in config["routes"]] == ["fast-route", "smart-route", "emb-route", "gpt-prefix",
+                                                     "secret-route"]
 
 
 NEW_ROUTES = """
@@ -753,7 +730,7 @@ async def test_admin_reload_applies_new_config(client, config_file):
     assert chat.headers["x-switchyard-model"] == "mock-fast-v2"
     assert chat.json()["model"] == "mock-fast-v2"
     # the removed gpt-* route no longer exists, but the team still may ask for it
-    gone = await client.post("/v1/chat/completions", json=_chat(model="gpt-4o"), headers=AUTH)
+    gone = await client.post("/v1/chat/completions", json=chat_body(model="gpt-4o"), headers=AUTH)
     assert_error(gone, 404, "model_not_found", param="model")
     assert (await client.get("/readyz")).json()["generation"] == 2
 
@@ -816,7 +793,7 @@ async def test_upstream_still_reached_after_reload(client, config_file, upstream
     config_file.write_text(config_text(NEW_ROUTES))
     reload = await client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert reload.status_code == 200
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     assert response.status_code == 200
     assert response.json() == {"ok": 1}
     assert route.calls.last.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
@@ -859,7 +836,7 @@ def sse_events(text: str) -> list[str]:
 async def test_streaming_chat_through_mock(client):
     response = await client.post(
         "/v1/chat/completions",
-        json=_chat(stream=True, stream_options={"include_usage": True}, messages=[{"role": "user", "content": "hello"}]),
+        json=chat_body(stream=True, stream_options={"include_usage": True}),
         headers=AUTH,
     )
     assert response.status_code == 200
@@ -883,7 +860,7 @@ async def test_streaming_chat_through_mock(client):
 async def test_streaming_chat_through_upstream(client, upstream):
     events = [b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n', b"data: [DONE]\n\n"]
     upstream.post("/chat/completions").stream(events)
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart", stream=True), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart", stream=True), headers=AUTH)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-switchyard-provider"] == "up"
@@ -893,7 +870,7 @@ async def test_streaming_chat_through_upstream(client, upstream):
 async def test_upstream_failure_mid_stream_ends_with_error_event(client, upstream):
     first = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
     upstream.post("/chat/completions").stream([first, first], cut_after=1)
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart", stream=True), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart", stream=True), headers=AUTH)
     assert response.status_code == 200
     events = sse_events(response.text)
     assert events[0] == first.decode().strip()
@@ -907,6 +884,6 @@ async def test_upstream_failure_mid_stream_ends_with_error_event(client, upstrea
 async def test_stream_request_answered_with_json_error_passes_through(client, upstream):
     raw = b'{"error":{"message":"stream not supported","type":"invalid_request_error","param":"stream","code":null}}'
     upstream.post("/chat/completions").respond(400, content=raw, headers={"content-type": "application/json"})
-    response = await client.post("/v1/chat/completions", json=_chat(model="smart", stream=True), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart", stream=True), headers=AUTH)
     assert response.status_code == 400
     assert response.content == raw

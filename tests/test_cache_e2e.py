@@ -5,15 +5,13 @@ client that keeps sending requests."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -23,16 +21,19 @@ import redis
 from aiohttp import web
 
 from support import (
-    PrivateRedis,
     REDIS_PREFIX,
     REDIS_URL,
     FakeRoute,
     FakeUpstream,
+    PrivateRedis,
     ServerProcess,
     chunk_events,
     completion,
-    free_port,
+    eventually,
+    expire_redis_keys,
 )
+
+pytestmark = pytest.mark.integration  # the served proxy, the real Redis and a private redis-server
 
 RUN = uuid.uuid4().hex[:10]  # in every team and model name, so this run's keys are its own
 TEAM_A, TEAM_B = f"a-{RUN}", f"b-{RUN}"
@@ -40,7 +41,10 @@ KEY_A, KEY_B, ADMIN = f"sk-a-{RUN}", f"sk-b-{RUN}", f"admin-{RUN}"
 MODEL, OTHER = f"m-{RUN}", f"n-{RUN}"  # the upstream models: up/m-..., up/n-...
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 SAVED = (10 * 1.0 + 5 * 2.0) / 1e6  # USAGE at up/MODEL's price
-STORE_WAIT = 0.15  # stores run after the answer has gone out
+# Stores run after the answer has gone out, in the served proxy's process: nothing there can
+# be drained from here, and nothing (no metric, no endpoint) says a store is done, so a test
+# that needs one to have landed gives it this long.
+STORE_WAIT = 0.15
 
 
 def config(upstream: str, cache: str) -> str:
@@ -126,6 +130,7 @@ def shared_proxy(request, tmp_path_factory, upstream) -> Iterator[ServerProcess]
     else:
         cache = "{backend: memory, ttl_s: 1, scope: shared}"
     server = serve(tmp_path_factory.mktemp(f"shared-{request.param}"), upstream, cache)
+    server.backend = request.param  # type: ignore[attr-defined]
     try:
         yield server
     finally:
@@ -182,6 +187,16 @@ def settle() -> None:
     time.sleep(STORE_WAIT)
 
 
+def expire_short_lived(server: ServerProcess, seconds: float = 1.2) -> None:
+    """Let `seconds` pass for the entries whose TTL is no longer than that. Redis keeps its
+    own time: this run's keys that short-lived are expired now. The in-memory cache of a
+    proxy in another process takes no clock from a test: there the time is waited out."""
+    if getattr(server, "backend", "") == "redis":
+        expire_redis_keys(f"{REDIS_PREFIX}c:*{RUN}*", seconds)
+    else:
+        time.sleep(seconds)
+
+
 def purge(server: ServerProcess, query: str = "", key: str = ADMIN) -> httpx.Response:
     return httpx.delete(server.base_url + "/admin/cache" + query, headers={"Authorization": f"Bearer {key}"})
 
@@ -236,7 +251,7 @@ def test_only_answer_changing_fields_make_a_new_entry(client, proxy, chat_route)
     assert chat_route.call_count - before == 8
 
 
-def test_ttl_expiry_and_route_ttl_override(client, chat_route):
+def test_ttl_expiry_and_route_ttl_override(client, proxy, chat_route):
     chat_route.respond(json=completion("short lived", usage=USAGE))
     before = chat_route.call_count
     short, normal = unique("short"), unique("normal")
@@ -244,7 +259,7 @@ def test_ttl_expiry_and_route_ttl_override(client, chat_route):
     ask(client, normal)  # the cache's ttl_s: 60
     settle()
     assert cache_of(ask(client, short, model="short")[0]) == "hit"
-    time.sleep(1.2)
+    expire_short_lived(proxy)  # past the route's ttl_s: 1, not the cache's 60
     assert cache_of(ask(client, short, model="short")[0]) == "miss"  # expired
     assert cache_of(ask(client, normal)[0]) == "hit"
     assert chat_route.call_count - before == 3
@@ -286,7 +301,7 @@ def test_shared_scope_crosses_teams_and_expires(shared_proxy, chat_route):
         headers, reply, _ = ask(b, messages)
         assert cache_of(headers) == "hit" and reply.choices[0].message.content == "shared answer"
         assert cache_of(ask(b, kept, model="long")[0]) == "hit"
-        time.sleep(1.2)
+        expire_short_lived(shared_proxy)  # past the cache's ttl_s: 1, not the route's 60
         assert cache_of(ask(b, messages)[0]) == "miss"  # ttl_s: 1
         assert cache_of(ask(a, kept, model="long")[0]) == "hit"
     assert chat_route.call_count - before == 3
@@ -566,6 +581,7 @@ def test_redis_frozen_then_killed_mid_test_fails_and_stalls_nothing(tmp_path, up
             frozen_at = time.monotonic()
             private_redis.send(signal.SIGSTOP)  # slow: accepts connections, never answers
             time.sleep(1.0)
+            thawed_at = time.monotonic()
             private_redis.send(signal.SIGCONT)
             time.sleep(0.6)
             killed_at = time.monotonic()
@@ -573,10 +589,8 @@ def test_redis_frozen_then_killed_mid_test_fails_and_stalls_nothing(tmp_path, up
             time.sleep(1.2)
             restarted_at = time.monotonic()
             private_redis.start()  # back, and empty
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and private_redis.keys() == 0:
-                time.sleep(0.1)
-            time.sleep(0.3)
+            eventually(lambda: private_redis.keys() > 0, interval=0.1, what="stores in the restarted Redis")
+            time.sleep(0.3)  # a little more load on the recovered Redis
         finally:
             stop.set()
             for t in threads:
@@ -586,8 +600,10 @@ def test_redis_frozen_then_killed_mid_test_fails_and_stalls_nothing(tmp_path, up
 
     assert failures == [], failures[:5]
     assert len(log) > 100
+    # nothing waited on the frozen Redis: requests begun while it was frozen were answered before it thawed
+    assert any(frozen_at < when - took and when < thawed_at for when, _, took in log)
     slowest = max(took for _, _, took in log)
-    assert slowest < 1.0, f"the slowest request took {slowest:.2f}s"
+    assert slowest < 5, f"the slowest request took {slowest:.2f}s"  # a hang guard, not a speed test
     assert {r for _, r, _ in log} <= {"hit", "miss"}
     assert any(r == "hit" for when, r, _ in log if when < frozen_at)
     # while Redis was down the local LRU stood in, so repeated questions still hit

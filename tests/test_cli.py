@@ -15,6 +15,8 @@ import pytest
 import proxy
 from support import REPO, ServerProcess
 
+pytestmark = pytest.mark.integration  # every test runs the CLI in a process of its own
+
 KEY = "sk-cli-team-key"
 CONFIG = f"""
 providers:
@@ -79,7 +81,8 @@ def test_keys_list_shows_fingerprints_and_origins_never_keys(config):
         assert secret not in out
     rows = [line.split(None, 3) for line in out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["search", "search", "search", "research"]
-    assert rows[0][2] == "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()[:12] and "sha256 in the file" in rows[0][3]
+    assert rows[0][2] == "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()[:12]
+    assert "sha256 in the file" in rows[0][3]
     assert rows[1][2] == "sha256:" + hashlib.sha256(b"sk-from-env").hexdigest()[:12]
     assert rows[1][3] == "${CLI_TEST_TEAM_KEY}"
     assert "plain text in the file" in rows[2][3]

@@ -5,13 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
 import pytest
 
-from proxy.app import create_app
 from proxy.config import ConfigError
 from proxy.snapshot import snapshot_from_text
-from support import REPO
+from support import REPO, chat_body
 
 KEY = "sk-complexity-1"
 CONFIG = f"""
@@ -30,14 +28,10 @@ COMPLEX = ("Prove that the halting problem is undecidable, then design a distrib
 
 
 @pytest.mark.parametrize("prompt, route", [(SIMPLE, "cheap"), (COMPLEX, "strong")])
-async def test_prompts_route_by_complexity(tmp_path, prompt, route):
-    path = tmp_path / "proxy.yaml"
-    path.write_text(CONFIG)
-    app = create_app(str(path), watch=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-        r = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                              json={"model": "auto", "messages": [{"role": "user", "content": prompt}]})
-    await app.state.runtime.aclose()
+async def test_prompts_route_by_complexity(app_client, prompt, route):
+    client = await app_client(CONFIG)
+    r = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json=chat_body("auto", prompt))
     assert r.status_code == 200 and r.headers["x-switchyard-route"] == route
 
 
@@ -53,6 +47,7 @@ def test_thresholds_and_weights_come_from_proxy_yaml():
         snapshot_from_text(CONFIG + "complexity: {medium: 0.8, complex: 0.2}\n")
 
 
+@pytest.mark.integration  # the CLI, in a process of its own
 def test_route_explains_the_prompt(tmp_path):
     path = tmp_path / "proxy.yaml"
     path.write_text(CONFIG)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -384,12 +385,12 @@ def test_shipped_examples_exist():
 def test_the_shipped_demo_canary_splits_as_its_comment_says(env):
     """`sonnet-canary`: 10% of users, sticky; alice always, bob never; a team's anonymous
     traffic moves as a whole, and neither demo team's is in the canary."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from proxy.routing import RouteRequest, decide
 
     s = snapshot_from_text((REPO / "proxy.yaml").read_text(), source=str(REPO / "proxy.yaml"), env=env)
-    now = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 30, tzinfo=UTC)
 
     def route(team: str, user: str | None, rand: float = 0.5) -> str:
         return decide(s, RouteRequest("smart", s.teams[team], user, False, now, rand)).route

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from proxy.config import load_text
-from support import REPO, ServerProcess, free_port
+from support import REPO, ServerProcess, chat_body, eventually, free_port
 
 DEPLOY = REPO / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
@@ -54,6 +54,7 @@ def promtool(*args: str) -> None:
 # ------------------------------------------------------------------ static checks
 
 
+@pytest.mark.integration
 def test_promtool_accepts_the_deploy_files():
     promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))  # also checks the rule files it names
     promtool("check", "rules", str(PROMETHEUS_DIR / "alerts.yml"))
@@ -243,7 +244,7 @@ def traffic(client: httpx.Client) -> None:
     key (401)."""
 
     def chat(key: str, model: str, text: str, stream: bool = False) -> int:
-        body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]}
+        body = chat_body(model, text, stream=stream)
         response = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
         response.read()
         return response.status_code
@@ -275,7 +276,7 @@ class Prometheus:
         self.api = f"http://127.0.0.1:{self.port}/api/v1"
         self.http = httpx.Client(timeout=10)
 
-    def __enter__(self) -> "Prometheus":
+    def __enter__(self) -> Prometheus:
         self.log = open(self.workdir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
             [binary("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
@@ -296,17 +297,15 @@ class Prometheus:
         self.http.close()
 
     def wait(self, condition, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def met() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                if condition():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"prometheus: not {what} after {timeout_s}s\n{self.log_text()}")
+            return condition()
+
+        try:
+            eventually(met, timeout=timeout_s, interval=0.2, ignore=(httpx.HTTPError,))
+        except AssertionError:
+            pytest.fail(f"prometheus: not {what} after {timeout_s}s\n{self.log_text()}")
 
     def log_text(self) -> str:
         return (self.workdir / "prometheus.log").read_text(errors="replace")[-3000:]
@@ -333,6 +332,7 @@ def failing_panels(prometheus: Prometheus) -> list[str]:
     return failures
 
 
+@pytest.mark.integration
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path):
     binary("prometheus")
     config = tmp_path / "proxy.yaml"
@@ -352,18 +352,19 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path):
         assert client.post("/admin/reload", headers=admin).status_code == 422
         config.write_text(good)
         server.signal(signal.SIGHUP)  # not forced, unlike the admin API: the serving digest is unchanged
-        deadline = time.monotonic() + 5
-        while client.get("/admin/config", headers=admin).json()["reloads"]["unchanged"] < 1:
-            assert time.monotonic() < deadline, "SIGHUP did not reload"
-            time.sleep(0.05)
+        eventually(lambda: client.get("/admin/config", headers=admin).json()["reloads"]["unchanged"] >= 1,
+                   interval=0.05, what="SIGHUP to reload")
 
         # keep traffic flowing until every panel has data over its rate window
         failures: list[str] = ["not queried yet"]
-        deadline = time.monotonic() + 30
-        while failures and time.monotonic() < deadline:
+
+        def every_panel_has_data() -> bool:
             traffic(client)
-            time.sleep(0.5)
-            failures = failing_panels(prometheus)
+            failures[:] = failing_panels(prometheus)
+            return not failures
+
+        eventually(every_panel_has_data, timeout=30, interval=0.5,
+                   what=lambda: "every dashboard query to return data; still without:\n" + "\n".join(failures))
         assert not failures, "dashboard queries without data:\n" + "\n".join(failures)
 
         # the traffic shows up as what it was

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from scipy import stats
 from proxy.experiments import Samples, analyse, mann_whitney, mean_ci, proportion_ci, rate_test, welch
 from proxy.routing import RouteRequest, assign_variant, assignment_draw, decide
 from proxy.snapshot import Experiment, Team, snapshot_from_text
-from support import REPO, ServerProcess
+from support import REPO, ServerProcess, chat_body
 
 # ---------------------------------------------------------------- statistics against known values
 
@@ -125,15 +125,15 @@ def test_three_variants_bonferroni():
 
 def route_request(user: str | None, team: str = "t", rand: float = 0.5, promoted=None) -> RouteRequest:
     return RouteRequest(model="m", team=Team(team, None, None), user=user, stream=False,
-                        now=datetime(2026, 11, 24, tzinfo=timezone.utc), rand=rand,
+                        now=datetime(2026, 11, 24, tzinfo=UTC), rand=rand,
                         promoted=promoted or {})
 
 
 @pytest.mark.parametrize("weights", [(1, 1), (90, 10), (1, 2, 3)])
 def test_assignment_distribution_within_tolerance_over_10000_subjects(weights):
     names = [f"v{i}" for i in range(len(weights))]
-    exp = Experiment("dist", tuple((n, f"p/{n}", float(w)) for n, w in zip(names, weights)), "user", "cost",
-                     100, 0.05, False)
+    exp = Experiment("dist", tuple((n, f"p/{n}", float(w)) for n, w in zip(names, weights, strict=True)), "user",
+                     "cost", 100, 0.05, False)
     counts = dict.fromkeys(names, 0)
     for i in range(10_000):
         counts[assign_variant(exp, route_request(f"user-{i}"))] += 1
@@ -211,6 +211,7 @@ routes:
 """
 
 
+@pytest.mark.integration
 def test_experiment_through_the_served_proxy_reaches_the_right_verdict(tmp_path):
     path = tmp_path / "proxy.yaml"
     path.write_text(CONFIG)
@@ -222,7 +223,7 @@ def test_experiment_through_the_served_proxy_reaches_the_right_verdict(tmp_path)
             user = f"user-{i % 60}"
             r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}",
                                                              "x-switchyard-user": user},
-                            json={"model": "ab", "messages": [{"role": "user", "content": f"q{i}"}]})
+                            json=chat_body("ab", f"q{i}"))
             assert r.status_code == 200
             name, variant = r.headers["x-switchyard-experiment"].split(":")
             assert name == "size-test"
@@ -259,7 +260,7 @@ def test_experiment_through_the_served_proxy_reaches_the_right_verdict(tmp_path)
         for i in range(10):  # promoted: everyone gets the winner now
             r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}",
                                                              "x-switchyard-user": f"user-{i}"},
-                            json={"model": "ab", "messages": [{"role": "user", "content": "after"}]})
+                            json=chat_body("ab", "after"))
             assert r.headers["x-switchyard-experiment"] == "size-test:small"
         metrics = client.get("/metrics").text
         assert 'llm_experiment_requests_total{experiment="size-test",status="200",variant="small"}' in metrics

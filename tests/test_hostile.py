@@ -8,20 +8,21 @@ what the upstream saw (nothing it should not have), and that the gateway keeps s
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 from aiohttp import web
 
-from support import FakeUpstream, ServerProcess, completion
+from support import FakeUpstream, ServerProcess, chat_body, completion, eventually
+
+pytestmark = pytest.mark.integration  # a served gateway, in a process of its own
 
 KEY = "sk-hostile-team"
 ADMIN = "sk-hostile-admin"
@@ -55,7 +56,7 @@ routes:
 """
 
 
-CHAT = {"model": "fast", "messages": [{"role": "user", "content": "hello"}]}
+CHAT = chat_body()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def read_all(sock: socket.socket) -> bytes:
     try:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         pass
     return b"".join(chunks)
 
@@ -220,11 +221,10 @@ def test_an_idle_keep_alive_connection_is_closed(server):
 def hanging(seen: list[str], gone: threading.Event):
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append(request.path)
-        for _ in range(600):  # watch the connection: aiohttp does not cancel handlers by itself
-            if request.transport is None or request.transport.is_closing():
-                gone.set()
-                break
-            await asyncio.sleep(0.05)
+        # watch the connection: aiohttp does not cancel handlers by itself
+        await eventually(lambda: request.transport is None or request.transport.is_closing(), timeout=30,
+                         interval=0.05, what="the gateway to drop the upstream call")
+        gone.set()
         return web.json_response(completion())
 
     return handler
@@ -249,14 +249,14 @@ def test_a_client_that_leaves_cancels_the_upstream_call_at_once(server, upstream
 
 def ledger_row(server: ServerProcess, request_id: str) -> dict:
     db = server.config.parent / "ledger.db"
-    for _ in range(100):
+
+    def row() -> dict | None:
         with sqlite3.connect(db) as conn:
             conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return dict(row)
-        time.sleep(0.05)
-    raise AssertionError(f"no ledger row for {request_id}")
+            found = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return dict(found) if found is not None else None
+
+    return eventually(row, interval=0.05, what=f"a ledger row for {request_id}")
 
 
 # ---------------------------------------------------------------- 4. only what should reach a provider
@@ -392,10 +392,7 @@ def test_a_full_connection_pool_is_gateway_busy_not_a_provider_failure(tmp_path,
     release = threading.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
-        for _ in range(50):
-            if release.is_set():
-                break
-            await asyncio.sleep(0.1)
+        await eventually(release.is_set, timeout=5, interval=0.1, what="the test to release the upstream")
         return web.json_response(completion())
 
     upstream.post("/chat/completions").handler(slow)
@@ -411,7 +408,9 @@ def test_a_full_connection_pool_is_gateway_busy_not_a_provider_failure(tmp_path,
 
         with ThreadPoolExecutor(10) as pool:
             futures = [pool.submit(call, i) for i in range(10)]
-            time.sleep(1.0)
+            # two requests hold the pool's two connections; the other eight give up waiting for one
+            eventually(lambda: sum(f.done() for f in futures) >= 8, timeout=10, interval=0.05,
+                       what="the requests that found the pool full to be answered")
             release.set()
             results = [f.result() for f in futures]
         busy = [r for r in results if r.status_code == 503]
@@ -443,10 +442,8 @@ def test_a_refused_provider_key_is_a_502_without_the_providers_words(server, ups
     r = httpx.post(server.base_url + "/v1/chat/completions", json={**CHAT, "model": "up/refused"}, headers=AUTH)
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_auth_error"
     assert "provider up" in r.json()["error"]["message"] and "sk-provider" not in r.text
-    for _ in range(50):
-        if "refused the gateway's credentials" in server.log():
-            break
-        time.sleep(0.05)
+    eventually(lambda: "refused the gateway's credentials" in server.log(), interval=0.05,
+               what="the refusal in the log")
     assert "Incorrect API key provided" in server.log()
     assert "sk-provider-secret-0123456789abcdef" not in server.log()
 
@@ -497,13 +494,9 @@ def test_dropping_every_route_needs_force(tmp_path, upstream):
     path.write_text(text)
     with ServerProcess(path) as proc:
         path.write_text(text.split("routes:", 1)[0])  # valid YAML, no routes: most likely a cut write
-        deadline = time.monotonic() + 5
-        report = {}
-        while time.monotonic() < deadline:
-            report = httpx.get(proc.base_url + "/admin/config", headers=ADMIN_AUTH).json()
-            if report["last_error"]:
-                break
-            time.sleep(0.1)
+        report = eventually(
+            lambda: (r := httpx.get(proc.base_url + "/admin/config", headers=ADMIN_AUTH).json())["last_error"] and r,
+            interval=0.1, what="the cut write to be rejected")
         (problem,) = report["last_error"]["problems"]
         assert problem["path"] == "routes" and "force=true" in problem["reason"]
         still_serving(proc)

@@ -11,6 +11,7 @@ import math
 import struct
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import orjson
@@ -31,15 +32,15 @@ from proxy.providers.mock import (
 from proxy.providers.schema_example import conforms, example, pattern_example
 from proxy.snapshot import snapshot_from_text
 from proxy.sse import DONE, EventSplitter, event_data
+from support import chat_body as any_chat_body
 
-
-def chat_body(text: str = "Hello there", **extra) -> dict:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **extra}
+chat_body = partial(any_chat_body, "gpt-4o-mini")  # chat_body(text="hello", **fields): the mock answers as gpt-4o-mini
 
 
 def spec(**fields: float):
     opts = ", ".join(f"{k}: {v}" for k, v in fields.items())
-    return snapshot_from_text(f"providers: {{mock: {{type: mock{', ' + opts if opts else ''}}}}}", env={}).providers["mock"]
+    text = f"providers: {{mock: {{type: mock{', ' + opts if opts else ''}}}}}"
+    return snapshot_from_text(text, env={}).providers["mock"]
 
 
 def parse_stream(events: list[bytes]) -> tuple[list[dict], bool]:
@@ -82,8 +83,8 @@ def test_prompt_tokens(messages, tokens):
     ("messages", "says"),
     [
         ([{"role": "user", "content": "Hello   there\n friend"}], "You said: Hello there friend"),
-        ([{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "last"}],
-         "You said: last"),
+        ([{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+          {"role": "user", "content": "last"}], "You said: last"),
         ([{"role": "system", "content": "only system"}], "You said: (nothing)"),
         ([{"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "two"}]}],
          "You said: part one two"),
@@ -98,7 +99,7 @@ def test_answer_text(messages, says):
 
 
 def test_completion_is_deterministic_and_openai_shaped():
-    body = chat_body()
+    body = chat_body("Hello there")
     first, second = completion(body), completion(dict(body))
     first.pop("created"), second.pop("created")
     assert first == second
@@ -107,7 +108,8 @@ def test_completion_is_deterministic_and_openai_shaped():
     assert first["model"] == "gpt-4o-mini"
     [choice] = first["choices"]
     assert choice["index"] == 0 and choice["finish_reason"] == "stop"
-    assert choice["message"] == {"role": "assistant", "content": "This is a mock answer from gpt-4o-mini. You said: Hello there"}
+    assert choice["message"] == {"role": "assistant",
+                                 "content": "This is a mock answer from gpt-4o-mini. You said: Hello there"}
     text = choice["message"]["content"]
     assert first["usage"] == {
         "prompt_tokens": prompt_tokens(body["messages"]),
@@ -751,7 +753,7 @@ def test_base64_embeddings_decode_to_the_float_vectors(dims: int) -> None:
     floats = embeddings(body)
     packed = embeddings({**body, "encoding_format": "base64"})
     assert packed["usage"] == floats["usage"]
-    for plain, encoded in zip(floats["data"], packed["data"]):
+    for plain, encoded in zip(floats["data"], packed["data"], strict=True):
         assert isinstance(encoded["embedding"], str)
         assert len(base64.b64decode(encoded["embedding"])) == 4 * dims
         decoded = decode_base64(encoded["embedding"])

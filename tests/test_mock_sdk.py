@@ -9,14 +9,17 @@ import base64
 import datetime
 import enum
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Literal
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
 from support import ServerProcess
+
+pytestmark = pytest.mark.integration  # the served proxy, in a process of its own
 
 KEY = "sk-test-mock-sdk"
 MODEL = "gpt-4o-mini"  # the upstream model behind the `fast` route; the mock names it
@@ -33,7 +36,7 @@ routes:
 """
 
 
-class Priority(str, enum.Enum):
+class Priority(enum.StrEnum):
     low = "low"
     high = "high"
 
@@ -41,7 +44,7 @@ class Priority(str, enum.Enum):
 class Address(BaseModel):
     street: str
     city: str
-    postcode: Optional[str]
+    postcode: str | None
 
 
 class Step(BaseModel):
@@ -54,11 +57,11 @@ class Plan(BaseModel):
     priority: Priority
     kind: Literal["trip", "errand"]
     address: Address
-    backup: Optional[Address]
+    backup: Address | None
     steps: list[Step]
     tags: list[str]
     due: datetime.date
-    note: Optional[str] = None
+    note: str | None = None
 
 
 class GetWeather(BaseModel):
@@ -237,7 +240,7 @@ def test_embeddings_default_base64_equals_float(client: openai.OpenAI) -> None:
     default = client.embeddings.create(model="embed", input=inputs)  # the SDK asks for base64 and decodes
     floats = client.embeddings.create(model="embed", input=inputs, encoding_format="float")
     assert len(default.data) == len(floats.data) == 2
-    for a, b in zip(default.data, floats.data):
+    for a, b in zip(default.data, floats.data, strict=True):
         assert isinstance(a.embedding, list) and len(a.embedding) == len(b.embedding) == 16
         assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
     assert default.usage.prompt_tokens == floats.usage.prompt_tokens > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -14,6 +14,7 @@ from proxy.providers import ProviderPool, build_adapter
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai import OpenAIAdapter
 from proxy.snapshot import ProviderSpec, snapshot_from_text
+from proxy.tasks import drain
 from support import FakeUpstream, UnansweredPort, free_port
 
 BASE = "https://up.example/v1"  # for specs that are never sent to
@@ -161,7 +162,8 @@ async def test_client_cannot_override_configured_provider_headers(adapter, upstr
 
 
 async def test_non_stream_body_returned_byte_identical(adapter, upstream):
-    raw = b'{"id": "chatcmpl-1",   "choices":[{"index":0,"message":{"role":"assistant","content":"h\\u00e9"}}] ,"z":1}\n'
+    raw = (b'{"id": "chatcmpl-1",   "choices":[{"index":0,"message":{"role":"assistant","content":"h\\u00e9"}}] '
+           b',"z":1}\n')
     upstream.post("/chat/completions").respond(
         200, content=raw, headers={"content-type": "application/json", "openai-processing-ms": "12"}
     )
@@ -177,7 +179,8 @@ async def test_non_stream_body_returned_byte_identical(adapter, upstream):
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422, 429])
 async def test_4xx_returned_with_status_and_body(adapter, upstream, status):
-    raw = json.dumps({"error": {"message": f"nope {status}", "type": "invalid_request_error", "param": "x", "code": "c"}}).encode()
+    error = {"message": f"nope {status}", "type": "invalid_request_error", "param": "x", "code": "c"}
+    raw = json.dumps({"error": error}).encode()
     upstream.post("/chat/completions").respond(status, content=raw, headers={"content-type": "application/json"})
     response = await adapter.send(chat_request())
     assert response.status == status
@@ -335,7 +338,8 @@ async def test_stream_request_answered_with_error_comes_back_as_body(adapter, up
 
 
 @pytest.mark.parametrize(
-    "raw", [b"<html>captive portal</html>", b"[1, 2]", b'"a string"', b"", b"{truncated", "".join(["data: {}\n\n"]).encode()]
+    "raw",
+    [b"<html>captive portal</html>", b"[1, 2]", b'"a string"', b"", b"{truncated", "".join(["data: {}\n\n"]).encode()],
 )
 async def test_a_2xx_that_is_not_a_json_object_is_invalid(adapter, upstream, raw):
     upstream.post("/chat/completions").respond(200, content=raw, headers={"content-type": "application/json"})
@@ -461,11 +465,6 @@ routes:
     )
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
 async def test_pool_reuses_adapter_when_spec_unchanged():
     factory = RecordingFactory()
     pool = ProviderPool(factory)
@@ -473,7 +472,7 @@ async def test_pool_reuses_adapter_when_spec_unchanged():
     assert set(first) == {"mock", "up"}
     assert len(factory.built) == 2
     second = pool.sync(snap(generation=2))
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert second["mock"] is first["mock"]
     assert second["up"] is first["up"]
     assert len(factory.built) == 2
@@ -486,7 +485,7 @@ async def test_pool_builds_new_adapter_when_spec_changes_and_retires_old():
     pool = ProviderPool(factory)
     first = pool.sync(snap(up_timeout=30))
     second = pool.sync(snap(up_timeout=60, generation=2))
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert second["mock"] is first["mock"]
     assert second["up"] is not first["up"]
     assert second["up"].spec.timeout_s == 60
@@ -504,7 +503,7 @@ async def test_pool_retires_removed_provider():
     second = pool.sync(
         snapshot_from_text("providers: {mock: {type: mock}}\nroutes: [{name: a, match: {model: a}, to: mock/a}]")
     )
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert set(second) == {"mock"}
     assert first["up"].closed == 1
     assert first["mock"].closed == 0
@@ -527,14 +526,14 @@ async def test_pool_delays_close_while_request_in_flight():
     old.acquire()
     old.acquire()
     pool.sync(snap(up_timeout=45, generation=2))
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert old.inflight == 2
     assert old.closed == 0
     old.release()
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert old.closed == 0
     old.release()
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert old.inflight == 0
     assert old.closed == 1
     await pool.aclose()
@@ -549,11 +548,11 @@ async def test_pool_retires_real_openai_adapter_closing_its_connections():
     new_session = None
     old.acquire()
     second = pool.sync(snap(up_timeout=31, generation=2))
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert not old_session.closed
     new_session = second["up"]._pool()
     old.release()
-    await settle()
+    await drain()  # retiring and closing adapters run in the background
     assert old_session.closed
     assert not new_session.closed
     await pool.aclose()

@@ -10,8 +10,8 @@ import pytest
 from proxy.accounting import pricing
 from proxy.accounting.pricing import Price, PriceTable, load_prices, pricing_source, warn_unpriced
 from proxy.config import ConfigError
-from proxy.telemetry.logs import Throttled
 from proxy.snapshot import snapshot_from_text
+from proxy.telemetry.logs import Throttled
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "proxy" / "data" / "pricing.yaml"

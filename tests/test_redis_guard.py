@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from proxy.redis_guard import DOWN, UNKNOWN, UP, RedisGuard, RedisGuards, redacted_url
-from support import PrivateRedis, ServerProcess, free_port
+from support import PrivateRedis, ServerProcess, chat_body, eventually, free_port
 
 KEY = "sk-guard-team"
 
@@ -71,7 +70,7 @@ routes: [{{name: fast, match: {{model: fast}}, to: mock/x}}]
 
 def chat(server: ServerProcess, i: int) -> int:
     return httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": "fast", "messages": [{"role": "user", "content": f"q{i}"}]}).status_code
+                      json=chat_body(text=f"q{i}")).status_code
 
 
 def redis_state(server: ServerProcess) -> dict:
@@ -79,6 +78,7 @@ def redis_state(server: ServerProcess) -> dict:
     return state
 
 
+@pytest.mark.integration
 def test_readyz_tells_the_truth_from_startup_when_redis_is_absent(tmp_path: Path):
     path = tmp_path / "proxy.yaml"
     path.write_text(config(f"redis://127.0.0.1:{free_port()}/0"))
@@ -93,6 +93,7 @@ def test_readyz_tells_the_truth_from_startup_when_redis_is_absent(tmp_path: Path
     assert sum("is not answering" in line for line in log.splitlines()) == 1, log
 
 
+@pytest.mark.integration
 def test_an_outage_and_a_recovery_are_each_logged_once(tmp_path: Path):
     redis_server = PrivateRedis().start()
     path = tmp_path / "proxy.yaml"
@@ -105,10 +106,9 @@ def test_an_outage_and_a_recovery_are_each_logged_once(tmp_path: Path):
             assert all(chat(server, i) == 200 for i in range(1, 30))
             assert redis_state(server)["state"] == DOWN
             redis_server = PrivateRedis(port=redis_server.port).start()
-            deadline = time.monotonic() + 10
-            while redis_state(server)["state"] != UP and time.monotonic() < deadline:
-                chat(server, 99)
-                time.sleep(0.1)
+            # the guard looks again once its cool-down is over, when a request uses Redis
+            eventually(lambda: chat(server, 99) and redis_state(server)["state"] == UP, timeout=10, interval=0.1,
+                       what="Redis to be seen answering again")
             assert redis_state(server)["state"] == UP
         lines = [json.loads(line).get("message", "") for line in server.log().splitlines() if line.startswith("{")]
         assert sum("is not answering" in m for m in lines) == 1, lines
@@ -117,6 +117,7 @@ def test_an_outage_and_a_recovery_are_each_logged_once(tmp_path: Path):
         redis_server.kill()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["cache", "accounting"])
 def test_a_redis_of_one_section_only_is_guarded_and_reported(tmp_path: Path, backend):
     url = f"redis://127.0.0.1:{free_port()}/0"

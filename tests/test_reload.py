@@ -23,17 +23,17 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import orjson
 import pytest
 from aiohttp import web
 
-from support import FakeUpstream, ServerProcess, chunk_events, completion
+from support import FakeUpstream, ServerProcess, chat_body, chunk_events, completion, eventually
 
 KEY = "sk-reload-test-team"
 ADMIN = "sk-reload-test-admin"
@@ -81,10 +81,6 @@ def policy(
 
 def version_of(model: str) -> int:
     return int(model.rsplit("-v", 1)[1])
-
-
-def chat(model: str = "fast", **extra: object) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
 def digest(text: str) -> str:
@@ -153,7 +149,7 @@ class Load:
             while not self._stop.is_set():
                 start = time.monotonic()
                 try:
-                    r = client.post("/v1/chat/completions", json=chat(model), headers=AUTH)
+                    r = client.post("/v1/chat/completions", json=chat_body(model), headers=AUTH)
                     ok = r.status_code == 200
                     failure = None if ok else f"{model}: {r.status_code} {r.text[:300]}"
                     answer = Answer(start, time.monotonic(), r.headers.get("x-switchyard-model", "?"),
@@ -166,7 +162,7 @@ class Load:
                     elif answer is not None:
                         self.answers.append(answer)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         self.wait_until(lambda answers: len(answers) >= 8, 10, "the load to get going")
@@ -182,12 +178,8 @@ class Load:
             return list(self.answers)
 
     def wait_until(self, condition: Callable[[list[Answer]], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition(self.snapshot()):
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; failures so far: {self.failures[:5]}")
+        eventually(lambda: condition(self.snapshot()), timeout=timeout,
+                   what=lambda: f"{what}; failures so far: {self.failures[:5]}")
 
     def wait_for_version(self, v: int, written_at: float, models: tuple[str, ...] = ("model",)) -> float:
         """Wait until every kind of target (`model-vN`, `up-vN`) has answered with version `v`;
@@ -228,20 +220,9 @@ def admin_config(server: ServerProcess) -> dict:
 
 
 def ask(server: ServerProcess, model: str = "fast") -> httpx.Response:
-    r = httpx.post(server.base_url + "/v1/chat/completions", json=chat(model), headers=AUTH, timeout=10)
+    r = httpx.post(server.base_url + "/v1/chat/completions", json=chat_body(model), headers=AUTH, timeout=10)
     assert r.status_code == 200, r.text
     return r
-
-
-def poll(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def log_messages(server: ServerProcess) -> list[str]:
@@ -286,6 +267,7 @@ def upstream() -> Iterator[FakeUpstream]:
     [write_in_place, replace_by_rename, rename_away_then_write, truncate_pause_write],
     ids=["in-place", "rename", "rename-away-then-write", "truncate-pause-write"],
 )
+@pytest.mark.integration
 def test_edits_under_load_apply_within_two_seconds_with_no_failed_request(
     config_path: Path, upstream: FakeUpstream, write: Callable[[Path, str], None]
 ) -> None:
@@ -358,6 +340,7 @@ class ConfigMapDir:
             user_link.symlink_to("..data/proxy.yaml")
 
 
+@pytest.mark.integration
 def test_configmap_symlink_swap_under_load(tmp_path: Path) -> None:
     mount = tmp_path / "config"
     mount.mkdir()
@@ -374,8 +357,8 @@ def test_configmap_symlink_swap_under_load(tmp_path: Path) -> None:
             # a bad ConfigMap version is rejected and v3 keeps serving, then a good one applies
             bad = policy(4).replace("to: mock/model-v4", "to: nowhere/model-v4")
             configmap.publish(bad)
-            poll(lambda: (admin_config(server)["last_error"] or {}).get("digest") == digest(bad), 3,
-                 "the bad ConfigMap version to be rejected")
+            eventually(lambda: (admin_config(server)["last_error"] or {}).get("digest") == digest(bad), timeout=3,
+                       interval=0.02, what="the bad ConfigMap version to be rejected")
             written_at = time.monotonic()
             configmap.publish(policy(5))
             assert load.wait_for_version(5, written_at) < SWITCH_S
@@ -395,22 +378,25 @@ INVALID = [
     ("server: {admin_keys: [x]\nteams: {a: b}\n", "line 2", "invalid YAML"),
     (BASE.replace("match: {model: fast}", "match: {model: fast, percent: 150}"),
      "routes[0].match.percent", "less than or equal to 100"),
-    (BASE.replace("  mock: {type: mock}", "  mock: {type: mock, colour: blue}"), "providers.mock.colour", "unknown key"),
+    (BASE.replace("  mock: {type: mock}", "  mock: {type: mock, colour: blue}"), "providers.mock.colour",
+     "unknown key"),
     (BASE.replace("to: mock/model-v1", "to: nowhere/model-v1"), "routes[0].to", "unknown provider 'nowhere'"),
     ("- just\n- a list\n", "", "the top level must be a mapping"),
     ("", "", "empty"),
 ]
 
 
+@pytest.mark.integration
 def test_invalid_files_are_rejected_and_the_old_policy_keeps_serving(config_path: Path) -> None:
     config_path.write_text(policy(1))
     with ServerProcess(config_path) as server:
         with Load(server.base_url, threads=2) as load:
             for text, where, reason in INVALID:
                 replace_by_rename(config_path, text)
-                report = poll(
-                    lambda: (r := admin_config(server))["last_error"] and r["last_error"]["digest"] == digest(text) and r,
-                    3, f"the rejection of {text[:40]!r}")
+                report = eventually(
+                    lambda text=text: (r := admin_config(server))["last_error"]
+                    and r["last_error"]["digest"] == digest(text) and r,
+                    timeout=3, interval=0.02, what=f"the rejection of {text[:40]!r}")
                 assert isinstance(report, dict)
                 problems = report["last_error"]["problems"]
                 assert any(p["path"] == where and reason in p["reason"] for p in problems) or (
@@ -418,8 +404,8 @@ def test_invalid_files_are_rejected_and_the_old_policy_keeps_serving(config_path
                                                      for p in problems)), problems
                 assert report["generation"] == 1 and report["config"]["routes"][0]["name"] == "fast-v1"
                 # the log names the file, the place in it and the reason
-                poll(lambda: rejection_logged(server, str(config_path), where, reason), 2,
-                     f"a log line naming {config_path}, {where!r} and {reason!r}")
+                eventually(lambda where=where, reason=reason: rejection_logged(server, str(config_path), where, reason),
+                           timeout=2, interval=0.02, what=f"a log line naming {config_path}, {where!r} and {reason!r}")
                 # still serving v1, right now
                 assert ask(server).headers["x-switchyard-model"] == "model-v1"
             # fixing the file applies it and clears the reported failure
@@ -438,6 +424,7 @@ def test_invalid_files_are_rejected_and_the_old_policy_keeps_serving(config_path
 # ------------------------------------------------------------------ 5: SIGHUP and POST /admin/reload
 
 
+@pytest.mark.integration
 def test_sighup_and_admin_reload_with_watching_off(config_path: Path) -> None:
     config_path.write_text(policy(1, watch=False))
     with ServerProcess(config_path) as server, Load(server.base_url, threads=2) as load:
@@ -459,7 +446,8 @@ def test_sighup_and_admin_reload_with_watching_off(config_path: Path) -> None:
         bad = policy(3, watch=False).replace("to: mock/model-v3", "to: nowhere/model-v3")
         write_in_place(config_path, bad)
         server.signal(signal.SIGHUP)
-        report = poll(lambda: (r := admin_config(server))["last_error"] and r, 3, "the SIGHUP rejection")
+        report = eventually(lambda: (r := admin_config(server))["last_error"] and r, timeout=3, interval=0.02,
+                            what="the SIGHUP rejection")
         assert isinstance(report, dict) and report["generation"] == 2
         assert {"path": "routes[0].to", "reason": "unknown provider 'nowhere' (known: mock, slowmock, streammock)"} \
             in report["last_error"]["problems"]
@@ -499,6 +487,7 @@ def test_sighup_and_admin_reload_with_watching_off(config_path: Path) -> None:
 # ------------------------------------------------------------------ 6: in-flight requests
 
 
+@pytest.mark.integration
 def test_in_flight_requests_finish_on_the_snapshot_they_started_with(config_path: Path) -> None:
     # v2 changes the slow and streaming providers' settings too, so their adapters are
     # replaced while these requests are still using them
@@ -507,7 +496,7 @@ def test_in_flight_requests_finish_on_the_snapshot_they_started_with(config_path
             httpx.Client(base_url=server.base_url, timeout=15) as client:
 
         def slow_request() -> tuple[httpx.Response, float]:
-            r = httpx.post(server.base_url + "/v1/chat/completions", json=chat("slow"), headers=AUTH, timeout=15)
+            r = httpx.post(server.base_url + "/v1/chat/completions", json=chat_body("slow"), headers=AUTH, timeout=15)
             return r, time.monotonic()
 
         slow = [pool.submit(slow_request) for _ in range(3)]
@@ -516,8 +505,9 @@ def test_in_flight_requests_finish_on_the_snapshot_they_started_with(config_path
             r = client.get("/admin/providers", headers=ADMIN_AUTH)
             return r.json()["providers"]["slowmock"]["inflight"] if r.status_code == 200 else 0
 
-        poll(lambda: slow_inflight() == 3, 5, "three slow requests in flight")
-        with client.stream("POST", "/v1/chat/completions", json=chat("streamy", stream=True, stream_options={"include_usage": True}),
+        eventually(lambda: slow_inflight() == 3, timeout=5, interval=0.02, what="three slow requests in flight")
+        with client.stream("POST", "/v1/chat/completions",
+                           json=chat_body("streamy", "hi", stream=True, stream_options={"include_usage": True}),
                            headers=AUTH) as stream:
             assert stream.status_code == 200
             assert stream.headers["x-switchyard-route"] == "stream-v1"
@@ -525,8 +515,8 @@ def test_in_flight_requests_finish_on_the_snapshot_they_started_with(config_path
             first = next(line for line in lines if line.startswith("data: "))
 
             replace_by_rename(config_path, policy(2, slow_latency_ms=1400, stream_chunk_ms=90))
-            switched = poll(lambda: ask(server).headers["x-switchyard-model"] == "model-v2" and time.monotonic(),
-                            SWITCH_S, "version 2 to serve new requests")
+            switched = eventually(lambda: ask(server).headers["x-switchyard-model"] == "model-v2" and time.monotonic(),
+                                  timeout=SWITCH_S, interval=0.02, what="version 2 to serve new requests")
             assert isinstance(switched, float)
             assert ask(server).headers["x-switchyard-route"] == "fast-v2"
             fresh_slow = pool.submit(slow_request)
@@ -554,6 +544,7 @@ def test_in_flight_requests_finish_on_the_snapshot_they_started_with(config_path
         assert answer.headers["x-switchyard-route"] == "slow-v2"
 
 
+@pytest.mark.integration
 def test_in_flight_request_retries_on_its_own_provider_after_a_reload(config_path: Path) -> None:
     """A request whose first upstream attempt fails after a reload replaced its provider's
     connection pool retries on the provider of the snapshot it started with, and succeeds."""
@@ -567,8 +558,7 @@ def test_in_flight_request_retries_on_its_own_provider_after_a_reload(config_pat
         calls.append(body["model"])
         if len(calls) == 1:  # the first attempt: hold it, then fail it
             first_arrived.set()
-            while not let_go.is_set():
-                await asyncio.sleep(0.01)
+            await eventually(let_go.is_set, timeout=30, what="the test to let the first attempt go")
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         if body.get("stream"):
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -585,10 +575,10 @@ def test_in_flight_request_retries_on_its_own_provider_after_a_reload(config_pat
     try:
         config_path.write_text(policy(1, watch=False, upstream=up.base_url, retries=2))
         with ServerProcess(config_path) as server, ThreadPoolExecutor(2) as pool:
-            held = pool.submit(httpx.post, server.base_url + "/v1/chat/completions", json=chat("up"),
+            held = pool.submit(httpx.post, server.base_url + "/v1/chat/completions", json=chat_body("up"),
                                headers=AUTH, timeout=15)
             assert first_arrived.wait(5), "the first attempt never reached the upstream"
-            with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=chat("up", stream=True),
+            with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=chat_body("up", stream=True),
                               headers=AUTH, timeout=15) as stream:
                 lines = stream.iter_lines()
                 first = next(line for line in lines if line.startswith("data: "))

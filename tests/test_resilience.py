@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from aiohttp import web
 
-from proxy.app import create_app
 from proxy.config import CircuitConfig, ResilienceConfig
 from proxy.resilience import CLOSED, HALF_OPEN, OPEN, Health, backoff_s
 from proxy.routing import Decision, Target
-from support import FakeUpstream, chunk_events, completion, free_port
+from support import AppClient, FakeUpstream, chat_body, chunk_events, completion, free_port
 
 KEY = "sk-resilience-1"
 ADMIN = "admin-resilience-1"
@@ -164,26 +161,19 @@ async def ups() -> AsyncIterator[tuple[FakeUpstream, FakeUpstream]]:
         yield primary, backup
 
 
-async def make(tmp_path: Path, text: str) -> tuple:
-    path = tmp_path / "proxy.yaml"
-    path.write_text(text)
-    app = create_app(str(path), watch=False)
-    return app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=20)
+@pytest.fixture
+def clock() -> Clock:
+    """The circuit breakers' clock in the proxy: cool-downs pass when a test moves it on."""
+    return Clock()
 
 
 @pytest.fixture
-async def proxy(tmp_path, ups) -> AsyncIterator[httpx.AsyncClient]:
+async def proxy(ups, app_client, clock) -> AppClient:
     primary, backup = ups
-    app, client = await make(tmp_path, config(primary.base_url, backup.base_url))
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
-
-
-def chat(model: str = "main", text: str = "hi", **fields) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+    client = await app_client(config(primary.base_url, backup.base_url))
+    # Health takes a clock, but create_app builds its own: this one's breakers read the test's
+    client.runtime.health._clock = clock
+    return client
 
 
 def fail_then(times: int, status: int, answer: dict, headers: dict | None = None):
@@ -204,7 +194,7 @@ def fail_then(times: int, status: int, answer: dict, headers: dict | None = None
 async def test_500_then_success_is_retried_on_the_same_target(proxy, ups):
     primary, backup = ups
     primary.post("/chat/completions").handler(fail_then(2, 500, completion("third time")))
-    r = await proxy.post("/v1/chat/completions", json=chat(text="retry-500"), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "retry-500"), headers=AUTH)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "third time"
     assert r.headers["x-switchyard-attempts"] == "3"
     assert r.headers["x-switchyard-provider"] == "primary"
@@ -215,7 +205,7 @@ async def test_429_retry_after_is_honoured(proxy, ups):
     primary, _ = ups
     primary.post("/chat/completions").handler(fail_then(1, 429, completion("after waiting"), {"retry-after": "1"}))
     started = asyncio.get_running_loop().time()
-    r = await proxy.post("/v1/chat/completions", json=chat(text="retry-429"), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "retry-429"), headers=AUTH)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "after waiting"
     assert asyncio.get_running_loop().time() - started >= 1.0
 
@@ -223,7 +213,7 @@ async def test_429_retry_after_is_honoured(proxy, ups):
 async def test_exhausted_retries_fall_back_and_headers_name_the_answering_target(proxy, ups):
     primary, backup = ups
     primary.post("/chat/completions").respond(503, json={"error": {"message": "overloaded"}})
-    r = await proxy.post("/v1/chat/completions", json=chat(text="fallback"), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "fallback"), headers=AUTH)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "from backup"
     assert r.headers["x-switchyard-provider"] == "backup" and r.headers["x-switchyard-model"] == "m2"
     assert r.headers["x-switchyard-attempts"] == "4"
@@ -234,13 +224,13 @@ async def test_exhausted_retries_fall_back_and_headers_name_the_answering_target
     assert 'llm_upstream_attempts_total{model="m2",outcome="ok",provider="backup"} 1.0' in metrics
 
 
-async def test_fallback_answers_are_not_cached_as_the_primarys(proxy, ups):
+async def test_fallback_answers_are_not_cached_as_the_primarys(proxy, ups, clock):
     primary, _ = ups
     primary.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
-    await proxy.post("/v1/chat/completions", json=chat(text="cache-fb"), headers=AUTH)
+    await proxy.post("/v1/chat/completions", json=chat_body("main", "cache-fb"), headers=AUTH)
     primary.post("/chat/completions").respond(json=completion("primary is back"))
-    await asyncio.sleep(2.1)  # past the circuit's cool-down: the primary gets a probe
-    r = await proxy.post("/v1/chat/completions", json=chat(text="cache-fb"), headers=AUTH)
+    clock.now += 2.1  # past the circuit's cool-down: the primary gets a probe
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "cache-fb"), headers=AUTH)
     assert r.headers["x-switchyard-cache"] == "miss"
     assert r.json()["choices"][0]["message"]["content"] == "primary is back"
 
@@ -256,26 +246,22 @@ async def test_fallback_answers_are_not_cached_as_the_primarys(proxy, ups):
 async def test_transport_failures_retry_then_fall_back(proxy, ups, fault):
     primary, backup = ups
     fault(primary)
-    r = await proxy.post("/v1/chat/completions", json=chat(text="transport"), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "transport"), headers=AUTH)
     assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "backup"
 
 
-async def test_connection_refused_falls_back(tmp_path, ups):
+async def test_connection_refused_falls_back(ups, app_client):
     _, backup = ups
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    app, client = await make(tmp_path, config(dead, backup.base_url))
-    try:
-        r = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
-        assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "backup"
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
+    client = await app_client(config(dead, backup.base_url))
+    r = await client.post("/v1/chat/completions", json=chat_body("main"), headers=AUTH)
+    assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "backup"
 
 
 async def test_4xx_is_not_retried(proxy, ups):
     primary, backup = ups
     primary.post("/chat/completions").respond(400, json={"error": {"message": "bad request"}})
-    r = await proxy.post("/v1/chat/completions", json=chat(text="4xx"), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "4xx"), headers=AUTH)
     assert r.status_code == 400 and primary.post("/chat/completions").call_count == 1
     assert backup.post("/chat/completions").call_count == 0
 
@@ -287,7 +273,7 @@ async def test_4xx_is_not_retried(proxy, ups):
 async def test_an_answer_that_breaks_the_contract_is_retried_then_falls_back(proxy, ups, raw, content_type):
     primary, backup = ups
     route = primary.post("/chat/completions").respond(200, content=raw, headers={"content-type": content_type})
-    r = await proxy.post("/v1/chat/completions", json=chat(text="garbage"), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "garbage"), headers=AUTH)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "from backup"
     assert r.headers["x-switchyard-provider"] == "backup" and r.headers["x-switchyard-attempts"] == "4"
     assert route.call_count == 3  # 1 + retries: a bad gateway in all but the status code
@@ -295,41 +281,37 @@ async def test_an_answer_that_breaks_the_contract_is_retried_then_falls_back(pro
     assert 'llm_upstream_attempts_total{model="m1",outcome="retry",provider="primary"} 3.0' in m
 
 
-async def test_an_invalid_answer_with_no_fallback_left_is_a_502(tmp_path, ups):
+async def test_an_invalid_answer_with_no_fallback_left_is_a_502(ups, app_client):
     primary, backup = ups
     primary.post("/chat/completions").respond(200, content=b"<html>", headers={"content-type": "text/html"})
     backup.post("/chat/completions").respond(200, content=b"[]", headers={"content-type": "application/json"})
-    app, client = await make(tmp_path, config(primary.base_url, backup.base_url))
-    try:
-        r = await client.post("/v1/chat/completions", json=chat(text="garbage", stream=True), headers=AUTH)
-        assert r.status_code == 502 and r.json()["error"]["code"] == "invalid_response"
-        assert "provider backup" in r.json()["error"]["message"]
-        assert 'kind="invalid_response"' in (await client.get("/metrics")).text
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
+    client = await app_client(config(primary.base_url, backup.base_url))
+    r = await client.post("/v1/chat/completions", json=chat_body("main", "garbage", stream=True), headers=AUTH)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "invalid_response"
+    assert "provider backup" in r.json()["error"]["message"]
+    assert 'kind="invalid_response"' in (await client.get("/metrics")).text
 
 
 async def test_stream_cut_mid_way_is_not_retried_and_ends_cleanly(proxy, ups):
     primary, backup = ups
     primary.post("/chat/completions").stream(chunk_events(["a", "b", "c"]), cut_after=2)
-    r = await proxy.post("/v1/chat/completions", json=chat(text="cut", stream=True), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "cut", stream=True), headers=AUTH)
     assert r.status_code == 200
     events = [e for e in r.text.split("\n\n") if e]
     assert '"upstream_error"' in events[-1]
     assert primary.post("/chat/completions").call_count == 1 and backup.post("/chat/completions").call_count == 0
     primary.post("/chat/completions").respond(json=completion("whole"))
-    again = await proxy.post("/v1/chat/completions", json=chat(text="cut"), headers=AUTH)
+    again = await proxy.post("/v1/chat/completions", json=chat_body("main", "cut"), headers=AUTH)
     assert again.headers["x-switchyard-cache"] == "miss"  # the broken stream was not stored
 
 
 async def test_truncated_sse_without_done_is_not_stored(proxy, ups):
     primary, _ = ups
     primary.post("/chat/completions").stream(chunk_events(["a", "b"])[:-2])  # no finish, no [DONE]
-    r = await proxy.post("/v1/chat/completions", json=chat(text="trunc", stream=True), headers=AUTH)
+    r = await proxy.post("/v1/chat/completions", json=chat_body("main", "trunc", stream=True), headers=AUTH)
     assert r.status_code == 200
     primary.post("/chat/completions").respond(json=completion("whole"))
-    again = await proxy.post("/v1/chat/completions", json=chat(text="trunc"), headers=AUTH)
+    again = await proxy.post("/v1/chat/completions", json=chat_body("main", "trunc"), headers=AUTH)
     assert again.headers["x-switchyard-cache"] == "miss"
 
 
@@ -337,13 +319,14 @@ async def test_every_target_down_is_a_fast_503_once_circuits_open(proxy, ups):
     primary, backup = ups
     for up in ups:
         up.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
-    first = await proxy.post("/v1/chat/completions", json=chat(text="down"), headers=AUTH)
+    first = await proxy.post("/v1/chat/completions", json=chat_body("main", "down"), headers=AUTH)
     assert first.status_code == 502  # both tried, three times each: both circuits now open
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    second = await proxy.post("/v1/chat/completions", json=chat(text="down"), headers=AUTH)
+    reached = primary.post("/chat/completions").call_count, backup.post("/chat/completions").call_count
+    second = await asyncio.wait_for(  # the wait_for only guards against a hang
+        proxy.post("/v1/chat/completions", json=chat_body("main", "down"), headers=AUTH), 5)
     assert second.status_code == 503 and second.json()["error"]["code"] == "no_healthy_upstream"
-    assert loop.time() - started < 0.2
+    # fast: refused without trying either upstream, so nothing waited on them
+    assert (primary.post("/chat/completions").call_count, backup.post("/chat/completions").call_count) == reached
     assert primary.post("/chat/completions").call_count == 3
     report = (await proxy.get("/admin/providers", headers={"Authorization": f"Bearer {ADMIN}"})).json()
     states = {t["target"]: t["state"] for t in report["targets"]}
@@ -352,15 +335,15 @@ async def test_every_target_down_is_a_fast_503_once_circuits_open(proxy, ups):
     assert 'llm_circuit_state{model="m1",provider="primary"} 2.0' in metrics
 
 
-async def test_breaker_cycle_open_half_open_closed(proxy, ups):
+async def test_breaker_cycle_open_half_open_closed(proxy, ups, clock):
     primary, _ = ups
     primary.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
-    await proxy.post("/v1/chat/completions", json=chat("solo", text="cycle"), headers=AUTH)  # 3 failures: open
-    r = await proxy.post("/v1/chat/completions", json=chat("solo", text="cycle"), headers=AUTH)
+    await proxy.post("/v1/chat/completions", json=chat_body("solo", "cycle"), headers=AUTH)  # 3 failures: open
+    r = await proxy.post("/v1/chat/completions", json=chat_body("solo", "cycle"), headers=AUTH)
     assert r.status_code == 503
     primary.post("/chat/completions").respond(json=completion("recovered"))
-    await asyncio.sleep(1.1)
-    r = await proxy.post("/v1/chat/completions", json=chat("solo", text="cycle2"), headers=AUTH)
+    clock.now += 1.1  # past the circuit's cool-down
+    r = await proxy.post("/v1/chat/completions", json=chat_body("solo", "cycle2"), headers=AUTH)
     assert r.status_code == 200 and r.headers["x-switchyard-attempts"] == "1"
     report = (await proxy.get("/admin/providers", headers={"Authorization": f"Bearer {ADMIN}"})).json()
     assert {t["target"]: t["state"] for t in report["targets"]}["primary/m1"] == "closed"
@@ -370,7 +353,7 @@ async def test_concurrent_requests_during_a_breaker_trip_all_get_answers(proxy, 
     primary, backup = ups
     primary.post("/chat/completions").respond(500, json={"error": {"message": "down"}})
     results = await asyncio.gather(*(
-        proxy.post("/v1/chat/completions", json=chat(text=f"conc{i}"), headers=AUTH) for i in range(30)
+        proxy.post("/v1/chat/completions", json=chat_body("main", f"conc{i}"), headers=AUTH) for i in range(30)
     ))
     assert all(r.status_code == 200 for r in results)
     assert {r.headers["x-switchyard-provider"] for r in results} == {"backup"}
@@ -378,21 +361,18 @@ async def test_concurrent_requests_during_a_breaker_trip_all_get_answers(proxy, 
     assert primary.post("/chat/completions").call_count < 30 * 3
 
 
-async def test_deadline_bounds_all_attempts(tmp_path, ups):
+async def test_deadline_bounds_all_attempts(ups, app_client):
     primary, backup = ups
     for up in ups:
         up.post("/chat/completions").fault("hang", seconds=5)
     text = config(primary.base_url, backup.base_url).replace("timeout_s: 5\n", "timeout_s: 1.2\n")
-    app, client = await make(tmp_path, text)
-    try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        r = await client.post("/v1/chat/completions", json=chat(text="deadline"), headers=AUTH)
-        assert r.status_code == 504
-        assert loop.time() - started < 2.0
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
+    client = await app_client(text)
+    r = await asyncio.wait_for(  # the wait_for only guards against a hang
+        client.post("/v1/chat/completions", json=chat_body("main", "deadline"), headers=AUTH), 10)
+    assert r.status_code == 504
+    # each attempt waits 0.5 s for its answer, so a fourth can never start within the 1.2 s
+    # deadline: the deadline ended the request, not the six attempts (3 + 3) it would otherwise make
+    assert primary.post("/chat/completions").call_count + backup.post("/chat/completions").call_count <= 3
 
 
 async def test_equivalent_targets_are_balanced_by_inflight(proxy, ups):
@@ -405,7 +385,7 @@ async def test_equivalent_targets_are_balanced_by_inflight(proxy, ups):
 
     primary.post("/chat/completions").handler(slow)
     results = await asyncio.gather(*(
-        proxy.post("/v1/chat/completions", json=chat("pair", text=f"bal{i}"), headers=AUTH) for i in range(6)
+        proxy.post("/v1/chat/completions", json=chat_body("pair", f"bal{i}"), headers=AUTH) for i in range(6)
     ))
     providers = [r.headers["x-switchyard-provider"] for r in results]
     assert "backup" in providers and "primary" in providers

@@ -5,7 +5,7 @@ Every request pins its clock (`now`) and its split draw (`rand`), so each case i
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -22,9 +22,9 @@ from proxy.routing import (
 )
 from proxy.snapshot import Snapshot, snapshot_from_text
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
-WINDOW_START = datetime(2026, 12, 1, tzinfo=timezone.utc)
-WINDOW_END = datetime(2027, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+WINDOW_START = datetime(2026, 12, 1, tzinfo=UTC)
+WINDOW_END = datetime(2027, 1, 1, tzinfo=UTC)
 
 POLICY = """
 providers:
@@ -156,7 +156,7 @@ CASES = [
     ("stream: false", "live", {"stream": False}, "live-batch", "mock/batch"),
     ("window: before start", "seasonal", {"now": WINDOW_START - timedelta(seconds=1)}, "seasonal", "mock/everyday"),
     ("window: at start", "seasonal", {"now": WINDOW_START}, "holiday", "mock/holiday"),
-    ("window: inside", "seasonal", {"now": datetime(2026, 12, 24, tzinfo=timezone.utc)}, "holiday", "mock/holiday"),
+    ("window: inside", "seasonal", {"now": datetime(2026, 12, 24, tzinfo=UTC)}, "holiday", "mock/holiday"),
     ("window: just before end", "seasonal", {"now": WINDOW_END - timedelta(microseconds=1)}, "holiday", "mock/holiday"),
     ("window: at end", "seasonal", {"now": WINDOW_END}, "seasonal", "mock/everyday"),
     ("window: other zone", "seasonal",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -15,9 +16,9 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import create_app
+from proxy.tasks import drain
 from proxy.usage import UsageTap, tokens
-from support import FakeUpstream, chunk_events, completion, free_port
+from support import AppClient, FakeUpstream, chat_body, chunk_events, completion, free_port
 
 KEY = "sk-telemetry-team-1"
 SECRET_PROMPT = "my secret prompt text 4711"
@@ -47,8 +48,7 @@ routes:
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def chat(model: str, **fields) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": SECRET_PROMPT}], **fields}
+chat = partial(chat_body, text=SECRET_PROMPT)  # every request carries the prompt no record may keep
 
 
 @pytest.fixture
@@ -57,27 +57,9 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield up
 
 
-async def make_client(path: Path) -> tuple:
-    app = create_app(str(path), watch=False)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    return app, client
-
-
 @pytest.fixture
-async def app_client(tmp_path, upstream) -> AsyncIterator[tuple]:
-    path = tmp_path / "proxy.yaml"
-    path.write_text(config_text())
-    app, client = await make_client(path)
-    try:
-        yield app, client
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
-
-
-@pytest.fixture
-def client(app_client) -> httpx.AsyncClient:
-    return app_client[1]
+async def client(upstream, app_client) -> AppClient:
+    return await app_client(config_text())
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset], float]:
@@ -180,24 +162,18 @@ async def test_label_cardinality_bounded_whatever_clients_send(client, upstream)
     assert value(m, "llm_requests_total", status="404", team="search", route="none") == 30
 
 
-async def test_cache_hits_counted_and_cost_nothing(tmp_path, upstream):
-    path = tmp_path / "proxy.yaml"
-    path.write_text(config_text() + "cache: {backend: memory}\n")
-    app, client = await make_client(path)
-    try:
-        upstream.post("/chat/completions").respond(json=completion(usage=USAGE))
-        for _ in range(3):
-            assert (await client.post("/v1/chat/completions", json=chat("priced"), headers=AUTH)).status_code == 200
-            await asyncio.sleep(0.05)  # the answer is stored in the background
-        m = await scrape(client)
-        assert value(m, "llm_cache_requests_total", result="miss") == 1
-        assert value(m, "llm_cache_requests_total", result="hit") == 2
-        assert value(m, "llm_requests_total", cache="hit", route="priced") == 2
-        assert value(m, "llm_tokens_total", type="input") == 11  # hits add no spend
-        assert value(m, "llm_request_duration_seconds_count", provider="up") == 1
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
+async def test_cache_hits_counted_and_cost_nothing(upstream, app_client):
+    client = await app_client(config_text() + "cache: {backend: memory}\n")
+    upstream.post("/chat/completions").respond(json=completion(usage=USAGE))
+    for _ in range(3):
+        assert (await client.post("/v1/chat/completions", json=chat("priced"), headers=AUTH)).status_code == 200
+        await drain()  # the answer is stored in the background
+    m = await scrape(client)
+    assert value(m, "llm_cache_requests_total", result="miss") == 1
+    assert value(m, "llm_cache_requests_total", result="hit") == 2
+    assert value(m, "llm_requests_total", cache="hit", route="priced") == 2
+    assert value(m, "llm_tokens_total", type="input") == 11  # hits add no spend
+    assert value(m, "llm_request_duration_seconds_count", provider="up") == 1
 
 
 @pytest.mark.parametrize(
@@ -237,9 +213,8 @@ async def test_stream_cut_counted(client, upstream):
     assert value(m, "llm_provider_errors_total", provider="up", kind="stream_cut") == 1
 
 
-async def test_config_reloads_and_generation(app_client, tmp_path):
-    app, client = app_client
-    holder = app.state.runtime.holder
+async def test_config_reloads_and_generation(client):
+    holder = client.runtime.holder
     path = Path(holder.path)
     m = await scrape(client)
     assert value(m, "switchyard_config_reloads_total", result="ok") == 1
@@ -289,17 +264,11 @@ async def test_access_log_line_has_fields_and_no_secrets(client, upstream, caplo
         assert secret not in rendered
 
 
-async def test_access_log_can_be_turned_off(tmp_path, upstream, caplog):
-    path = tmp_path / "proxy.yaml"
-    path.write_text(config_text() + "telemetry: {access_log: false}\n")
-    app, client = await make_client(path)
-    try:
-        with caplog.at_level(logging.INFO, logger="switchyard.access"):
-            assert (await client.post("/v1/chat/completions", json=chat("fast"), headers=AUTH)).status_code == 200
-        assert not [r for r in caplog.records if r.name == "switchyard.access"]
-    finally:
-        await client.aclose()
-        await app.state.runtime.aclose()
+async def test_access_log_can_be_turned_off(upstream, app_client, caplog):
+    client = await app_client(config_text() + "telemetry: {access_log: false}\n")
+    with caplog.at_level(logging.INFO, logger="switchyard.access"):
+        assert (await client.post("/v1/chat/completions", json=chat("fast"), headers=AUTH)).status_code == 200
+    assert not [r for r in caplog.records if r.name == "switchyard.access"]
 
 
 # ---------------------------------------------------------------- traces
@@ -325,7 +294,7 @@ class OtlpReceiver:
                     self.spans.append((service, span))
         return web.Response(content_type="application/x-protobuf", body=b"")
 
-    async def __aenter__(self) -> "OtlpReceiver":
+    async def __aenter__(self) -> OtlpReceiver:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
         self.runner = web.AppRunner(app, access_log=None)
@@ -347,16 +316,14 @@ def attrs(span) -> dict:
 
 
 @pytest.fixture
-async def traced(tmp_path, upstream) -> AsyncIterator[tuple]:
+async def traced(upstream, app_client) -> AsyncIterator[tuple]:
     async with OtlpReceiver() as receiver:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", service_name: sy-test}}\n')
-        app, client = await make_client(path)
+        client = await app_client(
+            config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", service_name: sy-test}}\n')
         try:
-            yield app, client, receiver
+            yield client.app, client, receiver
         finally:
-            await client.aclose()
-            await app.state.runtime.aclose()
+            await client.aclose()  # while the receiver still listens: the last spans go out on close
 
 
 async def flush(app) -> None:
@@ -416,23 +383,21 @@ async def test_spans_follow_genai_conventions_and_join_the_clients_trace(traced,
         ("01", True),  # the client sampled its trace: its decision wins over our ratio
     ],
 )
-async def test_sampling(tmp_path, upstream, client_flags, exported):
+async def test_sampling(upstream, app_client, client_flags, exported):
     upstream.post("/chat/completions").respond(json=completion(usage=USAGE))
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = dict(AUTH)
     if client_flags is not None:
         headers["traceparent"] = f"00-{trace_id}-{parent_id}-{client_flags}"
     async with OtlpReceiver() as receiver:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", sample_ratio: 0}}\n')
-        app, client = await make_client(path)
+        client = await app_client(config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", sample_ratio: 0}}\n')
         try:
             for _ in range(3):
-                assert (await client.post("/v1/chat/completions", json=chat("priced"), headers=headers)).status_code == 200
-            await flush(app)
+                r = await client.post("/v1/chat/completions", json=chat("priced"), headers=headers)
+                assert r.status_code == 200
+            await flush(client.app)
         finally:
             await client.aclose()
-            await app.state.runtime.aclose()
     assert (len(receiver.spans) == 6) if exported else (receiver.spans == [])
     # sampled or not, the upstream is told the trace and the decision
     sent = upstream.post("/chat/completions").calls.last.request.headers["traceparent"].split("-")
@@ -454,44 +419,40 @@ async def test_failed_request_span_has_error_status(traced, upstream):
     assert attrs(attempt)["error.type"] == "status_5xx"
 
 
-async def test_prompt_on_spans_only_when_configured(tmp_path, upstream):
+async def test_prompt_on_spans_only_when_configured(upstream, app_client):
     upstream.post("/chat/completions").respond(json=completion(content="the answer"))
     async with OtlpReceiver() as receiver:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", capture_content: true}}\n')
-        app, client = await make_client(path)
+        client = await app_client(
+            config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}", capture_content: true}}\n')
         try:
             assert (await client.post("/v1/chat/completions", json=chat("priced"), headers=AUTH)).status_code == 200
-            await flush(app)
+            await flush(client.app)
         finally:
             await client.aclose()
-            await app.state.runtime.aclose()
     server = next(span for _, span in receiver.spans if span.name == "chat priced")
     a = attrs(server)
     assert SECRET_PROMPT in a["gen_ai.input.messages"]
     assert "the answer" in a["gen_ai.output.messages"]
 
 
-async def test_tracing_off_by_default_forwards_client_traceparent(client, app_client, upstream):
-    app, _ = app_client
-    assert app.state.runtime.telemetry.tracing is None
+async def test_tracing_off_by_default_forwards_client_traceparent(client, upstream):
+    assert client.runtime.telemetry.tracing is None
     upstream.post("/chat/completions").respond(json=completion())
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     await client.post("/v1/chat/completions", json=chat("priced"), headers={**AUTH, "traceparent": parent})
     assert upstream.post("/chat/completions").calls.last.request.headers["traceparent"] == parent
 
 
-async def test_tracing_follows_config_reload(app_client, upstream):
-    app, client = app_client
-    telemetry = app.state.runtime.telemetry
-    holder = app.state.runtime.holder
+async def test_tracing_follows_config_reload(client, upstream):
+    telemetry = client.runtime.telemetry
+    holder = client.runtime.holder
     async with OtlpReceiver() as receiver:
         Path(holder.path).write_text(config_text() + f'telemetry: {{otlp_endpoint: "{receiver.url}"}}\n')
         assert holder.load() == "ok"
         assert telemetry.tracing is not None
         assert telemetry.tracing.endpoint == receiver.url + "/v1/traces"
         assert (await client.post("/v1/chat/completions", json=chat("fast"), headers=AUTH)).status_code == 200
-        await flush(app)
+        await flush(client.app)
         assert sorted(span.name for _, span in receiver.spans) == ["chat fast", "chat mock-fast"]
     Path(holder.path).write_text(config_text())
     assert holder.load() == "ok"
@@ -580,7 +541,8 @@ STRIP_CASES = [
     pytest.param(chunk_events(["x", "y"], usage=USAGE), b"".join(chunk_events(["x", "y"])), id="usage-chunk-dropped"),
     pytest.param(chunk_events(["x"]), b"".join(chunk_events(["x"])), id="no-usage-untouched"),
     pytest.param(
-        [b'data: {"choices":[{"index":0,"delta":{"content":"z"}}],"usage":{"prompt_tokens":1}}\n\n', b"data: [DONE]\n\n"],
+        [b'data: {"choices":[{"index":0,"delta":{"content":"z"}}],"usage":{"prompt_tokens":1}}\n\n',
+         b"data: [DONE]\n\n"],
         b'data: {"choices":[{"index":0,"delta":{"content":"z"}}],"usage":null}\n\ndata: [DONE]\n\n',
         id="usage-on-content-chunk-nulled",
     ),
@@ -599,32 +561,30 @@ def test_usage_stripper_at_any_chunking(events, expected, size):
     assert out == expected
 
 
-async def test_a_failed_attempts_span_ends_when_it_failed_not_after_the_backoff(tmp_path, upstream):
+async def test_a_failed_attempts_span_ends_when_it_failed_not_after_the_backoff(upstream, app_client):
     calls = []
 
     async def fail_once(request):
         from aiohttp import web
 
         calls.append(1)
-        if len(calls) == 1:
-            return web.json_response({"error": {"message": "busy"}}, status=503)
+        if len(calls) == 1:  # retry-after over max_backoff_ms: the backoff is exactly 0.4 s, not jittered
+            return web.json_response({"error": {"message": "busy"}}, status=503, headers={"retry-after": "1"})
         return web.json_response(completion(usage=USAGE))
 
     upstream.post("/chat/completions").handler(fail_once)
     async with OtlpReceiver() as receiver:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config_text("resilience: {retries: 1, backoff_ms: 400, max_backoff_ms: 400}")
-                        + f'telemetry: {{otlp_endpoint: "{receiver.url}"}}\n')
-        app, client = await make_client(path)
+        client = await app_client(config_text("resilience: {retries: 1, backoff_ms: 400, max_backoff_ms: 400}")
+                                  + f'telemetry: {{otlp_endpoint: "{receiver.url}"}}\n')
         try:
             r = await client.post("/v1/chat/completions", json=chat("priced"), headers=AUTH)
             assert r.status_code == 200 and r.headers["x-switchyard-attempts"] == "2"
-            await flush(app)
+            await flush(client.app)
         finally:
             await client.aclose()
-            await app.state.runtime.aclose()
     first, second = sorted((s for _, s in receiver.spans if s.name == "chat priced-model"),
                            key=lambda s: s.start_time_unix_nano)
     assert attrs(first)["error.type"] == "status_5xx" and "error.type" not in attrs(second)
-    assert first.end_time_unix_nano <= second.start_time_unix_nano  # the backoff belongs to neither
-    assert (first.end_time_unix_nano - first.start_time_unix_nano) / 1e9 < 0.3  # not the jittered 0.4 s wait
+    assert first.end_time_unix_nano <= second.start_time_unix_nano  # the backoff belongs to neither:
+    # the whole 0.4 s wait lies between the spans (a span that held it would end as the next began)
+    assert second.start_time_unix_nano - first.end_time_unix_nano >= 0.3e9

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import ServerProcess
+from support import ServerProcess, chat_body
+
+pytestmark = pytest.mark.integration  # the served proxy (two workers), in processes of its own
 
 KEY = "sk-process-team-1"
 CONFIG = f"""
@@ -18,7 +21,7 @@ teams:
 routes:
   - {{name: fast, match: {{model: fast}}, to: mock/mock-fast}}
 """
-CHAT = {"model": "fast", "messages": [{"role": "user", "content": "hello"}]}
+CHAT = chat_body()
 
 
 def requests_total(base_url: str) -> float:
@@ -33,9 +36,9 @@ def requests_total(base_url: str) -> float:
 
 # a team with a budget and limits on the memory backend: what crashed `--workers 2` once
 LIMITED = CONFIG.replace(
-    'search: {{keys: ["{KEY}"]}}'.format(KEY=KEY),
+    f'search: {{keys: ["{KEY}"]}}',
     f'search: {{keys: ["{KEY}"], budget: {{daily_usd: 100}}, limits: {{rpm: 100000}}}}',
-) + f"ledger: {{path: ledger.db, flush_interval_s: 0.05}}\naccounting: {{backend: memory}}\n"
+) + "ledger: {path: ledger.db, flush_interval_s: 0.05}\naccounting: {backend: memory}\n"
 
 
 def test_metrics_add_up_across_workers(tmp_path):
