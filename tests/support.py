@@ -53,6 +53,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_HELD_PORTS: list[socket.socket] = []
+
+
+def dead_port() -> int:
+    """A port where nothing listens, for as long as the tests run: it stays bound (not listening) so
+    connections are refused. A merely free port is not enough: Linux may pick it as the ephemeral
+    source port of a connect to it, and that connection then talks to itself and "answers"."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(sock)
+    return int(sock.getsockname()[1])
+
+
 # ------------------------------------------------------------------ waiting, and request bodies
 
 

@@ -25,7 +25,7 @@ from proxy.accounting.spend import SpendCounters, periods_at
 from proxy.config import BudgetConfig
 from proxy.errors import BudgetExceeded
 from proxy.tasks import drain
-from support import FakeUpstream, chat_body, eventually, free_port
+from support import FakeUpstream, chat_body, dead_port, eventually
 
 UTC = ZoneInfo("UTC")
 KEY = "sk-acct-team-1"
@@ -654,7 +654,7 @@ async def test_unwritable_ledger_does_not_fail_requests(tmp_path, app_client):
 
 
 async def test_redis_down_budgets_and_limits_enforced_locally(app_client):
-    dead = free_port()
+    dead = dead_port()
     extra = ""
     text = config(budget="budget: {daily_usd: 0.05}", limits="limits: {rpm: 100}").replace(
         "accounting: {", f'accounting: {{backend: redis, url: "redis://127.0.0.1:{dead}/0", timeout_ms: 20, '

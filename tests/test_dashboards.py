@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from proxy.config import load_text
-from support import REPO, ServerProcess, chat_body, eventually, free_port
+from support import REPO, ServerProcess, chat_body, dead_port, eventually, free_port
 
 DEPLOY = REPO / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
@@ -336,7 +336,7 @@ def failing_panels(prometheus: Prometheus) -> list[str]:
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path):
     binary("prometheus")
     config = tmp_path / "proxy.yaml"
-    dead = free_port()  # nothing listens there: connection errors for the `down` provider
+    dead = dead_port()  # nothing listens there: connection errors for the `down` provider
     config.write_text(policy(dead))
     admin = {"Authorization": f"Bearer {ADMIN}"}
     with ServerProcess(config) as server, Prometheus(tmp_path, f"127.0.0.1:{server.port}") as prometheus, \

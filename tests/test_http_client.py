@@ -27,7 +27,7 @@ from proxy.providers.http import (
     PoolTimeout,
     ReadTimeout,
 )
-from support import UnansweredPort, eventually, free_port
+from support import UnansweredPort, dead_port, eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 
@@ -404,7 +404,7 @@ async def test_a_closed_pool_refuses_requests() -> None:
 
 
 async def test_connection_refused() -> None:
-    pool = HttpPool(f"http://127.0.0.1:{free_port()}/v1")
+    pool = HttpPool(f"http://127.0.0.1:{dead_port()}/v1")
     with pytest.raises(ConnectError) as info:
         await get(pool)
     assert "refused" in str(info.value).lower()

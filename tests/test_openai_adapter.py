@@ -15,7 +15,7 @@ from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai import OpenAIAdapter
 from proxy.snapshot import ProviderSpec, snapshot_from_text
 from proxy.tasks import drain
-from support import FakeUpstream, UnansweredPort, free_port
+from support import FakeUpstream, UnansweredPort, dead_port
 
 BASE = "https://up.example/v1"  # for specs that are never sent to
 
@@ -217,7 +217,7 @@ async def test_5xx_returned_as_response_not_raised(adapter, upstream):
 
 
 async def test_connect_error_becomes_upstream_error():
-    a = OpenAIAdapter(make_spec(base_url=f"http://127.0.0.1:{free_port()}/v1"))  # nothing listens
+    a = OpenAIAdapter(make_spec(base_url=f"http://127.0.0.1:{dead_port()}/v1"))  # nothing listens
     try:
         with pytest.raises(UpstreamError) as info:
             await a.send(chat_request())
