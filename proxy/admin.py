@@ -17,11 +17,13 @@ from starlette.responses import Response
 from proxy import __version__
 from proxy.accounting.reports import GROUPS
 from proxy.auth import authenticate, authenticate_admin
-from proxy.endpoint import read_body
 from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, shown
 from proxy.experiments import experiments_of
 from proxy.experiments import report as experiment_stats
+from proxy.pipeline.body import read_body
+from proxy.pipeline.count_tokens import count_tokens
 from proxy.reload import reload_now
+from proxy.responses_store import Stored
 from proxy.routing import check_model
 from proxy.runtime import Runtime
 from proxy.snapshot import Snapshot, SnapshotHolder
@@ -68,9 +70,15 @@ async def metrics(runtime: Runtime, request: Request) -> Response:
 
 
 async def models(runtime: Runtime, request: Request) -> Response:
+    """The names this team may request, in OpenAI's list shape, or in Anthropic's when the
+    client is Anthropic's SDK (it always sends `anthropic-version`)."""
     snapshot = runtime.active().snapshot
     team = authenticate(snapshot, request.headers)
-    return json_response({"object": "list", "data": [_model(n) for n in snapshot.model_names(team)]})
+    names = snapshot.model_names(team)
+    if not anthropic_client(request):
+        return json_response({"object": "list", "data": [_model(n) for n in names]})
+    return json_response({"data": [_anthropic_model(n) for n in names], "has_more": False,
+                          "first_id": names[0] if names else None, "last_id": names[-1] if names else None})
 
 
 async def model(runtime: Runtime, request: Request) -> Response:
@@ -78,11 +86,82 @@ async def model(runtime: Runtime, request: Request) -> Response:
     team = authenticate(snapshot, request.headers)
     name = request.path_params["name"]
     check_model(snapshot, team, name)  # the 403/404 a chat request for it would get
-    return json_response(_model(name))
+    return json_response(_anthropic_model(name) if anthropic_client(request) else _model(name))
+
+
+def anthropic_client(request: Request) -> bool:
+    return "anthropic-version" in request.headers or request.url.path.startswith("/v1/messages")
 
 
 def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "switchyard"}
+
+
+def _anthropic_model(name: str) -> dict[str, Any]:
+    return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+
+
+# ---------------------------------------------------------------- stored responses
+
+
+async def stored_response(runtime: Runtime, request: Request) -> Response:
+    stored, _ = await _stored(runtime, request)
+    return json_response(stored.response)
+
+
+async def stored_response_input(runtime: Runtime, request: Request) -> Response:
+    """The input items of a stored response (earlier turns included), as OpenAI lists them:
+    newest first unless `order=asc`, at most `limit` (default 20, up to 100) after `after`."""
+    stored, response_id = await _stored(runtime, request)
+    items = [dict(item, id=item.get("id") or f"item_{response_id}_{i}") if isinstance(item, dict) else item
+             for i, item in enumerate(stored.input_items)]
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be asc or desc", param="order")
+    if order == "desc":
+        items.reverse()
+    after = request.query_params.get("after")
+    if after:
+        ids = [item.get("id") for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    limit = _limit(request.query_params.get("limit"))
+    page = items[:limit]
+    return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                          "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+
+async def delete_stored_response(runtime: Runtime, request: Request) -> Response:
+    snapshot = runtime.active().snapshot
+    team = authenticate(snapshot, request.headers)
+    response_id = request.path_params["response_id"]
+    store = runtime.responses
+    if store is None or not await store.delete(team.name, response_id):
+        raise _no_stored_response(response_id)
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def _stored(runtime: Runtime, request: Request) -> tuple[Stored, str]:
+    team = authenticate(runtime.active().snapshot, request.headers)
+    response_id = request.path_params["response_id"]
+    store = runtime.responses
+    stored = await store.load(team.name, response_id) if store is not None else None
+    if stored is None:
+        raise _no_stored_response(response_id)
+    return stored, response_id
+
+
+def _no_stored_response(response_id: str) -> NotFound:
+    return NotFound(f"No response with id {shown(response_id)} is stored here for your team. The gateway keeps the "
+                    "responses it translated for providers without the Responses API; a provider serving it "
+                    "natively keeps its own.", param="response_id")
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 20
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
+    return int(value)
 
 
 async def usage(runtime: Runtime, request: Request) -> Response:
@@ -249,6 +328,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("/v1/models/{name:path}", "GET", model),
     ("/v1/usage", "GET", usage),
     ("/v1/feedback", "POST", feedback),
+    ("/v1/messages/count_tokens", "POST", count_tokens),
+    ("/v1/responses/{response_id}", "GET", stored_response),
+    ("/v1/responses/{response_id}", "DELETE", delete_stored_response),
+    ("/v1/responses/{response_id}/input_items", "GET", stored_response_input),
     ("/metrics", "GET", metrics),
     ("/healthz", "GET", healthz),
     ("/readyz", "GET", readyz),

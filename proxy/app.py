@@ -1,6 +1,6 @@
 """The ASGI application: paths wired to handlers, and the lifespan that owns watchers and clients.
 
-POSTs to the proxied APIs go straight to their endpoint (plain ASGI, proxy/endpoint.py);
+POSTs to the proxied APIs go straight to their endpoint (plain ASGI, proxy/pipeline/);
 everything else goes through Starlette's routing to the handlers in proxy/admin.py. Every
 error a client can see is a `ProxyError` rendered by proxy/errors.py, whichever path it took.
 """
@@ -22,8 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy import admin
-from proxy.endpoint import ProxyEndpoint
+from proxy.dialects.base import Dialect
+from proxy.dialects.chat import CHAT, COMPLETIONS, EMBEDDINGS
+from proxy.dialects.messages import MessagesDialect, error_payload
+from proxy.dialects.responses import ResponsesDialect
 from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, shown
+from proxy.pipeline.endpoint import ProxyEndpoint
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.relay import Receive, Scope, Send, error_response
 from proxy.reload import ConfigWatcher, install_sighup, reload_now
@@ -34,7 +38,8 @@ from proxy.snapshot import SnapshotHolder
 log = logging.getLogger("switchyard")
 
 DEFAULT_CONFIG = "proxy.yaml"
-PROXIED = ("chat/completions", "embeddings")  # /v1/<endpoint>: the calls relayed to providers
+# /v1/<endpoint>: the calls relayed to providers, each in its surface's dialect
+DIALECTS: tuple[Dialect, ...] = (CHAT, EMBEDDINGS, COMPLETIONS, ResponsesDialect(), MessagesDialect())
 
 
 def create_app(
@@ -72,8 +77,8 @@ def create_app(
             await runtime.aclose()
 
     routes = [Route(path, _bound(handler, runtime), methods=[method]) for path, method, handler in admin.ROUTES]
-    endpoints = {f"/v1/{name}": ProxyEndpoint(runtime.active, name, runtime.telemetry, runtime.health)
-                 for name in PROXIED}
+    endpoints = {f"/v1/{d.endpoint}": ProxyEndpoint(runtime.active, d, runtime.telemetry, runtime.health)
+                 for d in DIALECTS}
     routes += [Route(path, endpoint, methods=["POST"]) for path, endpoint in endpoints.items()]
     app = Starlette(
         routes=routes,
@@ -92,14 +97,16 @@ def _bound(handler: admin.Handler, runtime: Runtime) -> Any:
     return endpoint
 
 
-def _response(exc: ProxyError) -> Response:
+def _response(request: Request, exc: ProxyError) -> Response:
+    """The error in the shape of the client's API: Anthropic's for its SDK and paths."""
     headers = {k.decode(): v.decode() for k, v in exc.headers}
-    return Response(exc.body(), exc.status, media_type="application/json", headers=headers)
+    body = error_payload(exc.status, exc.message) if admin.anthropic_client(request) else exc.body()
+    return Response(body, exc.status, media_type="application/json", headers=headers)
 
 
 async def _on_proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    return _response(exc)
+    return _response(request, exc)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -107,17 +114,17 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = shown(request.url.path)
     if exc.status_code == 405:
-        return _response(MethodNotAllowed(f"method {request.method} is not allowed on {path}"))
+        return _response(request, MethodNotAllowed(f"method {request.method} is not allowed on {path}"))
     if exc.status_code == 404:
-        return _response(NotFound(f"unknown path {path}"))
+        return _response(request, NotFound(f"unknown path {path}"))
     error = ProxyError(str(exc.detail))
     error.status, error.type, error.code = exc.status_code, "invalid_request_error", None
-    return _response(error)
+    return _response(request, error)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _response(InternalError())
+    return _response(request, InternalError())
 
 
 class FastPath:

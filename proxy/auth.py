@@ -13,22 +13,26 @@ from proxy.snapshot import Snapshot, Team
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key from `Authorization: Bearer <key>` or, for Azure-style clients, `api-key`."""
+    """The key from `Authorization: Bearer <key>`, or `x-api-key` (Anthropic's SDK and Claude
+    Code), or `api-key` (Azure-style clients)."""
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     # an Authorization header of another kind (Basic, from a corporate proxy) is not ours
-    key = headers.get("api-key")
-    return key.strip() if key and key.strip() else None
+    for name in ("x-api-key", "api-key"):
+        key = headers.get(name)
+        if key and key.strip():
+            return key.strip()
+    return None
 
 
 def authenticate(snapshot: Snapshot, headers: Mapping[str, str]) -> Team:
     key = presented_key(headers)
     if key is None:
         raise InvalidApiKey(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')."
         )
     team = snapshot.team_for_key(key)
     if team is None:

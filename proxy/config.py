@@ -115,6 +115,9 @@ class ProviderConfig(_Strict):
     latency_ms: float = Field(0, ge=0)
     chunk_interval_ms: float = Field(0, ge=0)
     api_version: str | None = None  # azure only: the api-version query parameter
+    # openai only: the server speaks Chat Completions but not the Responses API (vLLM, Ollama,
+    # most routers): Responses requests are translated to chat for it
+    chat_only: bool = False
 
     @model_validator(mode="after")
     def _check_type_fields(self) -> ProviderConfig:
@@ -124,6 +127,8 @@ class ProviderConfig(_Strict):
             raise ValueError("type: azure needs base_url (https://<resource>.openai.azure.com) and api_version")
         if self.type != "azure" and self.api_version is not None:
             raise ValueError("api_version applies to type: azure only")
+        if self.type != "openai" and self.chat_only:
+            raise ValueError("chat_only applies to type: openai only")
         if self.base_url is not None and not re.match(r"^https?://", self.base_url):
             raise ValueError("base_url must start with http:// or https://")
         for name in self.forward_headers:
@@ -149,6 +154,17 @@ class CacheConfig(_Strict):
     cooldown_s: float = Field(5, gt=0)  # ... for this long, then tried again
     key_prefix: KeyPrefix = "sy:"  # Redis keys are <prefix>c:<scope>:<target>:<hash>
 
+
+
+class ResponsesConfig(_Strict):
+    """Where Responses API answers the gateway made itself (translated for providers that
+    do not serve the Responses API) are kept, so a later request's previous_response_id
+    and GET /v1/responses/{id} find them."""
+
+    store: Literal["auto", "redis", "memory", "off"] = "auto"  # auto: redis when cache.backend is redis
+    url: RedisUrl | None = None  # null: cache.url
+    ttl_s: int = Field(30 * 86400, ge=1)  # 30 days, as OpenAI keeps stored responses
+    max_entries: int = Field(10_000, ge=1)  # memory store, and its stand-in while Redis is down
 
 
 class TelemetryConfig(_Strict):
@@ -288,7 +304,7 @@ class ResilienceConfig(_Strict):
     retries: int = Field(2, ge=0)  # more attempts on the same target before its fallbacks
     backoff_ms: float = Field(200, ge=0)  # first retry's delay; doubles, with full jitter
     max_backoff_ms: float = Field(5000, ge=0)
-    retry_on: list[RetryOn] = [429, 500, 502, 503, 504, "timeout", "connect"]
+    retry_on: list[RetryOn] = [429, 500, 502, 503, 504, 529, "timeout", "connect"]
     timeout_s: float = Field(600, gt=0)  # per request: every attempt must have started answering by then
     circuit: CircuitConfig = CircuitConfig()
     balance: Balance = "weighted"  # how a split (or a list of targets) picks
@@ -365,6 +381,7 @@ class RouteConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     ledger: LedgerConfig = LedgerConfig()
     accounting: AccountingConfig = AccountingConfig()

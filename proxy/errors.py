@@ -16,6 +16,7 @@
     ├── UpstreamError                502     upstream_error
     │   ├── InvalidResponse          502     invalid_response (a 2xx that breaks the wire contract)
     │   └── UpstreamAuthError        502     upstream_auth_error (the provider refused our key)
+    ├── UpstreamOverloaded           503     upstream_overloaded (its 503, or Anthropic's 529)
     ├── NoHealthyUpstream            503     no_healthy_upstream
     ├── GatewayBusy                  503     gateway_busy (our own connection pool is full)
     ├── UpstreamTimeout              504     upstream_timeout
@@ -161,6 +162,15 @@ class UpstreamAuthError(UpstreamError):
 
     code = "upstream_auth_error"
     kind = "upstream_auth"
+
+
+class UpstreamOverloaded(ProxyError):
+    """The provider said it is overloaded (503, or Anthropic's 529): retry later."""
+
+    status = 503
+    type = "api_error"
+    code = "upstream_overloaded"
+    kind = "status_5xx"
 
 
 class NoHealthyUpstream(ProxyError):

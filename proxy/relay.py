@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from proxy import sse
-from proxy.errors import ProxyError, UpstreamError, error_event, provider_message
+from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
 from proxy.server import DISCONNECT_KEY
 
@@ -40,7 +40,7 @@ def upstream_headers(upstream: UpstreamResponse) -> Headers:
         lower = name.lower()
         if lower in _RELAYED:
             out.append((lower.encode(), header_value(value)))
-        elif lower == "x-request-id":
+        elif lower in ("x-request-id", "request-id"):  # OpenAI's name, Anthropic's
             out.append((b"x-switchyard-upstream-request-id", header_value(value)))
     return out
 
@@ -79,12 +79,18 @@ def error_response(error: ProxyError, headers: Headers) -> BytesResponse:
 
 
 def upstream_failure(provider: str, upstream: UpstreamResponse) -> ProxyError | None:
-    """Map an upstream 5xx to our 502; 4xx answers pass through as they are (None)."""
+    """Map an upstream 5xx to our 502 (503 when it said it is overloaded: 503, or
+    Anthropic's 529), keeping its retry-after; 4xx answers pass through as they are (None)."""
     if upstream.status < 500:
         return None
     detail = provider_message(upstream.body)[:300]
     suffix = f": {detail}" if detail else ""
-    return UpstreamError(f"provider {provider} answered {upstream.status}{suffix}", kind="status_5xx")
+    message = f"provider {provider} answered {upstream.status}{suffix}"
+    error = UpstreamOverloaded(message) if upstream.status in (503, 529) else UpstreamError(message, kind="status_5xx")
+    retry_after = next((v for k, v in upstream.headers if k.lower() == "retry-after"), None)
+    if retry_after is not None:
+        error.headers = [*error.headers, (b"retry-after", header_value(retry_after))]
+    return error
 
 
 class StreamRelay:
@@ -97,7 +103,7 @@ class StreamRelay:
 
     __slots__ = (
         "upstream", "observe", "rewrite", "headers", "on_done", "outcome", "error", "started_at", "first_chunk_at",
-        "disconnected",
+        "disconnected", "stream_error",
     )
 
     def __init__(
@@ -108,6 +114,7 @@ class StreamRelay:
         observe: Callable[[bytes], None] | None = None,
         rewrite: Callable[[bytes], bytes] | None = None,
         disconnected: asyncio.Future[None] | None = None,
+        stream_error: Callable[[ProxyError], bytes] | None = None,
     ) -> None:
         self.upstream = upstream
         self.observe = observe  # sees each upstream chunk as it came
@@ -124,6 +131,7 @@ class StreamRelay:
         self.started_at: float | None = None
         self.first_chunk_at: float | None = None
         self.disconnected = disconnected  # the request's own disconnect watch, when it has one
+        self.stream_error = stream_error or _chat_stream_error  # how the surface ends a broken stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hook = _hook_of(scope)
@@ -192,7 +200,7 @@ class StreamRelay:
         except ProxyError as exc:
             log.warning("stream broken: %s", exc.message)
             self.error = exc
-            await send({"type": "http.response.body", "body": sse.encode(error_event(exc)), "more_body": True})
+            await send({"type": "http.response.body", "body": self.stream_error(exc), "more_body": True})
             outcome = "upstream_failed"
         except OSError:  # the client went away while we were writing
             return "client_disconnected"
@@ -266,6 +274,10 @@ class DisconnectWatch:
         if task is not None:
             task.uncancel()
         return True
+
+
+def _chat_stream_error(exc: ProxyError) -> bytes:
+    return sse.encode(error_event(exc))
 
 
 def _hook_of(scope: Scope) -> Any:

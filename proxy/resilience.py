@@ -206,7 +206,7 @@ class Health:
 @dataclass(slots=True)
 class Attempt:
     target: Target
-    outcome: str  # ok | retry | failed | status_4xx | circuit_open
+    outcome: str  # ok | retry | failed | status_4xx | circuit_open | refused (never sent)
     kind: str | None = None  # error kind when failed
     duration_s: float = 0.0
 
@@ -289,6 +289,14 @@ async def attempt_upstream(
                 attempts.append(Attempt(target, "gateway_busy", exc.kind, clock() - started))
                 break
             except ProxyError as exc:
+                if exc.status < 500:
+                    # refused before reaching the provider (a request this target cannot take,
+                    # e.g. one with no translation to its wire): not the provider's failure,
+                    # and another target may take it
+                    health.finished_unjudged(name)
+                    last, last_response = exc, None
+                    attempts.append(Attempt(target, "refused", exc.kind, clock() - started))
+                    break
                 health.failed(name, circuit)
                 last, last_response = exc, None
                 retry = _retryable_error(exc, settings)

@@ -11,16 +11,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from types import MappingProxyType
+from typing import Any
 
 from proxy.accounting.feedback import Feedback
 from proxy.accounting.reporting import Reports
 from proxy.accounting.service import Accounting
 from proxy.cache import ResponseCache, build_cache
-from proxy.endpoint import Active
 from proxy.experiments import ExperimentState
+from proxy.pipeline.active import Active
 from proxy.providers import ProviderPool
 from proxy.redis_guard import RedisGuards
 from proxy.resilience import Health
+from proxy.responses_store import ResponseStore, build_store
 from proxy.server import LimitsRef
 from proxy.snapshot import Snapshot, SnapshotHolder
 from proxy.tasks import spawn
@@ -36,6 +38,8 @@ class Runtime:
         self.started_at = time.time()
         self._active: Active | None = None
         self.cache: ResponseCache | None = None
+        self.responses: ResponseStore | None = None
+        self._responses_settings: tuple[Any, ...] = ()
         self.accounting: Accounting | None = None
         self.telemetry = Telemetry()
         self.health = Health()  # circuit breakers and balancing state: outlive config reloads
@@ -58,6 +62,12 @@ class Runtime:
             old, self.cache = self.cache, build_cache(settings, self.redis)
             if old is not None:
                 spawn(old.aclose())
+        responses_settings = (snapshot.config.responses, snapshot.config.cache)
+        if responses_settings != self._responses_settings:
+            old_store, self.responses = self.responses, build_store(snapshot.config, self.redis)
+            self._responses_settings = responses_settings
+            if old_store is not None:
+                spawn(old_store.aclose())
         if self.accounting is None:
             self.accounting = Accounting(snapshot, self.telemetry.metrics, self.redis)
         else:
@@ -66,7 +76,7 @@ class Runtime:
         self.health.known = snapshot.known_targets
         self.head_limits.update(snapshot.config.server)
         self._active = Active(snapshot, self.pool.sync(snapshot), self.cache, self.accounting,
-                              MappingProxyType(self.experiments.promoted))
+                              MappingProxyType(self.experiments.promoted), self.responses)
 
     def _circuit_changed(self, target: str, state: str) -> None:
         known = self._active is not None and target in self._active.snapshot.known_targets
@@ -93,6 +103,9 @@ class Runtime:
         if self.cache is not None:
             async with timed("closing the cache"):
                 await self.cache.aclose()
+        if self.responses is not None:
+            async with timed("closing the response store"):
+                await self.responses.aclose()
         if self.accounting is not None:
             async with timed("closing accounting (writing queued ledger rows)"):
                 await self.accounting.aclose()

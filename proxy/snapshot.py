@@ -152,6 +152,7 @@ class ProviderSpec:
     api_version: str | None = None
     pool_timeout_s: float = 10.0
     forwarded: frozenset[str] = FORWARDED  # request header names this provider gets
+    apis: frozenset[str] = frozenset({"chat/completions", "embeddings"})  # the endpoints it serves natively
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +350,24 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
         api_version=p.api_version,
         pool_timeout_s=p.pool_timeout_s,
         forwarded=allowed_names(p.forward_headers),
+        apis=provider_apis(p.type, p.chat_only),
     )
+
+
+# what each provider type serves natively; a request for anything else is translated (or refused)
+OPENAI_APIS = frozenset({"chat/completions", "embeddings", "completions", "responses"})
+APIS = {
+    "openai": OPENAI_APIS,
+    "azure": frozenset({"chat/completions", "embeddings", "completions"}),
+    "mock": frozenset({"chat/completions", "embeddings"}),
+    "anthropic": frozenset({"messages", "messages/count_tokens"}),
+}
+
+
+def provider_apis(provider_type: str, chat_only: bool = False) -> frozenset[str]:
+    if provider_type == "openai" and chat_only:
+        return OPENAI_APIS - {"responses"}
+    return APIS[provider_type]
 
 
 def snapshot_from_text(text: str, *, source: str = "<text>", generation: int = 1,

@@ -103,6 +103,27 @@ def check_embeddings(body: dict[str, Any]) -> None:
     _check_int(body, "dimensions", 1)
 
 
+def check_completions(body: dict[str, Any]) -> None:
+    """Legacy completions: a prompt (text, texts, or token arrays) and the fields the gateway reads."""
+    _check_model(body)
+    if "prompt" not in body:
+        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
+    prompt = body["prompt"]
+    ok = isinstance(prompt, str) or (
+        isinstance(prompt, list) and prompt and (
+            all(isinstance(p, str) for p in prompt) or all(_is_token(t) for t in prompt)
+            or all(isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt)))
+    if not ok:
+        raise InvalidRequest("'prompt' must be a string, an array of strings, or token arrays.", param="prompt")
+    _check_type(body, "stream", bool, "a boolean")
+    _check_type(body, "stream_options", dict, "an object")
+    check_name(body.get("user"), "user")
+    _check_number(body, "temperature", 0, 2)
+    _check_number(body, "top_p", 0, 1)
+    for field in ("max_tokens", "n", "best_of"):
+        _check_int(body, field, 1)
+
+
 def _is_token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not token 1
 

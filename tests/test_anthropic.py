@@ -13,16 +13,13 @@ import orjson
 import pytest
 
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.forwarding import forwarded
 from proxy.providers import build_adapter
-from proxy.providers.anthropic import (
-    AnthropicAdapter,
-    openai_error,
-    to_chat_completion,
-    to_messages,
-    translate_stream,
-)
+from proxy.providers.anthropic import AnthropicAdapter
 from proxy.providers.base import UpstreamRequest
-from proxy.snapshot import ProviderSpec
+from proxy.snapshot import ProviderSpec, provider_apis
+from proxy.translate import translator_for
+from proxy.translate.chat_anthropic import openai_error, to_chat_completion, to_messages, translate_stream
 from support import FakeUpstream, ServerProcess
 
 DATA = Path(__file__).parent / "data" / "anthropic"
@@ -231,37 +228,39 @@ async def test_adapter_sends_messages_api_request_with_its_headers(upstream):
     route = upstream.at("POST", "/v1/messages").respond(json=json.loads(fixture("message.json")))
     adapter = build_adapter(spec(upstream.base_url.removesuffix("/v1")))
     assert isinstance(adapter, AnthropicAdapter)
+    translator = translator_for("chat/completions", "anthropic", provider_apis("anthropic", chat_only=False))
+    body = {"model": "claude-x", "messages": [user("hi")]}
     try:
-        body = {"model": "claude-x", "messages": [user("hi")]}
-        response = await adapter.send(UpstreamRequest("chat/completions", body, False, "r1",
-                                                      [("authorization", "Bearer client")]))
+        client_headers = forwarded({"authorization": "Bearer client", "anthropic-beta": "b1"}, adapter.spec.forwarded)
+        response = await adapter.send(UpstreamRequest(translator.upstream_endpoint, translator.request(body), False,
+                                                      "r1", client_headers))
     finally:
         await adapter.aclose()
     sent = route.calls.last.request
     assert sent.headers["x-api-key"] == "sk-ant-secret"
     assert sent.headers["anthropic-version"] == "2023-06-01"
     assert "client" not in sent.headers.get("authorization", "")
+    assert sent.headers["anthropic-beta"] == "b1"
     assert sent.json()["model"] == "claude-x" and sent.json()["max_tokens"] == 4096
-    assert orjson.loads(response.body)["choices"][0]["message"]["content"].startswith("Hello!")
+    answer = translator.answer(orjson.loads(response.body), body)
+    assert answer["choices"][0]["message"]["content"].startswith("Hello!")
 
 
-async def test_adapter_maps_overloaded_to_503(upstream):
-    upstream.at("POST", "/v1/messages").respond(529, content=fixture("overloaded.json"),
-                                                headers={"content-type": "application/json"})
+async def test_adapter_keeps_the_clients_anthropic_version(upstream):
+    route = upstream.at("POST", "/v1/messages").respond(json=json.loads(fixture("message.json")))
     adapter = build_adapter(spec(upstream.base_url.removesuffix("/v1")))
     try:
-        response = await adapter.send(UpstreamRequest("chat/completions", {"model": "c", "messages": [user("hi")]},
-                                                      False, "r1", []))
+        await adapter.send(UpstreamRequest("messages", {"model": "c", "max_tokens": 5, "messages": [user("hi")]},
+                                           False, "r1", [("anthropic-version", "2024-01-01")]))
     finally:
         await adapter.aclose()
-    assert response.status == 503 and orjson.loads(response.body)["error"]["code"] == "overloaded_error"
+    assert route.calls.last.request.headers["anthropic-version"] == "2024-01-01"
 
 
-async def test_embeddings_are_refused_clearly(upstream):
-    adapter = build_adapter(spec(upstream.base_url))
-    with pytest.raises(InvalidRequest, match="embeddings"):
-        await adapter.send(UpstreamRequest("embeddings", {"model": "c", "input": "x"}, False, "r", []))
-    await adapter.aclose()
+@pytest.mark.parametrize("endpoint, named", [("embeddings", "embeddings"), ("completions", "legacy completions")])
+def test_surfaces_anthropic_cannot_serve_are_refused_naming_the_provider(endpoint, named):
+    with pytest.raises(InvalidRequest, match=f"provider claude-prod cannot serve {named}"):
+        translator_for(endpoint, "claude-prod", provider_apis("anthropic", chat_only=False))
 
 
 # ---------------------------------------------------------------- the SDK through the served proxy
@@ -324,3 +323,16 @@ def test_sdk_sees_anthropic_errors_as_openai_errors(served):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model="claude-sonnet-4-5", messages=[user("hi")])
     assert "max_tokens" in str(info.value)
+
+
+@pytest.mark.integration
+def test_sdk_sees_anthropic_overload_as_a_503_it_can_retry(served):
+    server, up = served
+    up.at("POST", "/v1/messages").respond(529, content=fixture("overloaded.json"),
+                                          headers={"content-type": "application/json", "retry-after": "3"})
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY, max_retries=0) as client:
+        with pytest.raises(openai.InternalServerError) as info:
+            client.chat.completions.create(model="claude-sonnet-4-5", messages=[user("hi")])
+    assert info.value.status_code == 503
+    assert info.value.body["code"] == "upstream_overloaded"
+    assert info.value.response.headers["retry-after"] == "3"

@@ -416,11 +416,21 @@ async def test_upstream_500_becomes_502_with_upstream_message(client, upstream):
 
 
 async def test_upstream_non_json_500_becomes_502(client, upstream):
-    upstream.post("/chat/completions").respond(503, content=b"<html>Bad gateway</html>",
+    upstream.post("/chat/completions").respond(500, content=b"<html>Bad gateway</html>",
                                                headers={"content-type": "text/html"})
     response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
     error = assert_error(response, 502, "upstream_error", type_="api_error")
     assert "<html>" not in error["message"]
+
+
+@pytest.mark.parametrize("status", [503, 529])  # 529: Anthropic's "overloaded"
+async def test_upstream_overload_stays_a_503_with_its_retry_after(client, upstream, status):
+    upstream.post("/chat/completions").respond(status, json={"error": {"message": "busy"}},
+                                               headers={"retry-after": "7"})
+    response = await client.post("/v1/chat/completions", json=chat_body(model="smart"), headers=AUTH)
+    error = assert_error(response, 503, "upstream_overloaded", type_="api_error")
+    assert "busy" in error["message"]
+    assert response.headers["retry-after"] == "7"
 
 
 # ---------------------------------------------------------------- unknown paths and methods

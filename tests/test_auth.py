@@ -52,7 +52,8 @@ def snap():
         ({"api-key": ""}, None),
         ({"api-key": "   "}, None),
         ({}, None),
-        ({"x-api-key": "sk-3"}, None),  # Anthropic's header is not ours
+        ({"x-api-key": "sk-3"}, "sk-3"),  # Anthropic's SDK sends it there
+        ({"x-api-key": "  "}, None),
     ],
 )
 def test_presented_key(headers, expected):
@@ -110,7 +111,8 @@ def test_missing_key_is_401(snap, headers):
     with pytest.raises(InvalidApiKey) as exc:
         authenticate(snap, headers)
     assert exc.value.status == 401
-    assert exc.value.message == "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+    assert exc.value.message == ("You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
+                                 "(or 'x-api-key: <key>').")
 
 
 def test_unset_key_variable_is_not_an_empty_key(snap):

@@ -15,8 +15,8 @@ from proxy import sse
 from proxy.cache import BYPASS, COMPRESS_OVER, Entry, ResponseCache, decode_entry, encode_entry, request_policy
 from proxy.cache.backends import MemoryBackend
 from proxy.cache.keys import IGNORED_FIELDS, PREFIX, cache_key
-from proxy.cache.streams import StreamAssembler, StreamCapture, choices_identical, replay_events
 from proxy.config import CacheConfig
+from proxy.dialects.chat_stream import StreamAssembler, StreamCapture, choices_identical, replay_events
 from support import chunk_events
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

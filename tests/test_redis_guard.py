@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from proxy.redis_guard import DOWN, UNKNOWN, UP, RedisGuard, RedisGuards, redacted_url
-from support import PrivateRedis, ServerProcess, chat_body, eventually, free_port
+from support import PrivateRedis, ServerProcess, chat_body, dead_port, eventually
 
 KEY = "sk-guard-team"
 
@@ -81,12 +81,12 @@ def redis_state(server: ServerProcess) -> dict:
 @pytest.mark.integration
 def test_readyz_tells_the_truth_from_startup_when_redis_is_absent(tmp_path: Path):
     path = tmp_path / "proxy.yaml"
-    path.write_text(config(f"redis://127.0.0.1:{free_port()}/0"))
+    path.write_text(config(f"redis://127.0.0.1:{dead_port()}/0"))
     with ServerProcess(path) as server:
         ready = httpx.get(server.base_url + "/readyz").json()
         state = redis_state(server)
         assert state["state"] == DOWN, state  # probed at start, not assumed
-        assert set(state["used_by"]) == {"cache", "rate limits", "spend counters"}
+        assert set(state["used_by"]) == {"cache", "stored responses", "rate limits", "spend counters"}
         assert ready["cache"]["redis_available"] is False
         assert all(chat(server, i) == 200 for i in range(20))  # fails open
     log = server.log()
@@ -120,7 +120,7 @@ def test_an_outage_and_a_recovery_are_each_logged_once(tmp_path: Path):
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", ["cache", "accounting"])
 def test_a_redis_of_one_section_only_is_guarded_and_reported(tmp_path: Path, backend):
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"redis://127.0.0.1:{dead_port()}/0"
     text = config(url)
     if backend == "cache":
         text = text.replace(f'accounting: {{backend: redis, url: "{url}", timeout_ms: 50, sync_interval_s: 0.2}}', "")
@@ -131,4 +131,5 @@ def test_a_redis_of_one_section_only_is_guarded_and_reported(tmp_path: Path, bac
     with ServerProcess(path) as server:
         state = redis_state(server)
         assert state["state"] == DOWN
-        assert state["used_by"] == (["cache"] if backend == "cache" else ["rate limits", "spend counters"])
+        assert state["used_by"] == (["cache", "stored responses"] if backend == "cache"
+                                    else ["rate limits", "spend counters"])

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy.config import CircuitConfig, ResilienceConfig
 from proxy.resilience import CLOSED, HALF_OPEN, OPEN, Health, backoff_s
 from proxy.routing import Decision, Target
-from support import AppClient, FakeUpstream, chat_body, chunk_events, completion, free_port
+from support import AppClient, FakeUpstream, chat_body, chunk_events, completion, dead_port
 
 KEY = "sk-resilience-1"
 ADMIN = "admin-resilience-1"
@@ -252,7 +252,7 @@ async def test_transport_failures_retry_then_fall_back(proxy, ups, fault):
 
 async def test_connection_refused_falls_back(ups, app_client):
     _, backup = ups
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = f"http://127.0.0.1:{dead_port()}/v1"
     client = await app_client(config(dead, backup.base_url))
     r = await client.post("/v1/chat/completions", json=chat_body("main"), headers=AUTH)
     assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "backup"
@@ -389,3 +389,34 @@ async def test_equivalent_targets_are_balanced_by_inflight(proxy, ups):
     ))
     providers = [r.headers["x-switchyard-provider"] for r in results]
     assert "backup" in providers and "primary" in providers
+
+
+REFUSING = f"""
+ledger: {{path: off}}
+resilience: {{retries: 2, backoff_ms: 1, circuit: {{failures: 2, cooldown_s: 60}}}}
+providers:
+  claude: {{type: anthropic, base_url: "http://127.0.0.1:9", api_key: sk-a}}
+  mock: {{type: mock}}
+teams:
+  t: {{keys: ["{KEY}"]}}
+routes:
+  - {{name: embed, match: {{model: embed}}, to: claude/x, fallbacks: [mock/text-embedding-3-small]}}
+  - {{name: only, match: {{model: only}}, to: claude/x}}
+"""
+
+
+async def test_a_target_that_cannot_take_the_request_passes_it_on_and_keeps_its_circuit(app_client):
+    """Embeddings cannot go to Anthropic: the fallback answers, nothing is sent to Anthropic,
+    and however often it happens the client's request never counts against its circuit."""
+    client = await app_client(REFUSING)
+    for _ in range(4):
+        r = await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"}, headers=AUTH)
+        assert r.status_code == 200 and r.headers["x-switchyard-provider"] == "mock"
+        assert r.headers["x-switchyard-attempts"] == "1"
+        refused = await client.post("/v1/embeddings", json={"model": "only", "input": "hi"}, headers=AUTH)
+        assert refused.status_code == 400 and "provider claude cannot serve embeddings" in refused.json()["error"][
+            "message"]
+        assert refused.headers["x-switchyard-attempts"] == "0"
+    circuit = client.runtime.active().snapshot.config.resilience.circuit
+    claude = [row for row in client.runtime.health.report(circuit) if row["target"] == "claude/x"]
+    assert all(row["state"] == "closed" and row["consecutive_failures"] == 0 for row in claude)

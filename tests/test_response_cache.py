@@ -24,8 +24,8 @@ import proxy.cache as cache_module
 from proxy.cache import Entry, decode_entry, encode_entry, request_policy
 from proxy.cache.backends import MemoryBackend, RedisBackend
 from proxy.cache.keys import IGNORED_FIELDS, cache_key, purge_pattern
-from proxy.cache.streams import StreamCapture, choices_identical, replay_events
 from proxy.config import CacheConfig
+from proxy.dialects.chat_stream import StreamCapture, choices_identical, replay_events
 from proxy.tasks import drain
 from support import (
     REDIS_PREFIX,

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.tasks import drain
 from proxy.usage import UsageTap, tokens
-from support import AppClient, FakeUpstream, chat_body, chunk_events, completion, free_port
+from support import AppClient, FakeUpstream, chat_body, chunk_events, completion, dead_port, free_port
 
 KEY = "sk-telemetry-team-1"
 SECRET_PROMPT = "my secret prompt text 4711"
@@ -31,7 +31,7 @@ def config_text(extra: str = "") -> str:
 providers:
   mock: {{type: mock}}
   up: {{type: openai, base_url: "http://127.0.0.1:{UP_PORT}/v1", api_key: sk-up, timeout_s: 1}}
-  down: {{type: openai, base_url: "http://127.0.0.1:{free_port()}/v1", api_key: sk-down}}
+  down: {{type: openai, base_url: "http://127.0.0.1:{dead_port()}/v1", api_key: sk-down}}
 pricing:
   up/priced-model: {{input: 1.0, output: 2.0}}
 teams:
@@ -408,7 +408,7 @@ async def test_sampling(upstream, app_client, client_flags, exported):
 
 async def test_failed_request_span_has_error_status(traced, upstream):
     app, client, receiver = traced
-    upstream.post("/chat/completions").respond(503, json={"error": {"message": "overloaded"}})
+    upstream.post("/chat/completions").respond(500, json={"error": {"message": "broken"}})
     response = await client.post("/v1/chat/completions", json=chat("priced"), headers=AUTH)
     assert response.status_code == 502
     await flush(app)

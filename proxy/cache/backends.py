@@ -34,6 +34,10 @@ class Backend(ABC):
     async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
     @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Delete one key; whether it was there."""
+
+    @abstractmethod
     async def purge(self, pattern: str) -> int:
         """Delete keys matching a Redis-style glob; the number deleted."""
 
@@ -65,6 +69,9 @@ class MemoryBackend(Backend):
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
+
+    async def delete(self, key: str) -> bool:
+        return self._items.pop(key, None) is not None
 
     async def purge(self, pattern: str) -> int:
         match = redis_glob(pattern).fullmatch
@@ -107,6 +114,7 @@ class RedisBackend(Backend):
         fallback: Backend,
         clock: Callable[[], float] = time.monotonic,
         guard: RedisGuard | None = None,
+        user: str = "cache",
     ) -> None:
         self._timeout = timeout_ms / 1000
         self.client = aioredis.Redis.from_url(
@@ -119,7 +127,7 @@ class RedisBackend(Backend):
         self.fallback = fallback
         # shared with the other users of this Redis (proxy/redis_guard.py); a private one in tests
         self.guard = guard or RedisGuard(url, failures=failures, cooldown_s=cooldown_s, clock=clock)
-        self.guard.users.add("cache")
+        self.guard.users.add(user)
         self.errors = 0
 
     @property
@@ -155,6 +163,18 @@ class RedisBackend(Backend):
             await self.fallback.set(key, value, ttl_s)
             return
         self._ok()
+
+    async def delete(self, key: str) -> bool:
+        deleted = await self.fallback.delete(key)
+        if not self.available:
+            return deleted
+        try:
+            removed = await asyncio.wait_for(self.client.delete(key), self._timeout * 5)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed(exc)
+            return deleted
+        self._ok()
+        return bool(removed) or deleted
 
     async def purge(self, pattern: str) -> int:
         deleted = await self.fallback.purge(pattern)

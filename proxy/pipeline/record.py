@@ -17,12 +17,13 @@ class RequestRecord:
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
         "prompt", "completion", "budget_held", "reservation", "baseline_usd", "experiment", "variant", "attempts",
-        "known_targets",
+        "known_targets", "endpoint",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
         self.request_id = request_id
-        self.operation = operation  # "chat" | "embeddings"
+        self.operation = operation  # GenAI operation: "chat" | "embeddings" | "text_completion"
+        self.endpoint = ""  # the API surface it came in on: chat/completions, responses, messages, ...
         self.started = time.perf_counter()
         self.started_wall = time.time()
         self.team: str | None = None
@@ -74,3 +75,11 @@ class RequestRecord:
         if self.stream and self.response_started is not None:
             return before + max(self.response_started - self.upstream_answered, 0.0)
         return before + max(total - (self.upstream_answered - self.started), 0.0)
+
+
+_NOT_SENT = frozenset({"circuit_open", "refused"})  # attempts that never reached a provider
+
+
+def tries(attempts: list[Any]) -> int:
+    """How many of a request's attempts (resilience.Attempt) reached, or tried to reach, a provider."""
+    return sum(a.outcome not in _NOT_SENT for a in attempts)

@@ -81,11 +81,14 @@ class OpenAIAdapter(Adapter):
         except HttpError as exc:
             raise upstream_error(self.spec.name, exc, "unreachable") from None
 
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+    def _headers(self, request: UpstreamRequest) -> dict[str, str]:
         # names compared lower-case, so no spelling of a client header can shadow ours
         headers = {k.lower(): v for k, v in request.headers}
         headers.update(self._fixed_headers)
-        response = await self._post(self._target(request), headers, orjson.dumps(request.body))
+        return headers
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        response = await self._post(self._target(request), self._headers(request), orjson.dumps(request.body))
         ok = 200 <= response.status < 300
         if request.stream and ok:
             if not _is_event_stream(response):  # a captive portal's page, say: not an answer

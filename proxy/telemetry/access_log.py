@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.pipeline.record import RequestRecord
+from proxy.pipeline.record import RequestRecord, tries
 from proxy.telemetry.logs import money
 from proxy.usage import tokens
 
@@ -27,6 +27,7 @@ def fields(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
         "operation": record.operation,
+        "endpoint": record.endpoint,
         "team": record.team,
         "user": record.user,
         "requested_model": record.requested_model,
@@ -40,7 +41,7 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "cache": record.cache,
         "experiment": record.experiment,
         "variant": record.variant,
-        "attempts": sum(a.outcome != "circuit_open" for a in record.attempts),
+        "attempts": tries(record.attempts),
         "input_tokens": input_tokens if record.usage is not None else None,
         "output_tokens": output_tokens if record.usage is not None else None,
         "cost_usd": money(record.cost_usd),

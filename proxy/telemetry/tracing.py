@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from proxy.config import TelemetryConfig
-from proxy.pipeline.record import RequestRecord
+from proxy.pipeline.record import RequestRecord, tries
 from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.telemetry")
@@ -108,6 +108,7 @@ class Tracing:
             "switchyard.request_id": record.request_id,
             "switchyard.cache": record.cache,
             "switchyard.stream": record.stream,
+            "switchyard.endpoint": record.endpoint,
         }
         _put(attributes, "gen_ai.provider.name", record.provider)
         _put(attributes, "gen_ai.request.model", record.requested_model)
@@ -134,7 +135,7 @@ class Tracing:
                 attempt.set_attribute("gen_ai.usage.input_tokens", attributes["gen_ai.usage.input_tokens"])
                 attempt.set_attribute("gen_ai.usage.output_tokens", attributes["gen_ai.usage.output_tokens"])
             _end_attempt(attempt, record.error_kind, record.error_message, end)
-        span.set_attribute("switchyard.attempts", sum(a.outcome != "circuit_open" for a in record.attempts))
+        span.set_attribute("switchyard.attempts", tries(record.attempts))
         if record.status >= 500:
             span.set_attribute("error.type", record.error_kind or str(record.status))
             span.set_status(Status(StatusCode.ERROR, record.error_message))

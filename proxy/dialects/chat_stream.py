@@ -1,5 +1,5 @@
-"""Completions ⇄ streams: assembling a streamed answer for storage, and replaying a
-stored answer as a well-formed Chat Completions stream.
+"""Chat Completions streams: the one builder of `chat.completion.chunk` events, assembling
+a streamed answer for storage, and replaying a stored answer as a well-formed stream.
 
 The assembler sees each SSE event's JSON as the relay forwards it. It merges content
 and tool-call argument deltas per choice. It reports a completion only when the stream
@@ -8,12 +8,37 @@ ended normally (`[DONE]`, every choice finished), so a broken stream is never st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from proxy import sse
-from proxy.dialects import chat
+
+# ---------------------------------------------------------------- chunks
+
+
+def chunk_meta(id_: str, created: int, model: str, system_fingerprint: str | None = None) -> dict[str, Any]:
+    """The fields every chunk of one stream repeats."""
+    meta: dict[str, Any] = {"id": id_, "object": "chat.completion.chunk", "created": created, "model": model}
+    if system_fingerprint:
+        meta["system_fingerprint"] = system_fingerprint
+    return meta
+
+
+def chunk(meta: Mapping[str, Any], delta: Mapping[str, Any], *, index: int = 0,
+          finish_reason: str | None = None) -> dict[str, Any]:
+    """One choice's delta (role, content, tool-call fragments) or its finish."""
+    return {**meta, "choices": [{"index": index, "delta": dict(delta), "finish_reason": finish_reason,
+                                 "logprobs": None}]}
+
+
+def usage_chunk(meta: Mapping[str, Any], usage: Mapping[str, Any]) -> dict[str, Any]:
+    """The closing chunk `stream_options.include_usage` asks for: no choices, the usage."""
+    return {**meta, "choices": [], "usage": dict(usage)}
+
+
+# ---------------------------------------------------------------- assembly and replay
 
 
 class StreamAssembler:
@@ -88,35 +113,35 @@ class StreamAssembler:
         return body
 
 
-def replay_events(completion: dict[str, Any], *, include_usage: bool) -> list[bytes]:
+def replay_events(completion: Mapping[str, Any], *, include_usage: bool) -> list[bytes]:
     """A stored `chat.completion` as the SSE events a live stream of it would have sent."""
-    meta = chat.chunk_meta(completion.get("id", "chatcmpl-cached"), completion.get("created", 0),
-                           completion.get("model", ""), completion.get("system_fingerprint"))
+    meta = chunk_meta(completion.get("id", "chatcmpl-cached"), completion.get("created", 0),
+                      completion.get("model", ""), completion.get("system_fingerprint"))
     events: list[bytes] = []
     for choice in completion.get("choices") or ():
         index = choice.get("index", 0)
         message = choice.get("message") or {}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
-            return sse.encode(chat.chunk(meta, delta, index=index, finish_reason=finish))
+        def event(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
+            return sse.encode(chunk(meta, delta, index=index, finish_reason=finish))
 
         # as a live stream: `content: ""` opens a text answer, `null` a tool-call-only one
         opening = "" if message.get("content") is not None or not message.get("tool_calls") else None
-        events.append(chunk({"role": message.get("role", "assistant"), "content": opening}))
+        events.append(event({"role": message.get("role", "assistant"), "content": opening}))
         if message.get("content"):
-            events.append(chunk({"content": message["content"]}))
+            events.append(event({"content": message["content"]}))
         if message.get("refusal"):
-            events.append(chunk({"refusal": message["refusal"]}))
+            events.append(event({"refusal": message["refusal"]}))
         for position, call in enumerate(message.get("tool_calls") or ()):
-            events.append(chunk({"tool_calls": [{"index": position, **call}]}))
-        events.append(chunk({}, choice.get("finish_reason") or "stop"))
+            events.append(event({"tool_calls": [{"index": position, **call}]}))
+        events.append(event({}, choice.get("finish_reason") or "stop"))
     if include_usage and completion.get("usage") is not None:
-        events.append(sse.encode(chat.usage_chunk(meta, completion["usage"])))
+        events.append(sse.encode(usage_chunk(meta, completion["usage"])))
     events.append(sse.DONE)
     return events
 
 
-def choices_identical(completion: dict[str, Any]) -> bool:
+def choices_identical(completion: Mapping[str, Any]) -> bool:
     """True when every choice carries the same message (so replaying it is faithful)."""
     choices = completion.get("choices") or []
     if len(choices) <= 1:
