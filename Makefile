@@ -43,7 +43,7 @@ test-fast: check
 # Portkey side by side in one run; `make bench-suites` has the cache and telemetry detail.
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python loadtest/compare.py --scenarios steady,spike,stress
+	$(BIN)/python loadtest/compare.py --scenarios steady,spike,stress,surfaces
 
 bench-suites: install redis
 	for suite in core cache telemetry; do $(BIN)/python loadtest/bench.py --suite $$suite || exit 1; done

@@ -1,5 +1,6 @@
--- wrk script: a two-message chat completion.
--- Environment: MODEL (default "bench"), API_KEY (default "sk-bench"), STREAM=1 for SSE,
+-- wrk script: a two-message chat completion, or the same request on another surface.
+-- Environment: SURFACE=chat (default) | responses | messages (the body's shape: POST it to
+-- /v1/responses or /v1/messages), MODEL (default "bench"), API_KEY (default "sk-bench"), STREAM=1 for SSE,
 -- USAGE=1 to ask for the usage chunk, UNIQUE=1 to make every request's prompt differ
 -- (so a cache can never hit), HEADER="name: value" for one extra header, HEADERS="a: 1|b: 2"
 -- for several.
@@ -10,12 +11,26 @@ local usage = os.getenv("USAGE") == "1"
 local unique = os.getenv("UNIQUE") == "1"
 local extra = os.getenv("HEADER")
 local extras = os.getenv("HEADERS")
+local surface = os.getenv("SURFACE") or "chat"
+local system = "You are a helpful assistant."
 
 local function body(n)
   local prompt = "Say hello and tell me a short fact about the ocean."
   if n then prompt = prompt .. " #" .. n end
-  local b = '{"model":"' .. model .. '","messages":['
-    .. '{"role":"system","content":"You are a helpful assistant."},'
+  local b
+  if surface == "responses" then
+    b = '{"model":"' .. model .. '","instructions":"' .. system .. '","input":"' .. prompt
+      .. '","max_output_tokens":64,"temperature":0.2'
+    if stream then b = b .. ',"stream":true' end
+    return b .. '}'
+  elseif surface == "messages" then
+    b = '{"model":"' .. model .. '","system":"' .. system .. '","messages":[{"role":"user","content":"'
+      .. prompt .. '"}],"max_tokens":64,"temperature":0.2'
+    if stream then b = b .. ',"stream":true' end
+    return b .. '}'
+  end
+  b = '{"model":"' .. model .. '","messages":['
+    .. '{"role":"system","content":"' .. system .. '"},'
     .. '{"role":"user","content":"' .. prompt .. '"}],"max_tokens":64,"temperature":0.2'
   if stream then
     b = b .. ',"stream":true'

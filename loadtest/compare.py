@@ -13,6 +13,9 @@ share CPU 1. Scenarios:
   waits 50 ms between chunks), RSS after the load;
 - spike: 2 s at 1 connection, then 5 s at 200;
 - stress: 50, 100, 200, 400 connections, 5 s each, until errors or p99 > 1 s;
+- surfaces (Switchyard alone): the same request as chat, as Responses and as Messages,
+  each where the provider serves it natively (passed through) and where it does not
+  (translated to chat and back), non-stream at c50 and streams at c20;
 - soak: `--soak-minutes` of c20 load with RSS sampled every 30 s (growth must stay flat).
 Writes loadtest/results/compare-<time>.md and a PNG chart beside it.
 """
@@ -48,12 +51,18 @@ ledger: {{path: bench-ledger.db}}
 providers:
   up: {{type: openai, base_url: "http://127.0.0.1:{MOCK_PORT}/v1", api_key: sk-up}}
   slow: {{type: openai, base_url: "http://127.0.0.1:{SLOW_PORT}/v1", api_key: sk-up}}
+  chatonly: {{type: openai, base_url: "http://127.0.0.1:{MOCK_PORT}/v1", api_key: sk-up, chat_only: true}}
+  ant: {{type: anthropic, base_url: "http://127.0.0.1:{MOCK_PORT}", api_key: sk-up}}
 pricing:
   up/mock-gpt: {{input: 2.5, output: 10}}
+  chatonly/mock-gpt: {{input: 2.5, output: 10}}
+  ant/claude-mock: {{input: 3, output: 15}}
 teams:
   bench: {{keys: [sk-bench]}}
 routes:
   - {{name: slow, match: {{model: mock-gpt-slow}}, to: slow/mock-gpt-slow}}
+  - {{name: chat-only, match: {{model: mock-gpt-chat}}, to: chatonly/mock-gpt}}
+  - {{name: claude, match: {{model: claude-mock}}, to: ant/claude-mock}}
   - {{name: bench, match: {{model: "*"}}, to: "up/{{model}}"}}
 """
 
@@ -234,6 +243,32 @@ def stress(gateway: Gateway) -> dict[str, float]:
     return out
 
 
+# (label, surface, path, model): the same request on each surface, native then translated
+SURFACES = [
+    ("chat", "chat", "/v1/chat/completions", "mock-gpt"),
+    ("responses, native", "responses", "/v1/responses", "mock-gpt"),
+    ("responses → chat", "responses", "/v1/responses", "mock-gpt-chat"),
+    ("messages, native", "messages", "/v1/messages", "claude-mock"),
+    ("messages → chat", "messages", "/v1/messages", "mock-gpt"),
+]
+
+
+def surfaces(gateway: Gateway, seconds: int, warmup: int) -> dict[str, float]:
+    base = gateway.url.removesuffix("/v1/chat/completions")
+    out: dict[str, float] = {}
+    for label, surface, path, model in SURFACES:
+        env = {"MODEL": model, "API_KEY": "sk-bench", "SURFACE": surface}
+        wrk(base + path, 50, warmup, env)
+        r = wrk(base + path, 50, seconds, env)
+        out[f"surface {label}: req/s c50"] = r["rps"]
+        out[f"surface {label}: p50 ms c50"] = r.get("p50_ms", 0)
+        out[f"surface {label}: errors"] = r["errors"]
+        r = wrk(base + path, 20, seconds, {**env, "STREAM": "1"})
+        out[f"surface {label}: streams/s c20"] = r["rps"]
+        out[f"surface {label}: errors"] += r["errors"]
+    return out
+
+
 def soak(gateway: Gateway, minutes: float, pid: int) -> dict[str, float]:
     samples = []
     deadline = time.monotonic() + minutes * 60
@@ -277,6 +312,8 @@ def main() -> None:
                         r.update(spike(gateway))
                     if "stress" in scenarios:
                         r.update(stress(gateway))
+                    if "surfaces" in scenarios and name == "switchyard":
+                        r.update(surfaces(gateway, args.seconds, args.warmup))
                     if args.soak_minutes:
                         r.update(soak(gateway, args.soak_minutes, pid))
                     r["rss_mib"] = rss_kib(pid) / 1024
@@ -333,6 +370,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
                 lines.append("")
                 lines.append(f"Switchyard / {other}: non-stream throughput x{sy['rps_c50'] / o['rps_c50']:.1f}, "
                              f"streams x{sy['streams_c20'] / max(o['streams_c20'], 1e-9):.1f}.")
+    lines += surfaces_table(results.get("switchyard", {}))
     text = "\n".join(lines) + "\n"
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
@@ -341,6 +379,17 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     print("\n" + text)
     chart(results, path.with_suffix(".png"))
     print(f"written to {path.relative_to(ROOT)} (+ .png)")
+
+
+def surfaces_table(r: dict[str, float]) -> list[str]:
+    if not any(key.startswith("surface ") for key in r):
+        return []
+    lines = ["", "Switchyard, one request on each surface (same mock upstream, same answer):", "",
+             "| surface | req/s, c50 | p50 ms, c50 | streams/s, c20 | errors |", "| --- | ---: | ---: | ---: | ---: |"]
+    for label, *_ in SURFACES:
+        lines.append(f"| {label} | {r[f'surface {label}: req/s c50']:,.0f} | {r[f'surface {label}: p50 ms c50']:.2f} | "
+                     f"{r[f'surface {label}: streams/s c20']:,.0f} | {int(r[f'surface {label}: errors'])} |")
+    return lines
 
 
 def chart(results: dict[str, dict[str, float]], path: Path) -> None:

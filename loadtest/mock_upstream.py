@@ -1,7 +1,9 @@
 """A fast mock OpenAI upstream for load tests: raw asyncio + httptools, keep-alive.
 
 POST .../chat/completions answers JSON, or SSE when the body asks for `"stream":true`
-(`--chunks` events, `--chunk-interval-ms` apart, then `[DONE]`). Faults, each drawn
+(`--chunks` events, `--chunk-interval-ms` apart, then `[DONE]`); POST .../responses and
+.../messages answer the same text in the Responses and Anthropic Messages shapes (the
+gateway's native passthrough of those surfaces). Faults, each drawn
 per request: `--error-rate` (HTTP 500), `--hang-rate` (never answers), `--cut-rate`
 (closes the connection halfway through a stream). `--latency-ms` delays every answer.
 POST /v1/traces accepts OTLP/HTTP span exports (a sink for the telemetry benchmark).
@@ -55,6 +57,61 @@ def _events(chunks: int, usage: bool) -> list[bytes]:
     return events
 
 
+TEXT = "Hello! The ocean covers 71% of Earth."
+
+
+def _named(kind: str, data: dict) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def _response(status: str, output: list, usage: dict | None) -> dict:
+    return {"id": "resp_load", "object": "response", "created_at": 0, "status": status, "model": "mock-gpt",
+            "output": output, "usage": usage}
+
+
+_RESPONSE_USAGE = {"input_tokens": 25, "output_tokens": 12, "total_tokens": 37}
+_RESPONSE_MESSAGE = {"type": "message", "id": "msg_load", "status": "completed", "role": "assistant",
+                     "content": [{"type": "output_text", "text": TEXT, "annotations": []}]}
+
+
+def _responses_answer() -> bytes:
+    return orjson.dumps(_response("completed", [_RESPONSE_MESSAGE], _RESPONSE_USAGE))
+
+
+def _responses_events(chunks: int) -> list[bytes]:
+    where = {"item_id": "msg_load", "output_index": 0, "content_index": 0}
+    opened = {**_RESPONSE_MESSAGE, "status": "in_progress", "content": []}
+    events = [_named("response.created", {"response": _response("in_progress", [], None)}),
+              _named("response.output_item.added", {"output_index": 0, "item": opened}),
+              _named("response.content_part.added", {**where, "part": {"type": "output_text", "text": ""}})]
+    events += [_named("response.output_text.delta", {**where, "delta": f"tok{i} "}) for i in range(max(chunks - 5, 1))]
+    events += [_named("response.output_text.done", {**where, "text": TEXT}),
+               _named("response.output_item.done", {"output_index": 0, "item": _RESPONSE_MESSAGE}),
+               _named("response.completed", {"response": _response("completed", [_RESPONSE_MESSAGE], _RESPONSE_USAGE)})]
+    return events
+
+
+def _message(content: list, stop: str | None, output_tokens: int) -> dict:
+    return {"id": "msg_load", "type": "message", "role": "assistant", "model": "claude-mock", "content": content,
+            "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": output_tokens}}
+
+
+def _messages_answer() -> bytes:
+    return orjson.dumps(_message([{"type": "text", "text": TEXT}], "end_turn", 12))
+
+
+def _messages_events(chunks: int) -> list[bytes]:
+    events = [_named("message_start", {"message": _message([], None, 1)}),
+              _named("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
+    events += [_named("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f"tok{i} "}})
+               for i in range(max(chunks - 4, 1))]
+    events += [_named("content_block_stop", {"index": 0}),
+               _named("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                        "usage": {"output_tokens": 20}}),
+               _named("message_stop", {})]
+    return events
+
+
 def _head(status: int, content_type: bytes, length: int | None) -> bytes:
     reason = {200: b"OK", 500: b"Internal Server Error", 404: b"Not Found"}.get(status, b"OK")
     framing = b"transfer-encoding: chunked\r\n" if length is None else b"content-length: %d\r\n" % length
@@ -102,14 +159,21 @@ class Handler(asyncio.Protocol):
         if url.endswith(b"/v1/traces"):  # OTLP/HTTP span export: accept and drop
             t.write(_head(200, b"application/x-protobuf", 0))
             return
-        if not url.endswith(b"/chat/completions"):
+        surface = next((s for s in (b"/chat/completions", b"/responses", b"/messages") if url.endswith(s)), None)
+        if surface is None:
             t.write(_head(404, b"application/json", 2) + b"{}")
             return
         if b'"stream":true' not in body.replace(b" ", b""):
-            payload = _completion()
+            payload = {b"/chat/completions": _completion, b"/responses": _responses_answer,
+                       b"/messages": _messages_answer}[surface]()
             t.write(_head(200, b"application/json", len(payload)) + payload)
             return
-        events = _events(ARGS.chunks, b"include_usage" in body)
+        if surface == b"/responses":
+            events = _responses_events(ARGS.chunks)
+        elif surface == b"/messages":
+            events = _messages_events(ARGS.chunks)
+        else:
+            events = _events(ARGS.chunks, b"include_usage" in body)
         cut = len(events) // 2 if ARGS.cut_rate and random.random() < ARGS.cut_rate else None
         t.write(_head(200, b"text/event-stream", None))
         if not ARGS.chunk_interval_ms and cut is None:  # nothing to wait for: one write, as a fast server would
