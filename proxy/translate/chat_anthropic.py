@@ -29,6 +29,7 @@ import orjson
 
 from proxy import sse
 from proxy.dialects import chat
+from proxy.dialects.messages import parse_event
 from proxy.errors import InvalidRequest, InvalidResponse, UpstreamError
 from proxy.translate.base import Translator
 
@@ -321,7 +322,7 @@ async def translate_stream(raw: AsyncIterator[bytes], include_usage: bool, provi
     async for chunk in raw:
         out: list[bytes] = []
         for event in splitter.feed(chunk):
-            kind, data = _parse_event(event)
+            kind, data = parse_event(event)
             if data is None:
                 continue
             out += translator.event(kind, data)
@@ -330,20 +331,3 @@ async def translate_stream(raw: AsyncIterator[bytes], include_usage: bool, provi
             yield b"".join(out)
     if not finished:
         raise UpstreamError(f"provider {provider} ended the stream before message_stop", kind="stream_cut")
-
-
-def _parse_event(event: bytes) -> tuple[str, dict[str, Any] | None]:
-    kind = ""
-    for line in event.splitlines():
-        if line.startswith(b"event:"):
-            kind = line[6:].strip().decode()
-    payload = sse.event_data(event)
-    if payload is None:
-        return kind, None
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return kind, None
-    if not isinstance(data, dict):
-        return kind, None
-    return kind or data.get("type", ""), data
