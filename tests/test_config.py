@@ -359,6 +359,7 @@ SHIPPED = [REPO / "proxy.yaml", *sorted((REPO / "config" / "examples").glob("*.y
         {
             "OPENAI_API_KEY": "sk-o",
             "OPENROUTER_API_KEY": "sk-or",
+            "ANTHROPIC_API_KEY": "sk-ant",
             "SWITCHYARD_ADMIN_KEY": "adm",
             "SEARCH_TEAM_KEY": "sk-s",
             "RESEARCH_TEAM_KEY": "sk-r",
