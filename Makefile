@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast check lint clean redis tools bench bench-suites bench-anchors
+.PHONY: install run test test-fast check lint clean redis postgres tools bench bench-suites bench-anchors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ redis: install tools
 	       && sleep 1 && echo "started redis-server on 127.0.0.1:6379"; } \
 	  || echo "no Redis answers and redis-server is not installed: Redis tests will fail"
 
-test: check tools redis
+# The ledger tests use the real PostgreSQL at $$SWITCHYARD_TEST_PG_URL (default
+# postgresql://postgres@127.0.0.1:5432/postgres; each run creates and drops a database of
+# its own); start a private one when none answers and initdb/pg_ctl are installed.
+postgres: install
+	@PYTHON=$(BIN)/python bash tests/postgres.sh
+
+test: check tools redis postgres
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # the fast loop: no subprocesses, Redis, Prometheus or PostgreSQL (`make test` runs everything)

@@ -22,6 +22,7 @@ from proxy.experiments import experiments_of
 from proxy.experiments import report as experiment_stats
 from proxy.pipeline.body import read_body
 from proxy.pipeline.count_tokens import count_tokens
+from proxy.redis_guard import DOWN, UP, redacted_url
 from proxy.reload import reload_now
 from proxy.responses_store import Stored
 from proxy.routing import check_model
@@ -49,17 +50,37 @@ async def healthz(runtime: Runtime, request: Request) -> Response:
 
 
 async def readyz(runtime: Runtime, request: Request) -> Response:
+    """Ready while this process can serve. A shared dependency that is down (Redis, the
+    ledger's database) makes it `degraded` but still 200: the gateway keeps serving
+    without it, and failing readiness would take every replica out of the Service at
+    once. `?strict=true` answers 503 when degraded, for checks that want to know."""
     active = runtime.active()
     snapshot = active.snapshot
+    redis = runtime.redis.report()
+    ledger = _ledger_state(runtime)
+    degraded = any(r["state"] == DOWN for r in redis.values()) or ledger.get("state") == DOWN
+    strict = request.query_params.get("strict", "").lower() in ("1", "true", "yes")
     return json_response({
-        "status": "ready",
+        "status": "degraded" if degraded else "ready",
         "version": __version__,
         "generation": snapshot.generation,
         "providers": sorted(snapshot.providers),
         "disabled_providers": dict(snapshot.disabled_providers),
         "cache": active.cache.state() if active.cache is not None else {"backend": "off"},
-        "redis": runtime.redis.report(),
-    })
+        "redis": redis,
+        "ledger": ledger,
+    }, 503 if degraded and strict else 200)
+
+
+def _ledger_state(runtime: Runtime) -> dict[str, Any]:
+    """Whether the ledger's rows are being written, and how many wait."""
+    accounting = runtime.active().accounting
+    writer = accounting.writer if accounting is not None else None
+    if writer is None:
+        return {"backend": "off"}
+    stats = writer.stats()
+    return {"backend": writer.backend, "state": DOWN if writer.failing else UP, "pending": stats.pending,
+            "written": stats.written, "write_errors": stats.write_errors, "dropped": stats.dropped}
 
 
 async def metrics(runtime: Runtime, request: Request) -> Response:
@@ -319,6 +340,8 @@ def redacted(snapshot: Snapshot) -> dict[str, Any]:
     for team in data.get("teams", {}).values():
         team["keys"] = [f"<key {i + 1}>" for i in range(len(team.get("keys", [])))]
     data["server"]["admin_keys"] = [f"<key {i + 1}>" for i in range(len(data["server"].get("admin_keys", [])))]
+    if data["ledger"].get("url"):
+        data["ledger"]["url"] = redacted_url(data["ledger"]["url"])
     return data
 
 

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy import __version__
 from proxy.config import ConfigError, stored_key_hash
@@ -92,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="the same report as GET /admin/experiments/NAME")
     report.set_defaults(run=_with_config(_experiments_report))
 
+    ledger = sub.add_parser("ledger", help="the spend ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    migrate = ledger_sub.add_parser("migrate", help="copy a SQLite ledger into PostgreSQL (idempotent)")
+    migrate.add_argument("--to", required=True, help="postgresql://user@host:5432/db")
+    source = migrate.add_mutually_exclusive_group()
+    source.add_argument("--config", default=None, help="take the SQLite file from this config's ledger.path")
+    source.add_argument("--from", dest="source", default=None, help="the SQLite ledger file")
+    migrate.add_argument("--batch-size", type=int, default=5000)
+    migrate.set_defaults(run=_ledger_migrate)
+
     keys = sub.add_parser("keys", help="manage team keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="print a fresh key and the line to put in proxy.yaml")
@@ -123,11 +134,9 @@ def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         log.warning("config: %s", warning)
     # the workers load the same file: they need not repeat what was just said
     os.environ["SWITCHYARD_STARTUP_DIGEST"] = snapshot.digest
-    limited = any(t.budget or t.limits for t in snapshot.config.teams.values())
-    if args.workers > 1 and limited and snapshot.config.accounting.backend == "memory":
-        log.warning(
-            "%d workers with accounting.backend: memory: each worker enforces budgets and rate limits on its "
-            "own share of traffic; use backend: redis to enforce them once", args.workers)
+    if args.workers > 1:
+        for warning in split_state(snapshot):
+            log.warning("%d workers: %s", args.workers, warning)
     if args.workers > 1 and not multiprocess_dir():
         # prometheus-client's multiprocess mode: workers write to files /metrics merges
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchyard-metrics-")
@@ -148,9 +157,26 @@ def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     return 0
 
 
+def split_state(snapshot: Snapshot) -> list[str]:
+    """What several processes serving this config would each keep for themselves, where
+    users expect one shared state (said loudly at the start of `serve --workers N`)."""
+    config = snapshot.config
+    out = []
+    if any(t.budget or t.limits for t in config.teams.values()) and config.accounting.backend == "memory":
+        out.append("accounting.backend: memory: each worker enforces budgets and rate limits on its own share of "
+                   "traffic; use backend: redis to enforce them once")
+    store = config.responses.store
+    if store == "memory" or (store == "auto" and config.cache.backend != "redis"):
+        out.append("stored responses in memory: a previous_response_id answered by one worker is unknown to the "
+                   "others (400); use responses.store: redis (or cache.backend: redis)")
+    if config.cache.backend == "memory":
+        out.append("cache.backend: memory: each worker caches apart, so hits are rarer; use backend: redis to share")
+    return out
+
+
 def startup_line(snapshot: Snapshot, path: str, host: str, port: int, workers: int) -> str:
     """Everything an operator checks first, in one line: what runs, where, on what."""
-    from proxy.accounting.service import ledger_path
+    from proxy.accounting.service import ledger_description
 
     config = snapshot.config
     shown_host = f"[{host}]" if ":" in host else host
@@ -166,8 +192,7 @@ def startup_line(snapshot: Snapshot, path: str, host: str, port: int, workers: i
     parts.append(f"accounting: {config.accounting.backend}"
                  + (f" at {redacted_url(config.accounting.url)} ({_redis_state(config.accounting.url)})"
                     if config.accounting.backend == "redis" else ""))
-    ledger = ledger_path(snapshot)
-    parts.append(f"ledger: {ledger}" if ledger else "ledger: off")
+    parts.append(f"ledger: {ledger_description(snapshot)}")
     parts.append("admin API: on" if snapshot.admin_key_hashes
                  else "admin API: off (no server.admin_keys; set SWITCHYARD_ADMIN_KEY)")
     return "; ".join(parts)
@@ -355,30 +380,34 @@ def _usage(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     from zoneinfo import ZoneInfo
 
     from proxy.accounting import reports
-    from proxy.accounting.ledger import LedgerReader
-    from proxy.accounting.service import ledger_path
-    from proxy.accounting.spend import periods_at
+    from proxy.accounting.service import ledger_description, ledger_path, ledger_store
 
-    ledger = ledger_path(snapshot)
-    if ledger is None:
+    store = ledger_store(snapshot)
+    if store is None:
         print("the ledger is off (ledger.path: off): nothing to report", file=sys.stderr)
         return 1
-    if not os.path.exists(ledger):
+    ledger = ledger_path(snapshot)
+    if snapshot.config.ledger.url is None and ledger is not None and not os.path.exists(ledger):
         print(f"no ledger at {ledger}: the server has not recorded a request there yet "
               f"(is ledger.path in {path} the one the server uses?)", file=sys.stderr)
         return 1
     zone = ZoneInfo(snapshot.config.accounting.timezone)
-    periods = periods_at(datetime.now(UTC).timestamp(), zone)
+    periods = periods_now(zone)
     try:
         since = reports.parse_time(args.since, periods.month_start, zone)
         until = reports.parse_time(args.until, periods.now + 1, zone)
     except ValueError as exc:
         print(f"--since/--until: {exc}", file=sys.stderr)
         return 2
-    reader = LedgerReader(ledger)
-    rows = asyncio.run(reports.usage(reader, since=since, until=until, team=args.team,
-                                     group_by=args.group_by, zone=zone))
-    print(f"ledger {ledger}, {reports.iso(since)} .. {reports.iso(until)}"
+    teams = [args.team] if args.team else sorted(snapshot.config.teams)
+    budgets = [(t, snapshot.config.teams[t].budget) for t in teams if t in snapshot.config.teams]
+    try:
+        rows, lines = asyncio.run(_usage_tables(store, args, since, until, zone, budgets))
+    except store.errors as exc:
+        print(f"cannot read the ledger at {ledger_description(snapshot)}: {_redacted_error(exc, snapshot)}",
+              file=sys.stderr)
+        return 1
+    print(f"ledger {ledger_description(snapshot)}, {reports.iso(since)} .. {reports.iso(until)}"
           + (f", team {args.team}" if args.team else ""))
     header = (args.group_by, "requests", "errors", "cache hits", "tokens in", "tokens out", "cost $",
               "cache saved $", "routing saved $")
@@ -388,25 +417,56 @@ def _usage(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
          f"{r['routing_savings_usd']:.6f}")
         for r in rows
     ])
-    teams = [args.team] if args.team else sorted(snapshot.config.teams)
-    budgets = [(t, snapshot.config.teams[t].budget) for t in teams if t in snapshot.config.teams]
-    if any(b is not None for _, b in budgets):
-        today = asyncio.run(reader.spend_by_team_since(periods.day_start))
-        month = asyncio.run(reader.spend_by_team_since(periods.month_start))
+    if len(lines) > 1:
         print()
-        lines = [("team", "today $", "daily budget $", "month $", "monthly budget $", "month-end projection $")]
-        for team, budget in budgets:
-            if budget is None:
-                continue
-            since = asyncio.run(reports.observed_since(reader, periods.month_start, periods.now))
-            daily = asyncio.run(reports.daily_spend(reader, team, since, periods.now + 1))
-            p = reports.projection(month.get(team, 0.0), daily, periods, budget.monthly_usd, since)
-            span = f" ({p['low_usd']:.4f}..{p['high_usd']:.4f}, 95%)" if p["confidence"] else ""
-            lines.append((team, f"{today.get(team, 0.0):.6f}", _money(budget.daily_usd),
-                          f"{month.get(team, 0.0):.6f}", _money(budget.monthly_usd),
-                          f"{p['month_end_usd']:.4f}{span}"))
         _table(lines)
     return 0
+
+
+def periods_now(zone: Any) -> Any:
+    from proxy.accounting.spend import periods_at
+
+    return periods_at(datetime.now(UTC).timestamp(), zone)
+
+
+async def _usage_tables(store: Any, args: argparse.Namespace, since: float, until: float, zone: Any,
+                        budgets: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, ...]]]:
+    """The usage rows and the budget lines, on one event loop (a PostgreSQL pool lives in one)."""
+    from proxy.accounting import reports
+    from proxy.accounting.ledger import LedgerReader
+
+    reader = LedgerReader(store)
+    periods = periods_now(zone)
+    try:
+        rows = await reports.usage(reader, since=since, until=until, team=args.team, group_by=args.group_by,
+                                   zone=zone)
+        lines: list[tuple[str, ...]] = [("team", "today $", "daily budget $", "month $", "monthly budget $",
+                                         "month-end projection $")]
+        if any(b is not None for _, b in budgets):
+            today = await reader.spend_by_team_since(periods.day_start)
+            month = await reader.spend_by_team_since(periods.month_start)
+            observed = await reports.observed_since(reader, periods.month_start, periods.now)
+            for team, budget in budgets:
+                if budget is None:
+                    continue
+                daily = await reports.daily_spend(reader, team, observed, periods.now + 1)
+                p = reports.projection(month.get(team, 0.0), daily, periods, budget.monthly_usd, observed)
+                span = f" ({p['low_usd']:.4f}..{p['high_usd']:.4f}, 95%)" if p["confidence"] else ""
+                lines.append((team, f"{today.get(team, 0.0):.6f}", _money(budget.daily_usd),
+                              f"{month.get(team, 0.0):.6f}", _money(budget.monthly_usd),
+                              f"{p['month_end_usd']:.4f}{span}"))
+        return rows, lines
+    finally:
+        await reader.close()
+
+
+def _redacted_error(exc: BaseException, snapshot: Snapshot) -> str:
+    """An error message fit to print: the ledger URL's password never shows."""
+    from proxy.telemetry.logs import redact
+
+    url = snapshot.config.ledger.url
+    password = urlsplit(url).password if url else None
+    return redact(str(exc), password)
 
 
 def _money(value: float | None) -> str:
@@ -418,7 +478,7 @@ def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot)
     import json
 
     from proxy.accounting.ledger import LedgerReader
-    from proxy.accounting.service import ledger_path
+    from proxy.accounting.service import ledger_description, ledger_store
     from proxy.experiments import experiments_of, report
 
     experiment = experiments_of(snapshot).get(args.name)
@@ -426,8 +486,23 @@ def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot)
         known = ", ".join(sorted(experiments_of(snapshot))) or "none"
         print(f"no experiment {args.name!r} in {path} (experiments: {known})", file=sys.stderr)
         return 1
-    ledger = ledger_path(snapshot)
-    result = asyncio.run(report(LedgerReader(ledger) if ledger else None, experiment))
+    store = ledger_store(snapshot)
+
+    async def read() -> dict[str, Any]:
+        reader = LedgerReader(store) if store is not None else None
+        try:
+            return await report(reader, experiment)
+        finally:
+            if reader is not None:
+                await reader.close()
+
+    errors: tuple[type[BaseException], ...] = store.errors if store is not None else ()
+    try:
+        result = asyncio.run(read())
+    except errors as exc:
+        print(f"cannot read the ledger at {ledger_description(snapshot)}: {_redacted_error(exc, snapshot)}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -468,6 +543,57 @@ def _p(test: dict[str, Any]) -> str:
         return "-"
     effect = test.get("effect_size")
     return f"{test['p_value']:.3g} ({effect:.3g})" if effect is not None else f"{test['p_value']:.3g}"
+
+
+def _ledger_migrate(args: argparse.Namespace) -> int:
+    """`switchyard ledger migrate --to URL`: every row of a SQLite ledger into PostgreSQL."""
+    import asyncio
+
+    from proxy.accounting.ledger_pg import PostgresStore, copy_sqlite
+    from proxy.accounting.service import ledger_path
+
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        print("--to: must be a postgresql:// URL", file=sys.stderr)
+        return 2
+    source = args.source
+    if source is None:
+        config_path = _config_path(args.config)
+        snapshot = _load_or_explain(config_path)
+        if snapshot is None:
+            return 1
+        source = ledger_path(snapshot)
+        if source is None:
+            print(f"{config_path}: ledger.path is off: there is no SQLite ledger to copy (use --from)",
+                  file=sys.stderr)
+            return 1
+    if not os.path.isfile(source):
+        print(f"no SQLite ledger at {source}", file=sys.stderr)
+        return 1
+    store = PostgresStore(args.to)
+    print(f"copying {source} into {store.name}")
+
+    async def run() -> dict[str, tuple[int, int]]:
+        try:
+            return await copy_sqlite(source, store, batch_size=args.batch_size)
+        finally:
+            await store.close()
+
+    try:
+        counts = asyncio.run(run())
+    except store.errors as exc:
+        password = urlsplit(args.to).password
+        from proxy.telemetry.logs import redact
+
+        print(f"migration to {store.name} failed: {redact(str(exc), password)}; "
+              "what was copied stays, and running the command again continues", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a schema newer than this Switchyard
+        print(f"migration to {store.name} refused: {exc}", file=sys.stderr)
+        return 1
+    for table, (copied, skipped) in counts.items():
+        print(f"  {table:<9} {copied} copied, {skipped} already there")
+    print("done: point ledger.url at it (and remove ledger.path) to use it")
+    return 0
 
 
 def _explain_prompt(snapshot: Snapshot, prompt: str) -> str:

@@ -161,7 +161,8 @@ class ResponsesConfig(_Strict):
     do not serve the Responses API) are kept, so a later request's previous_response_id
     and GET /v1/responses/{id} find them."""
 
-    store: Literal["auto", "redis", "memory", "off"] = "auto"  # auto: redis when cache.backend is redis
+    # auto: redis when cache.backend is redis
+    store: Annotated[Literal["auto", "redis", "memory", "off"], BeforeValidator(_off_is_false)] = "auto"
     url: RedisUrl | None = None  # null: cache.url
     ttl_s: int = Field(30 * 86400, ge=1)  # 30 days, as OpenAI keeps stored responses
     max_entries: int = Field(10_000, ge=1)  # memory store, and its stand-in while Redis is down
@@ -226,13 +227,28 @@ class TeamConfig(_Strict):
     limits: LimitsConfig | None = None
 
 
+def _postgres_url(url: str) -> str:
+    if not re.match(r"^postgres(ql)?://", url):
+        raise ValueError("must start with postgresql:// (or postgres://)")
+    return url
+
+
 class LedgerConfig(_Strict):
     # SQLite file, relative to proxy.yaml's directory; "off" keeps no ledger (and budgets
     # then start from zero at each start)
     path: Annotated[str, BeforeValidator(_off_is_false)] = "switchyard.db"
+    # PostgreSQL instead of the file: one ledger shared by every replica and worker
+    url: Annotated[str, AfterValidator(_postgres_url)] | None = None
+    retention_days: float | None = Field(None, gt=0)  # None: keep every row forever
     batch_size: int = Field(500, ge=1)  # rows per transaction
     flush_interval_s: float = Field(0.5, gt=0)  # the longest a finished request waits for its row
-    max_pending: int = Field(1_000_000, ge=1000)  # rows held in memory while the file cannot be written
+    max_pending: int = Field(1_000_000, ge=1000)  # rows held in memory while the store cannot be written
+
+    @model_validator(mode="after")
+    def _one_store(self) -> LedgerConfig:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("set ledger.path (a SQLite file, or off) or ledger.url (PostgreSQL), not both")
+        return self
 
 
 class AccountingConfig(_Strict):

@@ -230,6 +230,140 @@ class PrivateRedis:
             self.proc = None
 
 
+# ------------------------------------------------------------------ PostgreSQL
+
+# The PostgreSQL the tests use (`make test` starts a private one when none answers). Tests
+# never touch its databases: each run creates one of its own (`PgDatabase`) and drops it.
+PG_URL = os.environ.get("SWITCHYARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_MISSING = (f"no PostgreSQL answers at {PG_URL}: the ledger tests need one. `make test` starts a private "
+              "server when none answers and pg_ctl/initdb are installed (apt-get install postgresql); "
+              "or point SWITCHYARD_TEST_PG_URL at one (a user that may CREATE DATABASE)")
+
+
+def pg_url(database: str, base: str = PG_URL) -> str:
+    """`base` with its database replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(base)._replace(path="/" + database))
+
+
+class PgDatabase:
+    """A database of this run's own, `switchyard_test_<pid>_<random>`, on the test server;
+    `drop()` removes it. Fails the test (never skips it) when PostgreSQL does not answer."""
+
+    def __init__(self, base: str = PG_URL) -> None:
+        self.base = base
+        self.name = f"switchyard_test_{os.getpid()}_{os.urandom(4).hex()}"
+        self.url = pg_url(self.name, base)
+
+    async def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(self.base, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            pytest.fail(f"{PG_MISSING} ({exc!r})")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def create(self) -> PgDatabase:
+        await self._admin(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    async def drop(self) -> None:
+        await self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class TcpRelay:
+    """A TCP relay on a free loopback port in front of `target` (host, port), in threads of
+    its own (it serves in-process tests and subprocesses alike). `cut()` closes every
+    connection and refuses new ones (they are accepted and closed at once: a database
+    that went away); `restore()` lets them through again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self._cut = False
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._stopped = False
+        self.accepted = 0
+        threading.Thread(target=self._accept, name="tcp-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self._cut:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source)
+            self._close(sink)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def url(self, base: str) -> str:
+        """`base` (a postgresql:// URL) through this relay."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(base)
+        auth = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=(auth + "@" if auth else "") + f"127.0.0.1:{self.port}"))
+
+    def cut(self) -> None:
+        self._cut = True
+        with self._lock:
+            doomed = list(self._open)
+        for sock in doomed:
+            self._close(sock)
+
+    def restore(self) -> None:
+        self._cut = False
+
+    def close(self) -> None:
+        self._stopped = True
+        self.cut()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
+        self._listener.close()
+
+
 # ------------------------------------------------------------------ fake upstream
 
 

@@ -394,6 +394,65 @@ async def test_ledger_disk_full_rows_are_kept_and_retried(tmp_path, monkeypatch)
     assert count(path) == 400
 
 
+async def test_ledger_outage_backs_off_under_load_and_logs_once(tmp_path, caplog):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the ledger's directory should be")
+    pending: list[int] = []
+    writer = LedgerWriter(str(blocker / "ledger.db"), batch_size=5, flush_interval_s=0.05, on_pending=pending.append)
+    await writer.start()
+    n = 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 2.0
+    while loop.time() < end:  # a stream of requests: every few appends fill a batch
+        for _ in range(5):
+            writer.append(row(n))
+            n += 1
+        await asyncio.sleep(0.005)
+    # backoff 0.25, 0.5, 1, 2 s...: a handful of attempts, not one per full batch
+    assert 2 <= writer.attempts <= 8, f"{writer.attempts} write attempts in a 2 s outage"
+    assert writer.write_errors == writer.attempts and writer.failing
+    assert max(pending) > 1000 and writer.stats().pending == n  # the gauge follows the backlog
+    blocker.unlink()
+    blocker.mkdir()
+    await writer.close()  # cuts the backoff short: the rows land
+    assert count(blocker / "ledger.db") == n
+    messages = [r.getMessage() for r in caplog.records if r.name == "switchyard.ledger"]
+    assert len([m for m in messages if "write failed" in m]) == 1  # once per outage
+    assert any(f"{n} rows written late" in m for m in messages)
+    assert pending[-1] == 0
+
+
+async def test_unwritable_ledger_shows_its_backlog_in_metrics(tmp_path, app_client):
+    (tmp_path / "ledger.db").mkdir()  # a directory where the file should be
+    client = await app_client(config())
+    try:
+        for i in range(5):
+            r = await client.post("/v1/chat/completions", json=chat_body(text=f"p{i}"), headers=AUTH)
+            assert r.status_code == 200
+
+        async def backlog() -> str | None:
+            text = (await client.get("/metrics")).text
+            return text if "switchyard_ledger_rows_pending 5.0" in text else None
+
+        await eventually(backlog, what="switchyard_ledger_rows_pending 5 in /metrics")
+    finally:
+        os.rmdir(tmp_path / "ledger.db")
+        await client.aclose()
+    assert count(tmp_path / "ledger.db") == 5
+
+
+async def test_ledger_retention_deletes_old_rows_in_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "RETENTION_BATCH", 7)
+    store = ledger_module.SqliteStore(str(tmp_path / "l.db"), retention_days=1)
+    now = 1000.0 + 86400 * 2
+    await store.write([row(i) for i in range(30)] + [row(100 + i) for i in range(3)], [])
+    await store.write([tuple(now - 10 if c == "ts" else v for c, v in zip(COLUMNS, row(200 + i), strict=True))
+                       for i in range(4)], [])
+    await store.maintain(now)
+    await store.close()
+    assert count(tmp_path / "l.db") == 4
+
+
 async def test_ledger_bounded_memory_counts_what_it_drops(tmp_path):
     errors: list[str] = []
     writer = LedgerWriter(str(tmp_path / "x" / "l.db"), max_pending=3, on_error=errors.append)

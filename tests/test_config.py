@@ -405,3 +405,34 @@ def test_the_shipped_demo_canary_splits_as_its_comment_says(env):
     assert route("search", "alice") in canary and route("search", "bob") == "smart"
     for team in ("search", "research"):
         assert route(team, None) == "smart"
+
+
+@pytest.mark.parametrize(
+    "ledger, problem",
+    [
+        ('{url: "postgresql://sy@db:5432/sy", path: other.db}', "not both"),
+        ('{url: "postgresql://sy@db:5432/sy", path: off}', "not both"),
+        ('{url: "mysql://db/sy"}', "must start with postgresql://"),
+        ("{retention_days: 0}", "greater than 0"),
+    ],
+)
+def test_ledger_url_is_checked(ledger, problem):
+    with pytest.raises(ConfigError) as caught:
+        load_text(f"ledger: {ledger}", {})
+    assert problem in str(caught.value) and "ledger" in str(caught.value)
+
+
+def test_ledger_url_from_the_environment():
+    text = 'ledger: {url: "${SWITCHYARD_LEDGER_URL}", retention_days: 90}'
+    loaded = load_text(text, {"SWITCHYARD_LEDGER_URL": "postgresql://sy:pw@db:5432/sy"})
+    assert loaded.config.ledger.url == "postgresql://sy:pw@db:5432/sy" and loaded.config.ledger.retention_days == 90
+    unset = load_text(text, {})  # unset: said at startup, and the SQLite file stays the ledger
+    assert unset.config.ledger.url is None and any("SWITCHYARD_LEDGER_URL" in w for w in unset.warnings)
+
+
+def test_startup_line_never_shows_the_ledger_password():
+    from proxy.cli import startup_line
+
+    snapshot = snapshot_from_text('ledger: {url: "postgresql://sy:s3cret@db:5432/sy"}', env={})
+    line = startup_line(snapshot, "proxy.yaml", "127.0.0.1", 8080, 1)
+    assert "ledger: postgresql://sy:***@db:5432/sy" in line and "s3cret" not in line

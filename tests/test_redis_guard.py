@@ -88,6 +88,9 @@ def test_readyz_tells_the_truth_from_startup_when_redis_is_absent(tmp_path: Path
         assert state["state"] == DOWN, state  # probed at start, not assumed
         assert set(state["used_by"]) == {"cache", "stored responses", "rate limits", "spend counters"}
         assert ready["cache"]["redis_available"] is False
+        # still ready (it serves without Redis), but says so; ?strict=true fails for checks that want to know
+        assert ready["status"] == "degraded"
+        assert httpx.get(server.base_url + "/readyz?strict=true").status_code == 503
         assert all(chat(server, i) == 200 for i in range(20))  # fails open
     log = server.log()
     assert sum("is not answering" in line for line in log.splitlines()) == 1, log

@@ -1,8 +1,10 @@
 """Feedback on past requests (`POST /v1/feedback`): a score kept in the ledger beside the
-request it rates, for experiments and reports."""
+request it rates, for experiments and reports. On a shared (PostgreSQL) ledger the request
+may have been served by another replica: its row is found in the shared table."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from proxy.accounting.service import Accounting
@@ -19,7 +21,18 @@ class Feedback:
             return False
         await acct.ready()
         await acct.writer.flush()
-        rows = await acct.reader.query("SELECT 1 FROM requests WHERE id = ? AND team = ? LIMIT 1", (request_id, team))
+        if await self._found(request_id, team):
+            return True
+        if acct.reader.store.shared:
+            # served by another replica: its row may still sit in that replica's queue
+            await asyncio.sleep(acct.writer.flush_interval_s + 0.2)
+            return await self._found(request_id, team)
+        return False
+
+    async def _found(self, request_id: str, team: str) -> bool:
+        assert self.accounting.reader is not None
+        rows = await self.accounting.reader.query(
+            "SELECT 1 FROM requests WHERE id = ? AND team = ? LIMIT 1", (request_id, team))
         return bool(rows)
 
     def record(self, request_id: str, team: str, score: float, comment: str | None) -> None:

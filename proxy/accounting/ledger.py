@@ -1,22 +1,36 @@
-"""The spend ledger: one SQLite row per proxied request, written off the request path.
+"""The spend ledger: one row per proxied request, written off the request path.
 
 `LedgerWriter.append()` only puts a row on a list. A background task writes the list
-in batches (one transaction each, WAL mode) every `flush_interval_s` or as soon as a
-batch is full. If the file cannot be written (read-only, disk full, locked) the rows
-stay queued and are retried with backoff while requests keep flowing; `close()` (on
-graceful shutdown) writes whatever is left. The schema is versioned with SQLite's
-`user_version` and migrated forward at open.
+in batches (one transaction each) every `flush_interval_s` or as soon as a batch is
+full. Where the rows go is a `LedgerStore`: `SqliteStore` (a file, WAL mode; this
+module) or `PostgresStore` (shared by replicas; `ledger_pg.py`). The writer's loop,
+queue, backoff and shutdown drain exist once, here, for both.
+
+If the store cannot be written (read-only file, full disk, PostgreSQL unreachable) the
+rows stay queued in memory (up to `max_pending`, then the oldest go and are counted)
+and are retried with backoff while requests keep flowing. New rows never cut a backoff
+short (only `close()` does), and the failure is logged once per outage, then once more
+when writes succeed again. `close()` (graceful shutdown) writes whatever is left.
+
+Readers go through the same store: `query()` takes SQL with `?` placeholders (a store
+that numbers them, PostgreSQL's `$1`, translates), and the few fragments that differ
+between SQL dialects (a timestamp's local day, whole days) come from the store too.
+Every SQL text here quotes `"user"`, a reserved word in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
@@ -75,9 +89,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (team, period, period_key, threshold)
     );
     """,
+    # time-range scans (reports without a team, retention's batched deletes) and experiment statistics
+    """
+    CREATE INDEX requests_ts ON requests (ts);
+    CREATE INDEX requests_experiment ON requests (experiment, variant) WHERE experiment IS NOT NULL;
+    CREATE INDEX feedback_ts ON feedback (ts);
+    """,
 )
 
 Row = tuple[Any, ...]  # in COLUMNS order
+Event = tuple[str, Row]  # ("alert" | "feedback", row): rare rows of the other tables
+
+ALERT_COLUMNS = ("team", "period", "period_key", "threshold", "ts", "spent_usd", "budget_usd")
+FEEDBACK_COLUMNS = ("request_id", "team", "ts", "score", "comment")
+RETENTION_BATCH = 5000  # rows per DELETE when SQLite drops old rows: short transactions
+
+
+class LedgerSchemaError(RuntimeError):
+    """The ledger's schema is newer than this Switchyard knows: it refuses to write into it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +115,50 @@ class LedgerStats:
     written: int
     write_errors: int
     dropped: int
+
+
+class LedgerStore(Protocol):
+    """Where ledger rows live. One writer (the `LedgerWriter` task) calls `write`; any number
+    of readers call `query`. `errors` are the exceptions a failed write or read may raise
+    (the writer keeps its rows and retries on those, and only those)."""
+
+    name: str  # for logs and the startup line: a path, or a URL without its password
+    backend: str  # sqlite | postgresql
+    shared: bool  # other processes write into it too (feedback may name their requests)
+    errors: tuple[type[BaseException], ...]
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema (LedgerSchemaError when it is newer)."""
+        ...
+
+    async def write(self, rows: Sequence[Row], events: Sequence[Event]) -> None:
+        """All of it in one transaction, or none of it (then raise one of `errors`)."""
+        ...
+
+    async def maintain(self, now: float) -> None:
+        """Daily upkeep: retention (and, for PostgreSQL, next month's partition)."""
+        ...
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+    def day_key(self, zone: ZoneInfo, at: float) -> tuple[str, list[Any]]:
+        """SQL for the local calendar day (YYYY-MM-DD) of `ts`, and its parameters."""
+        ...
+
+    def whole(self, expr: str) -> str:
+        """SQL for the integer part of a non-negative number."""
+        ...
+
+    def error_kind(self, exc: BaseException) -> str: ...
+
+    async def reset(self) -> None:
+        """Drop the writer's connection after a failure: the next write reconnects."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- SQLite
 
 
 async def open_db(path: str) -> aiosqlite.Connection:
@@ -108,34 +181,164 @@ async def migrate(db: aiosqlite.Connection) -> int:
         row = await cursor.fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
-        raise RuntimeError(f"ledger schema version {version} is newer than this Switchyard knows ({len(MIGRATIONS)})")
+        raise LedgerSchemaError(f"ledger schema version {version} is newer than this Switchyard knows "
+                                f"({len(MIGRATIONS)}): upgrade Switchyard, or point it at another ledger")
     for target in range(version, len(MIGRATIONS)):
         await db.executescript(f"BEGIN; {MIGRATIONS[target]} PRAGMA user_version = {target + 1}; COMMIT;")
         log.info("ledger schema migrated to version %d", target + 1)
     return len(MIGRATIONS)
 
 
+class SqliteStore:
+    """A ledger file. The writer keeps one connection; each query opens its own (WAL lets
+    reads run beside the writes)."""
+
+    shared = False
+    backend = "sqlite"
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, ValueError)
+
+    def __init__(self, path: str, *, retention_days: float | None = None) -> None:
+        self.path = path
+        self.name = path
+        self.retention_days = retention_days
+        self._db: aiosqlite.Connection | None = None
+        self._opening = asyncio.Lock()
+
+    async def open(self) -> None:
+        await self._connection()
+
+    async def _connection(self) -> aiosqlite.Connection:
+        async with self._opening:
+            if self._db is None:
+                self._db = await open_db(self.path)
+            return self._db
+
+    async def write(self, rows: Sequence[Row], events: Sequence[Event]) -> None:
+        db = await self._connection()
+        if rows:
+            await db.executemany(_INSERT, rows)
+        for kind, row in events:
+            await db.execute(_INSERT_EVENT[kind], row)
+        await db.commit()
+
+    async def maintain(self, now: float) -> None:
+        """Delete rows older than `retention_days`, a batch per transaction."""
+        if self.retention_days is None:
+            return
+        cutoff = now - self.retention_days * 86400
+        db = await self._connection()
+        for table in ("requests", "feedback", "alerts"):
+            deleted = 0
+            while True:
+                cursor = await db.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts < ? LIMIT ?)",
+                    (cutoff, RETENTION_BATCH))
+                await db.commit()
+                deleted += cursor.rowcount
+                if cursor.rowcount < RETENTION_BATCH:
+                    break
+            if deleted:
+                log.info("ledger retention: deleted %d %s rows older than %g days", deleted, table,
+                         self.retention_days)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if not os.path.exists(self.path):
+            return []
+        # a connection of its own, opened, read and closed in one worker thread: nothing of it
+        # outlives the call (aiosqlite's per-connection thread could answer after the loop closed)
+        return await asyncio.to_thread(_read, self.path, sql, tuple(params))
+
+    def day_key(self, zone: ZoneInfo, at: float) -> tuple[str, list[Any]]:
+        # SQLite knows no time zones: the zone's offset at `at` (the report's end) stands for all
+        return "strftime('%Y-%m-%d', ts + ?, 'unixepoch')", [utc_offset_s(zone, at)]
+
+    def whole(self, expr: str) -> str:
+        return f"CAST({expr} AS INTEGER)"
+
+    def error_kind(self, exc: BaseException) -> str:
+        if isinstance(exc, LedgerSchemaError):
+            return "schema"
+        text = str(exc).lower()
+        if "full" in text or "no space" in text:
+            return "disk_full"
+        if "readonly" in text or "read-only" in text or "permission" in text or "unable to open" in text:
+            return "unwritable"
+        if "locked" in text or "busy" in text:
+            return "locked"
+        return "other"
+
+    async def reset(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except (sqlite3.Error, OSError, ValueError):
+                pass
+
+    async def close(self) -> None:
+        await self.reset()
+
+
+def _read(path: str, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(sql, params).fetchall()]
+    finally:
+        db.close()
+
+
+def utc_offset_s(zone: ZoneInfo, at: float) -> int:
+    offset = datetime.fromtimestamp(at, zone).utcoffset()
+    return int(offset.total_seconds()) if offset else 0
+
+
+def _quoted(columns: Sequence[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+_INSERT = f"INSERT INTO requests ({_quoted(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+_INSERT_EVENT = {
+    "alert": f"INSERT OR IGNORE INTO alerts ({_quoted(ALERT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "feedback": f"INSERT INTO feedback ({_quoted(FEEDBACK_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
+}
+
+
+# ---------------------------------------------------------------- the writer
+
+
 class LedgerWriter:
     def __init__(
         self,
-        path: str,
+        store: LedgerStore | str,
         *,
         batch_size: int = 500,
         flush_interval_s: float = 0.5,
         max_pending: int = 1_000_000,
         on_error: Callable[[str], None] | None = None,
+        on_pending: Callable[[int], None] | None = None,
+        maintain_every_s: float = 86400.0,
     ) -> None:
-        self.path = path
+        self.store: LedgerStore = SqliteStore(store) if isinstance(store, str) else store
+        self._retryable: tuple[type[BaseException], ...] = (*self.store.errors, LedgerSchemaError)
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
+        self.maintain_every_s = maintain_every_s
         self.on_error = on_error or (lambda kind: None)
+        self.on_pending = on_pending or (lambda rows: None)
         self._pending: list[Row] = []
-        self._events: list[tuple[str, Row]] = []  # rare rows of other tables: (INSERT sql, row)
+        self._events: list[Event] = []
         self._wake = asyncio.Event()
+        self._closed = asyncio.Event()  # the one thing that cuts a backoff short
         self._task: asyncio.Task[None] | None = None
-        self._db: aiosqlite.Connection | None = None
         self._closing = False
+        self._backoff = 0.0
+        self._reported = -1
+        self._next_upkeep = 0.0  # monotonic time of the next `store.maintain`
+        self._outage_failures = 0  # failed attempts since the last success
+        self._outage_started = 0.0
+        self.attempts = 0  # write attempts, failed or not (tests count them)
         self.written = 0
         self.write_errors = 0
         self.dropped = 0
@@ -149,16 +352,16 @@ class LedgerWriter:
             self.on_error("dropped")
         self._pending.append(row)
         if len(self._pending) >= self.batch_size:
-            self._wake.set()
+            self._wake.set()  # ignored while backing off after a failure: see _wait
 
     def append_alert(self, row: Row) -> None:
         """(team, period, period_key, threshold, ts, spent_usd, budget_usd)"""
-        self._events.append((_INSERT_ALERT, row))
+        self._events.append(("alert", row))
         self._wake.set()
 
     def append_feedback(self, row: Row) -> None:
         """(request_id, team, ts, score, comment)"""
-        self._events.append((_INSERT_FEEDBACK, row))
+        self._events.append(("feedback", row))
         self._wake.set()
 
     # --- lifecycle
@@ -167,21 +370,24 @@ class LedgerWriter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 
     async def close(self, timeout_s: float = 20.0) -> None:
-        """Write everything queued (retrying until `timeout_s`), then close the file."""
+        """Write everything queued (retrying until `timeout_s`), then close the store."""
         self._closing = True
+        self._closed.set()
         self._wake.set()
+        if self._task is None and (self._pending or self._events):
+            await self.start()  # closed before it started: what was appended is still written
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
                 self._task.cancel()
-                log.error("ledger: %d rows could not be written before shutdown", len(self._pending))
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+                log.error("ledger %s: %d rows could not be written before shutdown", self.store.name,
+                          len(self._pending))
+        await self.store.close()
 
     async def flush(self, timeout_s: float = 2.0) -> bool:
-        """Ask for everything queued to be written now; True once it is (for reports)."""
+        """Ask for everything queued to be written now; True once it is (for reports). While
+        the store is failing this waits (up to `timeout_s`) and does not hurry the retry."""
         if self._task is None:
             return not self._pending
         self._wake.set()
@@ -194,94 +400,121 @@ class LedgerWriter:
     def stats(self) -> LedgerStats:
         return LedgerStats(len(self._pending) + len(self._events), self.written, self.write_errors, self.dropped)
 
+    @property
+    def backend(self) -> str:
+        return self.store.backend
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last write attempt failed (an outage is in progress)."""
+        return self._outage_failures > 0
+
     # --- the writer task
 
     async def _run(self) -> None:
-        backoff = 0.0
         while True:
-            if not self._closing:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s + backoff)
-                except TimeoutError:
-                    pass
+            await self._wait()
             self._wake.clear()
             ok = await self._flush()
+            self._report_pending()
             if ok:
-                backoff = 0.0
+                self._backoff = 0.0
+                await self._upkeep()
             else:
-                backoff = min(max(backoff * 2, 0.25), 5.0)
-                if self._closing:
-                    await asyncio.sleep(backoff)
+                self._backoff = min(max(self._backoff * 2, 0.25), 5.0)
             if self._closing and not self._pending and not self._events:
                 return
 
+    async def _wait(self) -> None:
+        """Until the next write attempt: a full batch or the flush interval when healthy; the
+        whole backoff after a failure (appends do not cut it short, close() does, once)."""
+        loop = asyncio.get_running_loop()
+        if self._backoff and self._closing:
+            await asyncio.sleep(self._backoff)
+            return
+        if self._backoff:
+            deadline = loop.time() + self._backoff
+            while not self._closed.is_set() and (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), min(left, self.flush_interval_s))
+                self._report_pending()  # the backlog grows during an outage: say so as it does
+            return
+        if self._closing:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+
+    def _report_pending(self) -> None:
+        pending = len(self._pending) + len(self._events)
+        if pending != self._reported:
+            self._reported = pending
+            self.on_pending(pending)
+
     async def _flush(self) -> bool:
+        written_now = 0
         while self._pending or self._events:
             batch = self._pending[: self.batch_size]
             events = self._events[:]
+            self.attempts += 1
+            self._report_pending()
             try:
-                db = await self._connection()
-                await db.executemany(_INSERT, batch)
-                for sql, row in events:
-                    await db.execute(sql, row)
-                await db.commit()
-            except (sqlite3.Error, OSError, ValueError) as exc:
-                self.write_errors += 1
-                self.on_error(_error_kind(exc))
-                log.error("ledger write failed (%d rows queued, will retry): %s", len(self._pending), exc)
-                await self._reset()
+                await self.store.write(batch, events)
+            except self._retryable as exc:
+                await self._failed(exc)
                 return False
             del self._pending[: len(batch)]
             del self._events[: len(events)]
             self.written += len(batch)
+            written_now += len(batch)
+        if self._outage_failures:
+            log.warning("ledger %s: writing again after %d failed attempts over %.1f s; %d rows written late",
+                        self.store.name, self._outage_failures, time.monotonic() - self._outage_started,
+                        written_now)
+            self._outage_failures = 0
         return True
 
-    async def _connection(self) -> aiosqlite.Connection:
-        if self._db is None:
-            self._db = await open_db(self.path)
-        return self._db
+    async def _failed(self, exc: BaseException) -> None:
+        self.write_errors += 1
+        self.on_error(self.store.error_kind(exc))
+        if not self._outage_failures:  # once per outage, not once per attempt
+            self._outage_started = time.monotonic()
+            log.error("ledger %s: write failed (%d rows queued, kept and retried with backoff; "
+                      "logged again when writes succeed): %s", self.store.name, len(self._pending), exc)
+        self._outage_failures += 1
+        with contextlib.suppress(*self.store.errors):
+            await self.store.reset()
 
-    async def _reset(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            try:
-                await db.close()
-            except (sqlite3.Error, OSError, ValueError):
-                pass
-
-
-_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
-_INSERT_ALERT = "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)"
-_INSERT_FEEDBACK = "INSERT INTO feedback VALUES (?, ?, ?, ?, ?)"
-
-
-def _error_kind(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "full" in text or "no space" in text:
-        return "disk_full"
-    if "readonly" in text or "read-only" in text or "permission" in text or "unable to open" in text:
-        return "unwritable"
-    if "locked" in text or "busy" in text:
-        return "locked"
-    return "other"
+    async def _upkeep(self) -> None:
+        """Retention and partitions, once a day, between batches (never while failing)."""
+        now = time.monotonic()
+        if now < self._next_upkeep or self._closing:
+            return
+        self._next_upkeep = now + self.maintain_every_s
+        try:
+            await self.store.maintain(time.time())
+        except self.store.errors as exc:
+            log.error("ledger %s: daily upkeep (retention, partitions) failed, retried in an hour: %s",
+                      self.store.name, exc)
+            self._next_upkeep = now + min(3600.0, self.maintain_every_s)
 
 
 # ---------------------------------------------------------------- reading
 
 
 class LedgerReader:
-    """Queries for reports, on a connection of their own (WAL lets them run beside writes)."""
+    """Queries for reports, through the store (on connections apart from the writer's)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, store: LedgerStore | str) -> None:
+        self.store: LedgerStore = SqliteStore(store) if isinstance(store, str) else store
 
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        if not os.path.exists(self.path):
-            return []
-        async with aiosqlite.connect(self.path, timeout=5) as db:
-            db.row_factory = sqlite3.Row
-            async with db.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return await self.store.query(sql, params)
+
+    def day_key(self, zone: ZoneInfo, at: float) -> tuple[str, list[Any]]:
+        return self.store.day_key(zone, at)
+
+    def whole(self, expr: str) -> str:
+        return self.store.whole(expr)
 
     async def spend_by_team_since(self, since: float) -> dict[str, float]:
         rows = await self.query(
@@ -291,6 +524,8 @@ class LedgerReader:
         )
         return {r["team"]: float(r["spent"] or 0) for r in rows}
 
-    async def alerts_since(self, since: float) -> list[sqlite3.Row]:
+    async def alerts_since(self, since: float) -> list[dict[str, Any]]:
         return await self.query("SELECT * FROM alerts WHERE ts >= ? ORDER BY ts", (since,))
 
+    async def close(self) -> None:
+        await self.store.close()

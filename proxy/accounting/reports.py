@@ -24,21 +24,22 @@ GROUPS = {
     "model": "COALESCE(provider || '/' || model, '(none)')",
     "route": "COALESCE(route, '(none)')",
     "provider": "COALESCE(provider, '(none)')",
-    "user": "COALESCE(user, '(none)')",
-    "day": "strftime('%Y-%m-%d', ts + ?, 'unixepoch')",
+    "user": "COALESCE(\"user\", '(none)')",  # quoted: a reserved word in PostgreSQL
+    "day": "",  # the store's: SQLite and PostgreSQL tell a local day differently
 }
 
+# portable SQL (SQLite and PostgreSQL): CASE, not sums of booleans
 _TOTALS = """
     COUNT(*) AS requests,
-    SUM(status >= 400) AS errors,
-    SUM(cache = 'hit') AS cache_hits,
+    SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors,
+    SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END) AS cache_hits,
     COALESCE(SUM(input_tokens), 0) AS input_tokens,
     COALESCE(SUM(output_tokens), 0) AS output_tokens,
     COALESCE(SUM(cost_usd), 0) AS cost_usd,
     COALESCE(SUM(saved_usd), 0) AS cache_savings_usd,
     COALESCE(SUM(CASE WHEN baseline_usd IS NOT NULL AND cost_usd IS NOT NULL
                       THEN baseline_usd - cost_usd END), 0) AS routing_savings_usd,
-    SUM(cost_usd IS NULL AND status < 400 AND cache != 'hit') AS unpriced,
+    SUM(CASE WHEN cost_usd IS NULL AND status < 400 AND cache != 'hit' THEN 1 ELSE 0 END) AS unpriced,
     AVG(latency_ms) AS avg_latency_ms
 """
 
@@ -57,18 +58,12 @@ def parse_time(value: str | None, default: float, zone: ZoneInfo) -> float:
     return parsed.timestamp()
 
 
-def utc_offset_s(zone: ZoneInfo, at: float) -> int:
-    offset = datetime.fromtimestamp(at, zone).utcoffset()
-    return int(offset.total_seconds()) if offset else 0
-
-
 async def usage(
     reader: LedgerReader, *, since: float, until: float, team: str | None, group_by: str, zone: ZoneInfo
 ) -> list[dict[str, Any]]:
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
-    expr = GROUPS[group_by]
-    params: list[Any] = [utc_offset_s(zone, until)] if group_by == "day" else []
+    expr, params = reader.day_key(zone, until) if group_by == "day" else (GROUPS[group_by], [])
     where = "ts >= ? AND ts < ?"
     params += [since, until]
     if team is not None:
@@ -96,7 +91,7 @@ async def daily_spend(reader: LedgerReader, team: str | None, since: float, unti
         where += " AND team = ?"
         params.append(team)
     rows = await reader.query(
-        f"SELECT CAST((ts - ?) / 86400 AS INTEGER) AS day, SUM(cost_usd) AS spent FROM requests "
+        f"SELECT {reader.whole('(ts - ?) / 86400')} AS day, SUM(cost_usd) AS spent FROM requests "
         f"WHERE {where} GROUP BY day", params,
     )
     return {int(r["day"]): float(r["spent"] or 0) for r in rows}

@@ -7,8 +7,9 @@ request path except the Redis rate-limit script, which is time-boxed.
 
 Settings that are read per request (team budgets and limits, baseline model, alert
 webhook, time zone) follow config reloads; where the ledger and the shared counters
-live (`ledger.path`, `accounting.backend`/`url`) is fixed at start, and a reload that
-changes them says so in the log.
+live (`ledger.path` or `ledger.url`, `accounting.backend`/`url`) is fixed at start, and a
+reload that changes them says so in the log. Spend is restored at start from whichever
+ledger is configured: on a shared (PostgreSQL) ledger, that is the whole fleet's spend.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from zoneinfo import ZoneInfo
 
 from proxy.accounting.alerts import AlertDispatcher
 from proxy.accounting.budgets import Alert, Budgets
-from proxy.accounting.ledger import LedgerReader, LedgerWriter
+from proxy.accounting.ledger import LedgerReader, LedgerSchemaError, LedgerStore, LedgerWriter, SqliteStore
 from proxy.accounting.limits import RateLimiter
 from proxy.accounting.spend import DAY, MONTH, Periods, RedisSpendCounters, SpendCounters, periods_at
 from proxy.config import BudgetConfig
 from proxy.pipeline.record import RequestRecord
-from proxy.redis_guard import RedisGuards
+from proxy.redis_guard import RedisGuards, redacted_url
 from proxy.snapshot import Snapshot
 from proxy.tasks import spawn
 from proxy.usage import tokens
@@ -35,7 +36,27 @@ from proxy.usage import tokens
 log = logging.getLogger("switchyard.accounting")
 
 
+def ledger_store(snapshot: Snapshot) -> LedgerStore | None:
+    """The configured ledger: PostgreSQL (`ledger.url`), a SQLite file, or None (`path: off`)."""
+    ledger = snapshot.config.ledger
+    if ledger.url is not None:
+        from proxy.accounting.ledger_pg import PostgresStore  # asyncpg only where it is used
+
+        return PostgresStore(ledger.url, retention_days=ledger.retention_days)
+    path = ledger_path(snapshot)
+    return SqliteStore(path, retention_days=ledger.retention_days) if path else None
+
+
+def ledger_description(snapshot: Snapshot) -> str:
+    """Where the ledger is, for people: a path, a URL without its password, or off."""
+    ledger = snapshot.config.ledger
+    if ledger.url is not None:
+        return redacted_url(ledger.url)
+    return ledger_path(snapshot) or "off"
+
+
 def ledger_path(snapshot: Snapshot) -> str | None:
+    """The SQLite file `ledger.path` names (whether or not `ledger.url` is used instead)."""
     path = snapshot.config.ledger.path
     if path == "off":
         return None
@@ -47,14 +68,15 @@ def ledger_path(snapshot: Snapshot) -> str | None:
 class Accounting:
     def __init__(self, snapshot: Snapshot, metrics: Any = None, guards: RedisGuards | None = None) -> None:
         self._metrics = metrics
-        self.path = ledger_path(snapshot)
+        self.store = ledger_store(snapshot)
         ledger = snapshot.config.ledger
         self.writer = (
-            LedgerWriter(self.path, batch_size=ledger.batch_size, flush_interval_s=ledger.flush_interval_s,
-                         max_pending=ledger.max_pending, on_error=self._ledger_error)
-            if self.path else None
+            LedgerWriter(self.store, batch_size=ledger.batch_size, flush_interval_s=ledger.flush_interval_s,
+                         max_pending=ledger.max_pending, on_error=self._ledger_error,
+                         on_pending=self._ledger_pending)
+            if self.store else None
         )
-        self.reader = LedgerReader(self.path) if self.path else None
+        self.reader = LedgerReader(self.store) if self.store else None
         settings = snapshot.config.accounting
         self._fixed = (snapshot.config.ledger, settings.backend, settings.url, settings.key_prefix)
         shared = settings.backend == "redis"
@@ -83,6 +105,9 @@ class Accounting:
             self._started = asyncio.get_running_loop().create_future()
             try:
                 await self._start()
+            except asyncio.CancelledError:
+                self._started.cancel()
+                raise
             except BaseException as exc:
                 self._started.set_exception(exc)
                 raise
@@ -92,9 +117,22 @@ class Accounting:
     async def _start(self) -> None:
         if self.writer is not None:
             await self.writer.start()
+        if self.store is not None:
+            await self._open_ledger(self.store)
         await self._seed()
         await self.counters.start()
         self._check_alerts()
+
+    async def _open_ledger(self, store: LedgerStore) -> None:
+        """Create or migrate the schema before the first read. A store that does not answer
+        does not stop serving (the writer retries, rows queue); a schema newer than this
+        Switchyard is said loudly, and nothing is written into it."""
+        try:
+            await asyncio.wait_for(store.open(), 10)
+        except LedgerSchemaError as exc:
+            log.critical("ledger %s: %s", store.name, exc)
+        except store.errors + (TimeoutError,) as exc:
+            log.error("ledger %s: cannot open it yet (%s); rows queue until it answers", store.name, exc)
 
     async def _seed(self) -> None:
         """Counters and raised alerts of the current periods, from the ledger."""
@@ -102,9 +140,11 @@ class Accounting:
             return
         periods = self.periods()
         try:
-            day = await self.reader.spend_by_team_since(periods.day_start)
-            month = await self.reader.spend_by_team_since(periods.month_start)
-            raised = await self.reader.alerts_since(periods.month_start)
+            day, month, raised = await asyncio.wait_for(asyncio.gather(
+                self.reader.spend_by_team_since(periods.day_start),
+                self.reader.spend_by_team_since(periods.month_start),
+                self.reader.alerts_since(periods.month_start),
+            ), 10)
         except Exception as exc:  # noqa: BLE001 - an unreadable ledger must not stop serving
             log.error("cannot read the ledger to restore today's spend (%s); counting from zero", exc)
             return
@@ -246,6 +286,10 @@ class Accounting:
         if self._metrics is not None:
             self._metrics.ledger_error(kind)
 
+    def _ledger_pending(self, rows: int) -> None:
+        if self._metrics is not None:
+            self._metrics.ledger_backlog(rows)
+
 
 def ledger_row(record: RequestRecord) -> tuple[Any, ...]:
     input_tokens, output_tokens = tokens(record.usage)
@@ -261,4 +305,4 @@ def ledger_row(record: RequestRecord) -> tuple[Any, ...]:
     )
 
 
-__all__ = ["Accounting", "DAY", "MONTH", "ledger_path", "ledger_row"]
+__all__ = ["Accounting", "DAY", "MONTH", "ledger_description", "ledger_path", "ledger_row", "ledger_store"]
