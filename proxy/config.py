@@ -27,6 +27,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -118,6 +120,105 @@ class ProviderConfig(_Strict):
     # openai only: the server speaks Chat Completions but not the Responses API (vLLM, Ollama,
     # most routers): Responses requests are translated to chat for it
     chat_only: bool = False
+    # egress through an HTTP proxy, "http://user:password@proxy.corp:3128"; "none" (or off,
+    # false) goes direct whatever the environment says; unset (or null): HTTPS_PROXY,
+    # HTTP_PROXY and NO_PROXY decide, read once when the provider's pool is made
+    proxy: Annotated[str, BeforeValidator(_off_is_false)] | None = None
+    # TLS to an https provider: a private CA's PEM bundle, trusted in addition to the system's
+    # CAs (never instead); a client certificate for mTLS, its unencrypted key in client_key or
+    # in the same file; verify_tls: false accepts any certificate (a config warning while set).
+    # Files are read when the config loads: a missing or unparseable one fails the load
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = Field(None, validate_default=True)  # checked against client_cert even when unset
+    verify_tls: bool = True
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, url: str | None) -> str | None:
+        # the rules of proxy/providers/http.py's Proxy.from_url, the scheme required here;
+        # reasons never echo the URL (it may hold a password)
+        from urllib.parse import urlsplit
+
+        if url is None or url.strip().lower() in ("none", "off", "direct"):
+            return None if url is None else "none"
+        parts = urlsplit(url.strip())
+        if parts.scheme.lower() != "http":
+            raise ValueError("must be an http:// proxy URL (an https upstream is still TLS from end to end, "
+                             "inside a CONNECT tunnel), or none to go direct")
+        try:
+            parts.port  # noqa: B018 -- parsing it is the check
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        if not parts.hostname:
+            raise ValueError("the proxy URL names no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("a proxy URL is http://[user:password@]host[:port], with no path")
+        return url.strip()
+
+    @field_serializer("proxy", when_used="json")
+    def _proxy_without_password(self, url: str | None) -> str | None:
+        # the JSON form is what /admin/config shows: never the proxy's password
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url or "")
+        if url is None or parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:<redacted>@{host}"))
+
+    @field_validator("ca_bundle", "client_cert")
+    @classmethod
+    def _certificates_load(cls, path: str | None) -> str | None:
+        import ssl
+
+        if path is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+            except OSError as exc:
+                raise ValueError(cls._unusable(path, exc, "has no PEM certificate in it")) from None
+        return path
+
+    @field_validator("client_key")
+    @classmethod
+    def _key_matches(cls, key: str | None, info: ValidationInfo) -> str | None:
+        import ssl
+
+        if "client_cert" not in info.data:  # client_cert itself failed: said already
+            return key
+        cert = info.data["client_cert"]
+        if cert is None:
+            if key is not None:
+                raise ValueError("client_key needs client_cert")
+            return key
+
+        def encrypted() -> str:
+            raise ValueError("is encrypted; give an unencrypted PEM key (the gateway cannot prompt for a password)")
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=encrypted)
+        except ValueError as exc:
+            raise ValueError(f"{key or cert} {exc}") from None
+        except OSError as exc:
+            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+                raise ValueError(f"{key} is not the key of client_cert {cert}") from None
+            if key is None:
+                raise ValueError(f"not set, and client_cert {cert} holds no private key: put the key in that "
+                                 "file or name it in client_key") from None
+            raise ValueError(cls._unusable(key, exc, "has no PEM private key in it")) from None
+        return key
+
+    @staticmethod
+    def _unusable(path: str, exc: OSError, unparsed: str) -> str:
+        if isinstance(exc, FileNotFoundError):
+            return f"{path}: no such file"
+        if isinstance(exc, IsADirectoryError):
+            return f"{path}: a directory, not a file"
+        if isinstance(exc, PermissionError):
+            return f"{path}: not readable (permission denied)"
+        if exc.strerror and not hasattr(exc, "reason"):  # any other OSError; ssl.SSLError has a reason
+            return f"{path}: {exc.strerror}"
+        return f"{path} {unparsed}"
 
     @model_validator(mode="after")
     def _check_type_fields(self) -> ProviderConfig:
@@ -131,6 +232,12 @@ class ProviderConfig(_Strict):
             raise ValueError("chat_only applies to type: openai only")
         if self.base_url is not None and not re.match(r"^https?://", self.base_url):
             raise ValueError("base_url must start with http:// or https://")
+        tls = [name for name in ("ca_bundle", "client_cert", "client_key") if getattr(self, name) is not None]
+        tls += [] if self.verify_tls else ["verify_tls"]
+        if self.type == "mock" and (tls or self.proxy is not None):
+            raise ValueError("proxy, ca_bundle, client_cert, client_key and verify_tls do not apply to type: mock")
+        if tls and self.base_url is not None and self.base_url.startswith("http://"):
+            raise ValueError(f"{', '.join(tls)}: TLS settings need an https:// base_url")
         for name in self.forward_headers:
             reason = refused_reason(name)
             if reason is not None:

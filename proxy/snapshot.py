@@ -153,6 +153,15 @@ class ProviderSpec:
     pool_timeout_s: float = 10.0
     forwarded: frozenset[str] = FORWARDED  # request header names this provider gets
     apis: frozenset[str] = frozenset({"chat/completions", "embeddings"})  # the endpoints it serves natively
+    # egress: None: the environment's proxy (HTTPS_PROXY, NO_PROXY...); "none": direct; else the proxy's URL
+    proxy: str | None = None
+    ca_bundle: str | None = None  # TLS: trusted beside the system's CAs
+    client_cert: str | None = None  # mTLS, the key in client_key or in the same file
+    client_key: str | None = None
+    verify_tls: bool = True
+    # a digest of those files' contents: a renewed certificate at the same path makes the spec
+    # (so the adapter and its TLS context) new on the next reload, like any other change
+    tls_files: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +250,10 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
     for name, team in config.teams.items():
         if not team.keys:
             warnings.append(f"team {name} has no usable key")
+    for name, spec in providers.items():
+        if not spec.verify_tls:
+            warnings.append(f"provider {name} has verify_tls: false: its certificate is not checked, so anyone on "
+                            "the network path can read and change its traffic (trust its CA with ca_bundle instead)")
     return Snapshot(
         generation=generation,
         source=source,
@@ -351,7 +364,25 @@ def _provider_spec(name: str, p: ProviderConfig) -> ProviderSpec:
         pool_timeout_s=p.pool_timeout_s,
         forwarded=allowed_names(p.forward_headers),
         apis=provider_apis(p.type, p.chat_only),
+        proxy=p.proxy,
+        ca_bundle=p.ca_bundle,
+        client_cert=p.client_cert,
+        client_key=p.client_key,
+        verify_tls=p.verify_tls,
+        tls_files=_files_digest(p.ca_bundle, p.client_cert, p.client_key),
     )
+
+
+def _files_digest(*paths: str | None) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is not None:
+            try:
+                with open(path, "rb") as fh:
+                    digest.update(fh.read())
+            except OSError:  # gone since validation: building the adapter's TLS context will say so
+                pass
+    return digest.hexdigest()[:16] if any(paths) else ""
 
 
 # what each provider type serves natively; a request for anything else is translated (or refused)

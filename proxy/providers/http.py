@@ -12,7 +12,14 @@ connection handling a gateway needs and nothing else:
   `max_connections` open and `max_keepalive` idle, idle ones dropped after
   `keepalive_s` or as soon as the server closes them;
 - connecting to every address a name has, IPv6 and IPv4 raced 250 ms apart (RFC 8305,
-  by aiohappyeyeballs), then TLS with the system's CAs for https;
+  by aiohappyeyeballs), then TLS with the system's CAs for https (plus a provider's own
+  CA, client certificate or no verification at all: `tls_context`);
+- egress through an HTTP proxy (`Proxy`, chosen once per pool by `choose_proxy` from the
+  provider's setting or HTTPS_PROXY/HTTP_PROXY/NO_PROXY): a CONNECT tunnel with TLS to
+  the origin inside it for https, absolute-form requests for http;
+- TLS failures that say why (untrusted CA, hostname mismatch, expired, client
+  certificate refused) and what to set, and proxy failures that name the proxy (never
+  its credentials): `TlsError` and `ProxyFailed`, both ConnectErrors;
 - one write per request (head and body together);
 - `connect_timeout_s` for connecting, `read_timeout_s` for each wait on the server (the
   head, then every piece of the body), so a stream can run as long as it keeps talking;
@@ -27,21 +34,24 @@ connection handling a gateway needs and nothing else:
 - `pool_timeout_s` bounds the wait for a free connection when all `max_connections`
   are busy: that is this gateway's saturation, which the caller must not blame on the
   provider (PoolTimeout).
-No redirects, cookies, proxies or HTTP/2: an LLM API needs none of them.
+No redirects, cookies or HTTP/2: an LLM API needs none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import ipaddress
 import os
 import socket
 import ssl
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
 import httptools
@@ -83,6 +93,16 @@ class ConnectionClosed(HttpError):
     """The connection closed (or sent something unparseable) before the answer was complete."""
 
 
+class TlsError(ConnectError):
+    """The TLS handshake failed (or the server refused our client certificate right after it);
+    `str()` says why in words and which setting would fix it."""
+
+
+class ProxyFailed(ConnectError):
+    """The proxy could not be reached, or refused (or failed) the tunnel; `str()` names the
+    proxy and where it was set, never its credentials."""
+
+
 class HttpPool:
     """Connections to one origin (`base_url`'s scheme, host and port)."""
 
@@ -96,7 +116,9 @@ class HttpPool:
         read_timeout_s: float = 60.0,
         pool_timeout_s: float | None = None,  # waiting for a free connection; None: read_timeout_s
         keepalive_s: float = 30.0,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None,  # None: the system's CAs (tls_context() makes others)
+        proxy: Proxy | None = None,  # None: direct (choose_proxy() picks one from settings and environment)
+        provider: str = "",  # the provider's name, for the settings error messages point to
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -104,10 +126,22 @@ class HttpPool:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         default_port = self.port == (443 if parts.scheme == "https" else 80)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        host = host if default_port else f"{host}:{self.port}"
-        self._host_header = host.encode("idna") if not host.isascii() else host.encode()
+        bracketed = f"[{self.host}]" if ":" in self.host else self.host
+        host = bracketed if default_port else f"{bracketed}:{self.port}"
+        self._host_header = _ascii(host)
         self._ssl = (ssl_context or _default_tls()) if parts.scheme == "https" else None
+        self.provider = provider
+        self.proxy = proxy
+        # what every request head starts with after its request line; through a proxy to an
+        # http origin, requests name the whole URL (absolute form) and carry the proxy's
+        # credentials, both fixed here so a request pays nothing for them
+        self._head_fields = b"host: %s\r\n" % self._host_header
+        self._origin = ""
+        if proxy is not None and self._ssl is None:
+            self._origin = "http://" + self._host_header.decode()
+            if proxy.authorization:
+                self._head_fields += b"proxy-authorization: %s\r\n" % proxy.authorization.encode()
+        self._authority = _ascii(f"{bracketed}:{self.port}")  # a CONNECT tunnel's target
         self.max_connections = max_connections
         self.max_keepalive = max_connections if max_keepalive is None else max_keepalive
         self.connect_timeout_s = connect_timeout_s
@@ -131,7 +165,9 @@ class HttpPool:
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b""
     ) -> HttpResponse:
         """Send one request; return once the answer's head is in (the body follows)."""
-        head = _request_head(method, target, self._host_header, headers, len(body))
+        if self._origin:  # an http origin through a proxy: the absolute-form target
+            target = self._origin + target
+        head = _request_head(method, target, self._head_fields, headers, len(body))
         payload = head + body
         while True:
             connection, reused = await self._acquire()
@@ -235,21 +271,18 @@ class HttpPool:
         try:
             return await asyncio.wait_for(self._open_connection(), self.connect_timeout_s)
         except TimeoutError:
-            raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s") from None
+            via = f" through the proxy {self.proxy}" if self.proxy is not None else ""
+            raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s{via}") from None
         except ssl.SSLError as exc:
-            raise ConnectError(f"TLS handshake failed: {exc.reason or exc}") from None
+            names = await self._certificate_names() if _mismatch(exc) else ()
+            raise tls_failure(exc, self.host, self.provider, names) from None
         except OSError as exc:  # the reason only: addresses and ports stay out of client-facing messages
-            raise ConnectError(os.strerror(exc.errno) if exc.errno else "could not connect") from None
+            raise ConnectError(_reason(exc)) from None
 
     async def _open_connection(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        addresses = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        # every address the name has, IPv6 and IPv4 raced 250 ms apart (RFC 8305): a host
-        # whose IPv6 route is a black hole still connects at once over IPv4
-        sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=0.25, interleave=1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = await self._open_socket()
         try:
-            _, connection = await loop.create_connection(
+            _, connection = await asyncio.get_running_loop().create_connection(
                 lambda: _Connection(self), sock=sock, ssl=self._ssl,
                 server_hostname=self.host if self._ssl else None,
             )
@@ -257,6 +290,53 @@ class HttpPool:
             sock.close()
             raise
         return connection
+
+    async def _open_socket(self) -> socket.socket:
+        """A TCP connection to the origin; or to the proxy, tunnelled on to the origin for https."""
+        proxy = self.proxy
+        if proxy is None:
+            return await _dial(self.host, self.port)
+        try:
+            sock = await _dial(proxy.host, proxy.port)
+        except OSError as exc:
+            raise ProxyFailed(f"could not connect to the proxy {proxy} ({proxy.source}): {_reason(exc)}") from None
+        if self._ssl is not None:
+            try:
+                await _tunnel(sock, proxy, self._authority)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    async def _certificate_names(self) -> tuple[str, ...]:
+        """The names the origin's certificate is for, to explain a hostname mismatch: a failed
+        handshake keeps no certificate, so a second one checks the chain but not the name.
+        Only on that failure; () when even this cannot tell."""
+        assert self._ssl is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.load_default_certs()
+        trusted = self._ssl.get_ca_certs(binary_form=True)  # the provider's ca_bundle among them
+        if trusted:
+            context.load_verify_locations(cadata=b"".join(trusted))
+        loop = asyncio.get_running_loop()
+
+        async def peer_certificate() -> dict[str, object]:
+            sock = await self._open_socket()
+            try:
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol, sock=sock, ssl=context, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
+            certificate = transport.get_extra_info("peercert") or {}
+            transport.abort()
+            return certificate
+
+        try:
+            return _certificate_names(await asyncio.wait_for(peer_certificate(), self.connect_timeout_s))
+        except (OSError, HttpError, TimeoutError):
+            return ()
 
     def _release(self, connection: _Connection) -> None:
         """An answer was read to its end: the next in line gets the connection, or it waits
@@ -303,6 +383,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._received_any = False
         self._written_at = 0.0
+        self._tls_error: TlsError | None = None  # a TLS alert closed it (a client certificate refused)
 
     @property
     def usable(self) -> bool:
@@ -323,6 +404,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if isinstance(exc, ssl.SSLError):  # a TLS 1.3 server refuses a client certificate only after the handshake
+            self._tls_error = tls_failure(exc, self.pool.host, self.pool.provider)
         response = self.response
         if response is not None and not response.complete:
             if response.until_close and exc is None:
@@ -335,7 +418,7 @@ class _Connection(asyncio.Protocol):
             stale = not self._received_any and time.monotonic() - self._written_at < _RESEND_WINDOW_S
             error: Exception = _StaleConnection() if stale else ConnectionClosed(
                 "connection closed before the answer was complete")
-            self._head_waiter.set_exception(error)
+            self._head_waiter.set_exception(self._tls_error or error)
         if self.response is None and self._head_waiter is None:
             self.pool._forget_idle(self)
 
@@ -375,7 +458,7 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, payload: bytes, read_timeout_s: float) -> HttpResponse:
         if self.lost or self.transport is None:
-            raise _StaleConnection()
+            raise self._tls_error or _StaleConnection()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[HttpResponse] = loop.create_future()
         self._head_waiter = waiter
@@ -566,11 +649,328 @@ def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:
     return None
 
 
-def _request_head(method: str, target: str, host: bytes, headers: Iterable[tuple[str, str]], length: int) -> bytes:
-    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target.encode("latin-1"), host)]
+def _request_head(method: str, target: str, fields: bytes, headers: Iterable[tuple[str, str]], length: int) -> bytes:
+    lines = [b"%s %s HTTP/1.1\r\n%s" % (method.encode(), target.encode("latin-1"), fields)]
     for name, value in headers:
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"header {name!r} has a line break or colon in it")
         lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1", "replace")))
     lines.append(b"content-length: %d\r\n\r\n" % length)
     return b"".join(lines)
+
+
+# ---------------------------------------------------------------- egress: proxies
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP proxy a pool's connections go through. `str()` is its address without the
+    credentials: the only form of it that messages and logs ever show."""
+
+    host: str
+    port: int
+    authorization: str | None = field(repr=False)  # the Proxy-Authorization value (Basic, from user:password)
+    source: str = "proxy"  # where it was set, for messages: HTTPS_PROXY, providers.NAME.proxy
+
+    @classmethod
+    def from_url(cls, url: str, source: str = "proxy") -> Proxy:
+        """`http://[user:password@]host[:port]` (a bare `host:port` reads as http, as curl
+        does). ValueError, never naming the credentials, for anything else."""
+        url = url.strip()
+        if "://" not in url:
+            url = "http://" + url
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "http":
+            raise ValueError(f"only http:// proxies are supported, not {parts.scheme}:// (an https upstream is "
+                             "still TLS from end to end, inside a CONNECT tunnel)")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        if not parts.hostname:
+            raise ValueError("it names no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("a proxy URL is scheme, credentials, host and port: no path")
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        return cls(parts.hostname, port, authorization, source)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def choose_proxy(base_url: str, setting: str | None, env: Mapping[str, str] | None = None,
+                 provider: str = "") -> Proxy | None:
+    """The proxy for a pool to `base_url`, decided once when the pool is made (a request
+    never reads the environment):
+
+    1. the provider's `proxy` setting: a URL, or "none" to go direct whatever the
+       environment says (NO_PROXY does not apply to a proxy a provider names itself);
+    2. else `https_proxy`/`HTTPS_PROXY` for an https origin, `http_proxy`/`HTTP_PROXY`
+       for an http one (lower case first, as curl and urllib read them), unless NO_PROXY
+       lists the origin (`bypasses_proxy`) or it is this machine (localhost, a loopback
+       address: never sent to a proxy from the environment, as Go's clients do);
+    3. else direct.
+    An unusable proxy in the environment is a ConnectError naming the variable.
+    """
+    if setting == "none":
+        return None
+    if setting is not None:
+        return Proxy.from_url(setting, f"providers.{provider}.proxy" if provider else "proxy")
+    env = os.environ if env is None else env
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    name, value = next(((n, env[n].strip()) for n in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY")
+                        if env.get(n, "").strip()), ("", ""))
+    host = parts.hostname or ""
+    if not value or _is_loopback(host):
+        return None
+    port = parts.port or (443 if scheme == "https" else 80)
+    if bypasses_proxy(host, port, env.get("no_proxy") or env.get("NO_PROXY") or ""):
+        return None
+    try:
+        return Proxy.from_url(value, name)
+    except ValueError as exc:
+        raise ProxyFailed(f"{name} is not a usable proxy: {exc}") from None
+
+
+def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """Whether NO_PROXY sends `host` direct, read as curl and httpx read it: entries split
+    by commas (or spaces), case-insensitive; `*` is every host; `example.com`,
+    `.example.com` and `*.example.com` all mean that domain and every name under it (not
+    `notexample.com`); an IP address matches that address (IPv6 in any spelling, with or
+    without brackets), a CIDR block (`10.0.0.0/8`) every address in it; `host:port`
+    (`[::1]:8080`) only that port. Matched against the host as written in the base URL:
+    no name is looked up."""
+    host = host.lower().strip("[]").rstrip(".")
+    address = _ip(host)
+    for entry in no_proxy.replace(" ", ",").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, entry_port = _split_host_port(entry)
+        if entry_port is not None and entry_port != port:
+            continue
+        if "/" in name:
+            if address is not None and _in_network(address, name):
+                return True
+            continue
+        entry_address = _ip(name)
+        if entry_address is not None or address is not None:
+            if entry_address == address:
+                return True
+            continue
+        domain = name.removeprefix("*").strip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return True
+    return False
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    if entry.startswith("["):  # [v6] or [v6]:port
+        inside, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return inside, int(port) if port.isdigit() else None
+    name, colon, port = entry.rpartition(":")
+    if colon and ":" not in name and port.isdigit():  # one colon: host:port; more: a bare IPv6 address
+        return name, int(port)
+    return entry, None
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _in_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address, block: str) -> bool:
+    try:
+        return address in ipaddress.ip_network(block.strip("[]"), strict=False)
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().strip("[]").rstrip(".")
+    address = _ip(host)
+    return address.is_loopback if address is not None else host == "localhost" or host.endswith(".localhost")
+
+
+async def _tunnel(sock: socket.socket, proxy: Proxy, authority: bytes) -> None:
+    """CONNECT through the proxy to `authority` (host:port) on a fresh socket; returns once
+    the proxy said 2xx, with nothing read past its answer (the origin's TLS begins next)."""
+    loop = asyncio.get_running_loop()
+    request = b"CONNECT %s HTTP/1.1\r\nhost: %s\r\n" % (authority, authority)
+    if proxy.authorization:
+        request += b"proxy-authorization: %s\r\n" % proxy.authorization.encode()
+    where = f"the proxy {proxy} ({proxy.source})"
+    head = b""
+    try:
+        await loop.sock_sendall(sock, request + b"\r\n")
+        while b"\r\n\r\n" not in head:
+            if len(head) > _MAX_PROXY_HEAD:
+                raise ProxyFailed(f"{where} answered CONNECT with a head of over {_MAX_PROXY_HEAD} bytes")
+            # a byte at a time would be exact but slow; a proxy sends nothing after its 2xx
+            # head until we speak, so reading ahead can only ever take in an error's body
+            data = await loop.sock_recv(sock, 4096)
+            if not data:
+                raise ProxyFailed(f"{where} closed the connection instead of answering CONNECT")
+            head += data
+    except OSError as exc:
+        raise ProxyFailed(f"{where} broke off the CONNECT: {_reason(exc)}") from None
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    version, _, rest = status_line.partition(" ")
+    code, _, phrase = rest.partition(" ")
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise ProxyFailed(f"{where} answered CONNECT with something that is not HTTP")
+    status = int(code)
+    if not 200 <= status < 300:
+        phrase = "".join(c for c in phrase if c.isprintable())[:60]
+        target = authority.decode()
+        raise ProxyFailed(f"{where} refused the tunnel to {target}: {status} {phrase}".rstrip()
+                          + _refusal_hint(status, proxy, target))
+    if not head.endswith(b"\r\n\r\n"):
+        raise ProxyFailed(f"{where} sent data after its answer to CONNECT, before TLS began")
+
+
+_MAX_PROXY_HEAD = 16 * 1024
+
+
+def _refusal_hint(status: int, proxy: Proxy, target: str) -> str:
+    if status == 407:
+        if proxy.authorization:
+            return f" (it did not accept the user and password in {proxy.source})"
+        return f" (it wants credentials: http://user:password@host:port in {proxy.source})"
+    if status == 403:
+        return " (its policy does not allow this destination)"
+    if status in (502, 503, 504):
+        return f" (it could not reach {target})"
+    return ""
+
+
+# ---------------------------------------------------------------- egress: TLS
+
+
+def tls_context(*, ca_bundle: str | None = None, client_cert: str | None = None, client_key: str | None = None,
+                verify: bool = True) -> ssl.SSLContext:
+    """A provider's TLS settings as a context, to build once per provider (loading the
+    system's CAs takes ~10 ms): `ca_bundle` is trusted in addition to the system's CAs,
+    never instead; `client_cert` (with `client_key`, or a key in the same file) is
+    presented when the server asks (mTLS); `verify=False` accepts any certificate.
+    No setting: the shared default context. A file that cannot be loaded is a TlsError."""
+    if ca_bundle is None and client_cert is None and verify:
+        return _default_tls()
+    context = ssl.create_default_context()
+    loading = ""
+    try:
+        if ca_bundle is not None:
+            loading = f"the CA bundle {ca_bundle}"
+            context.load_verify_locations(cafile=ca_bundle)
+        if client_cert is not None:
+            loading = f"the client certificate {client_cert}" + (f" and key {client_key}" if client_key else "")
+            context.load_cert_chain(client_cert, client_key, password=_no_password)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise TlsError(f"TLS: cannot load {loading}: {reason}") from None
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _no_password() -> str:
+    # an encrypted key would make OpenSSL prompt on the terminal, stalling the event loop
+    raise ValueError("the key is encrypted; give an unencrypted PEM key")
+
+
+# X509_V_ERR_* codes (OpenSSL's x509_vfy.h) as ssl.SSLCertVerificationError.verify_code has them
+_UNTRUSTED = {2, 18, 19, 20, 21}  # no issuer, self-signed, self-signed in the chain, no local issuer, leaf unverifiable
+_NOT_YET_VALID, _EXPIRED, _REVOKED = 9, 10, 23
+_NAME_MISMATCH = {62, 64}  # hostname, IP address
+
+# alerts a server sends when it refuses our client certificate (or wants one and got none)
+_CLIENT_CERT_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "it requires one and none was sent",
+    "TLSV1_ALERT_UNKNOWN_CA": "it does not trust the CA that signed it",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate unknown",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "it has expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "it was revoked",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+    "TLSV1_ALERT_ACCESS_DENIED": "access denied",
+}
+
+
+def tls_failure(exc: ssl.SSLError, host: str, provider: str = "", names: tuple[str, ...] = ()) -> TlsError:
+    """Why a TLS handshake failed, in words, with the setting that would fix it: OpenSSL
+    says CERTIFICATE_VERIFY_FAILED alike for an unknown CA and for a wrong name.
+    `names`: what the certificate is for, when known (a hostname mismatch)."""
+    setting = f"providers.{provider}." if provider else ""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code, why = exc.verify_code, exc.verify_message or exc.reason or "verify failed"
+        if code in _UNTRUSTED:
+            return TlsError(f"TLS: the certificate of {host} is not trusted ({why}: its CA is not in the trust "
+                            f"store; set {setting}ca_bundle to a PEM file with that CA)")
+        if code in _NAME_MISMATCH:
+            valid_for = ", ".join(names) if names else "other names"
+            return TlsError(f"TLS: hostname mismatch: the certificate is for {valid_for}, not {host}")
+        if code == _EXPIRED:
+            return TlsError(f"TLS: the certificate of {host} has expired")
+        if code == _NOT_YET_VALID:
+            return TlsError(f"TLS: the certificate of {host} is not valid yet (is this machine's clock right?)")
+        if code == _REVOKED:
+            return TlsError(f"TLS: the certificate of {host} was revoked")
+        return TlsError(f"TLS: the certificate of {host} was refused ({why})")
+    reason = exc.reason or ""
+    if reason in _CLIENT_CERT_ALERTS:
+        return TlsError(f"TLS: the server {host} refused the client certificate ({_CLIENT_CERT_ALERTS[reason]}; "
+                        f"set {setting}client_cert and {setting}client_key to one it accepts)")
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
+        return TlsError(f"TLS: the server {host} ended the handshake (no protocol or cipher in common, or it "
+                        f"wants a client certificate: {setting}client_cert)")
+    if reason == "WRONG_VERSION_NUMBER":
+        return TlsError(f"TLS: {host} did not answer in TLS (a plain-HTTP port behind an https:// base_url?)")
+    return TlsError(f"TLS handshake with {host} failed: {reason or exc}")
+
+
+def _mismatch(exc: ssl.SSLError) -> bool:
+    return isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _NAME_MISMATCH
+
+
+def _certificate_names(certificate: dict[str, object]) -> tuple[str, ...]:
+    """The DNS names and addresses a certificate (as getpeercert() decodes it) is for."""
+    names = [value for kind, value in certificate.get("subjectAltName", ())  # type: ignore[attr-defined]
+             if kind in ("DNS", "IP Address")]
+    if not names:
+        names = [value for rdn in certificate.get("subject", ()) for key, value in rdn  # type: ignore[attr-defined]
+                 if key == "commonName"]
+    return tuple(str(name).strip() for name in names)
+
+
+# ---------------------------------------------------------------- sockets
+
+
+async def _dial(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # every address the name has, IPv6 and IPv4 raced 250 ms apart (RFC 8305): a host
+    # whose IPv6 route is a black hole still connects at once over IPv4
+    sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=0.25, interleave=1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror  # "Name or service not known", where os.strerror has "Unknown error -2"
+    return os.strerror(exc.errno) if exc.errno else "could not connect"
+
+
+def _ascii(host: str) -> bytes:
+    return host.encode("idna") if not host.isascii() else host.encode()

@@ -3,12 +3,14 @@
 The request body passes through with only the model rewritten; the client's auth is
 replaced by the provider's key. One keep-alive connection pool per provider
 (proxy/providers/http.py, sized by `max_connections`/`max_keepalive`, with connect and
-read timeouts from the config). Streams are relayed chunk by chunk as they arrive.
+read timeouts from the config, through the provider's proxy and with its TLS settings).
+Streams are relayed chunk by chunk as they arrive.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -32,7 +34,11 @@ from proxy.providers.http import (
     HttpPool,
     HttpResponse,
     PoolTimeout,
+    ProxyFailed,
     ReadTimeout,
+    TlsError,
+    choose_proxy,
+    tls_context,
 )
 from proxy.snapshot import ProviderSpec
 from proxy.telemetry.logs import Throttled, redact
@@ -48,6 +54,7 @@ class OpenAIAdapter(Adapter):
         self._base = spec.base_url.rstrip("/") + "/"
         self._path = urlsplit(self._base).path  # every request target starts here
         self._http: HttpPool | None = None
+        self._tls: ssl.SSLContext | None = None  # built with the first pool, kept for any later one
 
     @staticmethod
     def _auth_headers(spec: ProviderSpec) -> dict[str, str]:
@@ -58,13 +65,21 @@ class OpenAIAdapter(Adapter):
 
     def _pool(self) -> HttpPool:
         if self._http is None:
+            spec = self.spec
+            if self._tls is None and self._base.startswith("https:"):
+                self._tls = tls_context(ca_bundle=spec.ca_bundle, client_cert=spec.client_cert,
+                                        client_key=spec.client_key, verify=spec.verify_tls)
             self._http = HttpPool(
                 self._base,
-                max_connections=self.spec.max_connections,
-                max_keepalive=self.spec.max_keepalive,
-                connect_timeout_s=self.spec.connect_timeout_s,
-                read_timeout_s=self.spec.timeout_s,
-                pool_timeout_s=self.spec.pool_timeout_s,
+                max_connections=spec.max_connections,
+                max_keepalive=spec.max_keepalive,
+                connect_timeout_s=spec.connect_timeout_s,
+                read_timeout_s=spec.timeout_s,
+                pool_timeout_s=spec.pool_timeout_s,
+                ssl_context=self._tls,
+                # the environment is read here, once per pool: never on a request's path
+                proxy=choose_proxy(self._base, spec.proxy, provider=spec.name),
+                provider=spec.name,
             )
         return self._http
 
@@ -155,7 +170,9 @@ def upstream_error(provider: str, exc: HttpError, doing: str, kind: str | None =
                            "retry shortly")
     if isinstance(exc, ReadTimeout):
         return UpstreamTimeout(f"provider {provider} timed out waiting for data")
-    if isinstance(exc, ConnectError):
+    if isinstance(exc, (TlsError, ProxyFailed)):
+        detail = str(exc)  # already says what failed and which setting would fix it
+    elif isinstance(exc, ConnectError):
         detail = f"connection refused or failed ({exc})"
     else:
         detail = f"connection closed unexpectedly ({exc})"
