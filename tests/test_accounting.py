@@ -422,25 +422,6 @@ async def test_ledger_outage_backs_off_under_load_and_logs_once(tmp_path, caplog
     assert pending[-1] == 0
 
 
-async def test_unwritable_ledger_shows_its_backlog_in_metrics(tmp_path, app_client):
-    (tmp_path / "ledger.db").mkdir()  # a directory where the file should be
-    client = await app_client(config())
-    try:
-        for i in range(5):
-            r = await client.post("/v1/chat/completions", json=chat_body(text=f"p{i}"), headers=AUTH)
-            assert r.status_code == 200
-
-        async def backlog() -> str | None:
-            text = (await client.get("/metrics")).text
-            return text if "switchyard_ledger_rows_pending 5.0" in text else None
-
-        await eventually(backlog, what="switchyard_ledger_rows_pending 5 in /metrics")
-    finally:
-        os.rmdir(tmp_path / "ledger.db")
-        await client.aclose()
-    assert count(tmp_path / "ledger.db") == 5
-
-
 async def test_ledger_retention_deletes_old_rows_in_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(ledger_module, "RETENTION_BATCH", 7)
     store = ledger_module.SqliteStore(str(tmp_path / "l.db"), retention_days=1)
@@ -704,8 +685,13 @@ async def test_unwritable_ledger_does_not_fail_requests(tmp_path, app_client):
             return text if 'switchyard_ledger_write_errors_total{kind="unwritable"}' in text else None
 
         metrics = await eventually(write_failed, what="a ledger write error in /metrics")
-        assert "switchyard_ledger_write_errors_total" in metrics
         assert 'switchyard_ledger_write_errors_total{kind="unwritable"}' in metrics
+
+        async def backlog() -> str | None:  # the queue shows while it waits
+            text = (await client.get("/metrics")).text
+            return text if "switchyard_ledger_rows_pending 5.0" in text else None
+
+        await eventually(backlog, what="switchyard_ledger_rows_pending 5 in /metrics")
     finally:
         os.rmdir(tmp_path / "ledger.db")
         await client.aclose()  # now writable: the queued rows land

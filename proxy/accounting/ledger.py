@@ -89,9 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (team, period, period_key, threshold)
     );
     """,
-    # time-range scans (reports without a team, retention's batched deletes) and experiment statistics
+    # time-range scans (reports without a team, retention's batched deletes), the spend restored
+    # at start without a lookup per row (covering), the first row's time; experiment statistics
     """
-    CREATE INDEX requests_ts ON requests (ts);
+    CREATE INDEX requests_ts ON requests (ts, team, cost_usd);
     CREATE INDEX requests_experiment ON requests (experiment, variant) WHERE experiment IS NOT NULL;
     CREATE INDEX feedback_ts ON feedback (ts);
     """,
@@ -222,11 +223,15 @@ class SqliteStore:
         await db.commit()
 
     async def maintain(self, now: float) -> None:
-        """Delete rows older than `retention_days`, a batch per transaction."""
-        if self.retention_days is None:
-            return
-        cutoff = now - self.retention_days * 86400
+        """Delete rows older than `retention_days`, a batch per transaction; then refresh the
+        planner's statistics, without which it walks the team index for a time-range query."""
         db = await self._connection()
+        if self.retention_days is not None:
+            await self._expire(db, now - self.retention_days * 86400)
+        await db.execute("PRAGMA analysis_limit = 1000")  # bounded: sampled, never a full scan
+        await db.execute("PRAGMA optimize")
+
+    async def _expire(self, db: aiosqlite.Connection, cutoff: float) -> None:
         for table in ("requests", "feedback", "alerts"):
             deleted = 0
             while True:

@@ -10,8 +10,10 @@ lock so replicas starting together migrate once; a newer schema is refused):
   the current and the next one created at start and daily; a DEFAULT partition catches
   anything outside them. Retention drops whole partitions, so it never deletes row by row.
   Indexes: primary key (id, ts) — feedback's lookup by id and de-duplication of retried
-  batches; (team, ts) — a team's usage, costs and the spend restored at start; BRIN (ts) —
-  time-range scans of reports over all teams, tiny on append-ordered data;
+  batches; (team, ts) — a team's usage, costs and daily spend; (ts) INCLUDE (team,
+  cost_usd) — time-range scans of reports over all teams, the spend restored at start
+  (index-only) and the ledger's first row (MIN(ts), read by every projection: a BRIN index
+  cannot answer it, and without this it read every partition's whole team index);
   (experiment, variant) WHERE experiment IS NOT NULL — experiment statistics.
 - `feedback` (primary key request_id, ts) and `alerts` (primary key team, period,
   period_key, threshold): written with ON CONFLICT DO NOTHING.
@@ -78,7 +80,7 @@ MIGRATIONS: tuple[str, ...] = (
     ) PARTITION BY RANGE (ts);
     CREATE TABLE requests_default PARTITION OF requests DEFAULT;
     CREATE INDEX requests_team_ts ON requests (team, ts);
-    CREATE INDEX requests_ts ON requests USING brin (ts);
+    CREATE INDEX requests_ts ON requests (ts) INCLUDE (team, cost_usd);
     CREATE INDEX requests_experiment ON requests (experiment, variant) WHERE experiment IS NOT NULL;
     CREATE TABLE feedback (
         request_id text NOT NULL,
