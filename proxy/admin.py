@@ -303,7 +303,9 @@ async def experiment_report(runtime: Runtime, name: str) -> dict[str, Any]:
     if accounting.writer is not None:
         await accounting.writer.flush()
     report = await experiment_stats(accounting.reader, experiment)
-    runtime.experiments.consider(experiment, report)
+    report["ledger"] = freshness = runtime.reports.freshness()
+    if not freshness["stale"]:  # a verdict on a ledger missing this replica's rows promotes nothing
+        runtime.experiments.consider(experiment, report)
     report["promoted"] = runtime.experiments.promoted.get(name)
     report["events"] = [e for e in runtime.experiments.events if e["experiment"] == name]
     return report

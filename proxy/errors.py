@@ -179,6 +179,14 @@ class NoHealthyUpstream(ProxyError):
     code = "no_healthy_upstream"
 
 
+class LedgerUnavailable(ProxyError):
+    """A report needs the ledger and its database cannot be read (requests are unaffected)."""
+
+    status = 503
+    type = "api_error"
+    code = "ledger_unavailable"
+
+
 class GatewayBusy(ProxyError):
     """Switchyard's own connection pool to a provider stayed full: not the provider's failure."""
 

@@ -692,6 +692,15 @@ async def test_unwritable_ledger_does_not_fail_requests(tmp_path, app_client):
             return text if "switchyard_ledger_rows_pending 5.0" in text else None
 
         await eventually(backlog, what="switchyard_ledger_rows_pending 5 in /metrics")
+        usage = (await client.get("/v1/usage", headers=AUTH)).json()  # the report says what it misses
+        assert usage["spend"]["month_usd"] > 0  # from the counters, while the ledger cannot even be read
+        assert {k: usage["ledger"][k] for k in ("backend", "stale", "pending_rows")} == \
+            {"backend": "sqlite", "stale": True, "pending_rows": 5}
+        assert "cannot be read now" in usage["ledger"]["unreadable"]
+        report = await client.get("/admin/usage", headers=ADMIN_AUTH)  # all ledger: a clear 503
+        assert report.status_code == 503 and report.json()["error"]["code"] == "ledger_unavailable"
+        costs = (await client.get("/admin/costs", headers=ADMIN_AUTH)).json()  # the counters' part stands
+        assert costs["ledger"]["stale"] is True and costs["teams"][0]["spend"]["month_usd"] > 0
     finally:
         os.rmdir(tmp_path / "ledger.db")
         await client.aclose()  # now writable: the queued rows land

@@ -140,6 +140,13 @@ def test_three_replicas_share_one_ledger_through_outages_and_a_sigterm(tmp_path:
             state = httpx.get(replicas[0].base_url + "/readyz").json()
             assert state["status"] == "degraded" and state["ledger"]["state"] == "down", state
             assert state["ledger"]["pending"] > 0, state
+            # reports say what they miss: the admin report needs the ledger (503), a team's own
+            # usage answers from the shared counters and says the ledger part is stale
+            report = httpx.get(replicas[0].base_url + "/admin/usage", headers=ADMIN_AUTH)
+            assert report.status_code == 503 and report.json()["error"]["code"] == "ledger_unavailable"
+            own = httpx.get(replicas[0].base_url + "/v1/usage", headers=AUTH).json()
+            assert own["ledger"]["stale"] is True and own["ledger"]["pending_rows"] > 0, own["ledger"]
+            assert own["spend"]["month_usd"] > 0
             relay.restore()
             # the writer retries with backoff up to 5 s; each replica's next try finds it back
             eventually(lambda: httpx.get(replicas[0].base_url + "/readyz").json()["ledger"]["state"] == "up",

@@ -13,6 +13,7 @@ from typing import Any
 from proxy.accounting import reports
 from proxy.accounting.ledger import LedgerReader
 from proxy.accounting.service import Accounting
+from proxy.errors import LedgerUnavailable
 
 
 class Reports:
@@ -25,8 +26,29 @@ class Reports:
         await acct.ready()
         if acct.reader is None or acct.writer is None:
             return None
-        await acct.writer.flush()
+        if not acct.writer.failing:  # while it fails, waiting would only delay a stale answer
+            await acct.writer.flush()
         return acct.reader
+
+    def freshness(self, unreadable: str | None = None) -> dict[str, Any]:
+        """Whether a report saw every finished request: rows this process could not write yet
+        (its ledger's database down, or its disk unwritable) are missing from it, and all of
+        them when the ledger could not be read (`unreadable` says why)."""
+        writer = self.accounting.writer
+        if writer is None:
+            return {"backend": "off", "stale": False, "pending_rows": 0}
+        pending = writer.stats().pending
+        out = {"backend": writer.backend, "stale": writer.failing or pending > 0 or unreadable is not None,
+               "pending_rows": pending}
+        if unreadable is not None:
+            out["unreadable"] = unreadable
+        return out
+
+    def _unreadable(self, exc: BaseException) -> LedgerUnavailable:
+        store = self.accounting.store
+        name = store.name if store is not None else "the ledger"
+        return LedgerUnavailable(f"the ledger {name} cannot be read now ({type(exc).__name__}: {str(exc)[:200]}); "
+                                 "requests are served and their rows queue meanwhile")
 
     async def team_usage(self, team: str) -> dict[str, Any]:
         """What `GET /v1/usage` shows a team about itself."""
@@ -41,12 +63,16 @@ class Reports:
         totals: dict[str, Any] = {}
         daily: dict[int, float] = {}
         since = periods.month_start
+        unreadable = None
         if reader is not None:
-            rows = await reports.usage(reader, since=periods.month_start, until=periods.now + 1, team=team,
-                                       group_by="team", zone=acct.zone())
-            totals = rows[0] if rows else {}
-            since = await reports.observed_since(reader, periods.month_start, periods.now)
-            daily = await reports.daily_spend(reader, team, since, periods.now + 1)
+            try:
+                rows = await reports.usage(reader, since=periods.month_start, until=periods.now + 1, team=team,
+                                           group_by="team", zone=acct.zone())
+                totals = rows[0] if rows else {}
+                since = await reports.observed_since(reader, periods.month_start, periods.now)
+                daily = await reports.daily_spend(reader, team, since, periods.now + 1)
+            except reader.store.errors as exc:  # spend and budget still come from the counters
+                unreadable = self._unreadable(exc).message
         monthly = budget.monthly_usd if budget else None
         remaining = acct.budgets.remaining(team, budget, periods) if budget else None
         return {
@@ -73,6 +99,7 @@ class Reports:
                 "routing_usd": totals.get("routing_savings_usd", 0.0),
                 "baseline_model": acct.snapshot.config.accounting.baseline_model,
             },
+            "ledger": self.freshness(unreadable),
         }
 
     async def usage_report(self, *, since: str | None, until: str | None, team: str | None,
@@ -83,10 +110,14 @@ class Reports:
         zone = self.accounting.zone()
         start = reports.parse_time(since, periods.month_start, zone)
         end = reports.parse_time(until, periods.now + 1, zone)
-        rows = [] if reader is None else await reports.usage(reader, since=start, until=end, team=team,
-                                                              group_by=group_by, zone=zone)
+        rows = []
+        if reader is not None:
+            try:
+                rows = await reports.usage(reader, since=start, until=end, team=team, group_by=group_by, zone=zone)
+            except reader.store.errors as exc:
+                raise self._unreadable(exc) from None
         return {"object": "usage_report", "since": reports.iso(start), "until": reports.iso(end),
-                "group_by": group_by, "team": team, "data": rows}
+                "group_by": group_by, "team": team, "data": rows, "ledger": self.freshness()}
 
     async def costs(self) -> dict[str, Any]:
         """`GET /admin/costs`: per-team spend, budgets and projections, 30 days of history, alerts."""
@@ -99,11 +130,17 @@ class Reports:
                           "projection": usage["projection"], "savings": usage["savings"]})
         history: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
+        unreadable = None
         if reader is not None:
-            history = (await self.usage_report(since=str(periods.now - 30 * 86400), until=None, team=None,
-                                               group_by="day"))["data"]
-            for row in await reader.alerts_since(periods.month_start):
-                if row["period_key"] in (periods.day, periods.month):
-                    alerts.append({k: row[k] for k in row.keys()})
+            try:
+                history = (await self.usage_report(since=str(periods.now - 30 * 86400), until=None, team=None,
+                                                   group_by="day"))["data"]
+                for row in await reader.alerts_since(periods.month_start):
+                    if row["period_key"] in (periods.day, periods.month):
+                        alerts.append({k: row[k] for k in row.keys()})
+            except LedgerUnavailable as exc:  # spend and budgets still come from the counters
+                unreadable = exc.message
+            except reader.store.errors as exc:
+                unreadable = self._unreadable(exc).message
         return {"object": "costs", "day": periods.day, "month": periods.month, "teams": teams,
-                "history": history, "active_alerts": alerts}
+                "history": history, "active_alerts": alerts, "ledger": self.freshness(unreadable)}
