@@ -136,3 +136,25 @@ def test_a_redis_of_one_section_only_is_guarded_and_reported(tmp_path: Path, bac
         assert state["state"] == DOWN
         assert state["used_by"] == (["cache", "stored responses"] if backend == "cache"
                                     else ["rate limits", "spend counters"])
+
+
+async def test_a_sync_with_nothing_to_say_does_not_pass_for_redis_answering():
+    """An empty pipeline 'succeeds' without a connection: the spend counters' sync with
+    nothing to push or read must not tell the guard that a Redis that is down is back."""
+    from proxy.accounting.spend import RedisSpendCounters
+
+    now = [0.0]
+    url = f"redis://127.0.0.1:{dead_port()}/0"
+    guard = RedisGuard(url, failures=1, cooldown_s=1.0, clock=lambda: now[0])
+    counters = RedisSpendCounters(url, timeout_s=0.05, sync_interval_s=60, guard=guard)
+    try:
+        guard.failed(ConnectionError("refused"))
+        assert guard.state == DOWN
+        now[0] += 2  # past the cooldown: the next call may try Redis again
+        assert await counters.sync() is True  # nothing to do
+        assert guard.state == DOWN
+        counters.add("t", ["2026-11-30"], 0.5)  # something to push: Redis is asked, and fails
+        assert await counters.sync() is False
+        assert guard.state == DOWN
+    finally:
+        await counters.close()

@@ -246,6 +246,10 @@ class RedisSpendCounters(SpendCounters):
             return False
         unsent, self._unsent = self._unsent, {}
         known = sorted(self._known)
+        if not unsent and not known:
+            # nothing to push or read: an empty pipeline "succeeds" without asking Redis, and
+            # must not tell the guard that a Redis that is down answers again
+            return True
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for (team, key), usd in unsent.items():
