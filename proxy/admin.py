@@ -7,16 +7,19 @@ the process's `Runtime` and the request, so it can be read, imported and tested 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy import __version__
-from proxy.accounting.reports import GROUPS
+from proxy.accounting.reports import GROUPS, parse_time
 from proxy.auth import authenticate, authenticate_admin
+from proxy.config import ConfigError
 from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, shown
 from proxy.experiments import experiments_of
 from proxy.experiments import report as experiment_stats
@@ -24,16 +27,18 @@ from proxy.pipeline.body import read_body
 from proxy.pipeline.count_tokens import count_tokens
 from proxy.redis_guard import DOWN, UP, redacted_url
 from proxy.reload import reload_now
+from proxy.replay import replay_ledger
 from proxy.responses_store import Stored
 from proxy.routing import check_model
 from proxy.runtime import Runtime
-from proxy.snapshot import Snapshot, SnapshotHolder
+from proxy.snapshot import Snapshot, SnapshotHolder, snapshot_from_text
 from proxy.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.validation import check_feedback, parse_json_object
 
 log = logging.getLogger("switchyard")
 
 FEEDBACK_MAX_BYTES = 64 * 1024  # a score and a comment of at most 4,000 characters fit many times over
+REPLAY_MAX_BYTES = 1024 * 1024  # a candidate policy file; the largest real ones are a few dozen KiB
 
 Handler = Callable[[Runtime, Request], Awaitable[Response]]
 
@@ -311,6 +316,43 @@ async def experiment_report(runtime: Runtime, name: str) -> dict[str, Any]:
     return report
 
 
+async def admin_replay(runtime: Runtime, request: Request) -> Response:
+    """The ledger's window replayed through the candidate policy in the body (YAML); 422 with
+    the candidate's problems when it is invalid."""
+    active = runtime.active()
+    snapshot = active.snapshot
+    authenticate_admin(snapshot, request.headers)
+    q = request.query_params
+    zone = ZoneInfo(snapshot.config.accounting.timezone)
+    now = time.time()
+    try:
+        since = parse_time(q.get("since"), now - 7 * 86400, zone)
+        until = parse_time(q.get("until"), now + 1, zone)
+    except ValueError as exc:
+        raise InvalidRequest(f"since/until: {exc}", param="since") from None
+    # the body is YAML: the size bound applies, the JSON content-type check does not
+    body = await read_body(request.headers, request.receive, REPLAY_MAX_BYTES, setting=None, json_only=False)
+    try:
+        candidate = snapshot_from_text(body.decode("utf-8"), source="<replay candidate>")
+    except UnicodeDecodeError:
+        return _invalid_candidate([{"path": "", "reason": "config is not UTF-8 text"}])
+    except ConfigError as exc:
+        return _invalid_candidate(exc.as_dicts())
+    accounting = active.accounting
+    if accounting is None or accounting.reader is None:
+        raise NotFound("the ledger is off (ledger.path: off): there is no recorded traffic to replay")
+    if accounting.writer is not None:
+        await accounting.writer.flush()
+    team = q.get("team") or None
+    return json_response(await replay_ledger(accounting.reader, snapshot, candidate, since=since, until=until,
+                                             team=team))
+
+
+def _invalid_candidate(problems: list[dict[str, str]]) -> Response:
+    return json_response({"error": {"message": "the candidate policy is invalid", "type": "invalid_request_error",
+                                    "param": None, "code": "invalid_config"}, "problems": problems}, 422)
+
+
 def config_report(holder: SnapshotHolder, snapshot: Snapshot) -> dict[str, Any]:
     failure = holder.last_failure
     return {
@@ -368,4 +410,5 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("/admin/providers", "GET", admin_providers),
     ("/admin/experiments", "GET", admin_experiments),
     ("/admin/experiments/{name:path}", "GET", admin_experiment),
+    ("/admin/replay", "POST", admin_replay),
 ]

@@ -1,4 +1,4 @@
-"""The `switchyard` command: serve, check, route, keys."""
+"""The `switchyard` command: serve, check, route, keys, usage, experiments, replay, ledger."""
 
 from __future__ import annotations
 
@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--config", default=None)
     report.add_argument("--json", action="store_true", help="the same report as GET /admin/experiments/NAME")
     report.set_defaults(run=_with_config(_experiments_report))
+
+    replay = sub.add_parser("replay", help="recorded traffic through a candidate policy: moves, cost, budgets")
+    replay.add_argument("candidate", help="the candidate policy file (validated as `check` does)")
+    replay.add_argument("--config", default=None, help="the current policy, whose ledger is read")
+    replay.add_argument("--since", default=None, help="ISO date/time or epoch seconds (default: 7 days ago)")
+    replay.add_argument("--until", default=None, help="default: now")
+    replay.add_argument("--team", default=None, help="only this team's requests")
+    replay.add_argument("--top", type=int, default=10, help="how many moves to list (default 10)")
+    replay.add_argument("--json", action="store_true", help="the same report as POST /admin/replay")
+    replay.set_defaults(run=_with_config(_replay))
 
     ledger = sub.add_parser("ledger", help="the spend ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
@@ -543,6 +553,91 @@ def _p(test: dict[str, Any]) -> str:
         return "-"
     effect = test.get("effect_size")
     return f"{test['p_value']:.3g} ({effect:.3g})" if effect is not None else f"{test['p_value']:.3g}"
+
+
+def _replay(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
+    import asyncio
+    import json
+    from zoneinfo import ZoneInfo
+
+    from proxy.accounting import reports
+    from proxy.accounting.ledger import LedgerReader
+    from proxy.accounting.service import ledger_description, ledger_store
+    from proxy.replay import replay_ledger
+
+    candidate = _load_or_explain(args.candidate)
+    if candidate is None:
+        return 1
+    store = ledger_store(snapshot)
+    if store is None:
+        print("the ledger is off (ledger.path: off): nothing to replay", file=sys.stderr)
+        return 1
+    zone = ZoneInfo(snapshot.config.accounting.timezone)
+    now = datetime.now(UTC).timestamp()
+    try:
+        since = reports.parse_time(args.since, now - 7 * 86400, zone)
+        until = reports.parse_time(args.until, now + 1, zone)
+    except ValueError as exc:
+        print(f"--since/--until: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, Any]:
+        reader = LedgerReader(store)
+        try:
+            return await replay_ledger(reader, snapshot, candidate, since=since, until=until, team=args.team,
+                                       top=args.top)
+        finally:
+            await reader.close()
+
+    try:
+        result = asyncio.run(run())
+    except store.errors as exc:
+        print(f"cannot read the ledger at {ledger_description(snapshot)}: {_redacted_error(exc, snapshot)}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_replay(result, path, args.candidate)
+    return 0
+
+
+def _print_replay(result: dict[str, Any], path: str, candidate: str) -> None:
+    window = result["window"]
+    print(f"replay of {result['requests']} requests, {window['since']} .. {window['until']}"
+          + (f", team {window['team']}" if window["team"] else "") + f": {path} -> {candidate}")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+    for title, key in (("route", "routes"), ("target", "targets")):
+        print()
+        _table([(title, "before", "after")]
+               + [(name, str(c["before"]), str(c["after"])) for name, c in result[key].items()])
+    print(f"\nmoves ({result['moved']} requests moved):")
+    _table([("from", "to", "requests")] + [(m["from"], m["to"], str(m["requests"])) for m in result["moves"]])
+    for side in ("before", "after"):
+        if result["refused"][side]:
+            print(f"\nrefused {side}: " + ", ".join(f"{k} {v}" for k, v in result["refused"][side].items()))
+    cost = result["cost"]
+    unknown = cost["unknown"]
+    print(f"\ncost: before ${cost['before_usd']:.6f} (recorded), after ${cost['after_usd']:.6f} "
+          f"(candidate prices); unknown: {unknown['requests']} requests")
+    if unknown["without_tokens"]:
+        print(f"  {unknown['without_tokens']} without recorded tokens")
+    for target, n in unknown["unpriced_targets"].items():
+        print(f"  {n} to {target}: no price")
+    print()
+    _table([("target", "requests after", "observed", "latency ms", "error rate")]
+           + [(name, str(e["requests"]), str(e["observed"]), str(e["latency_ms"]), str(e["error_rate"]))
+              for name, e in result["expected"].items()])
+    if result["budgets"]:
+        print()
+        rows = [("team", "daily $", "max day $", "daily spent at", "monthly $", "max month $", "monthly spent at")]
+        for team, b in result["budgets"].items():
+            rows.append((team, _money(b["daily_usd"]), f"{max((d['spend_usd'] for d in b['days']), default=0):.6f}",
+                         b["daily_exhausted_at"] or "-", _money(b["monthly_usd"]),
+                         f"{max((m['spend_usd'] for m in b['months']), default=0):.6f}",
+                         b["monthly_exhausted_at"] or "-"))
+        _table(rows)
 
 
 def _ledger_migrate(args: argparse.Namespace) -> int:

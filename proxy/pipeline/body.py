@@ -31,11 +31,12 @@ _ID_COUNTER = itertools.count(1)
 
 
 async def read_body(headers: Mapping[str, str], receive: Receive, limit: int,
-                    setting: str | None = "server.max_body_mb") -> bytes:
+                    setting: str | None = "server.max_body_mb", *, json_only: bool = True) -> bytes:
     """The request body, refusing (413) as soon as it is known to exceed `limit` bytes
-    (`setting` names what sets the limit, for the message)."""
+    (`setting` names what sets the limit, for the message); unless `json_only` is False,
+    a declared Content-Type other than JSON is a 415."""
     content_type = headers.get("content-type")
-    if content_type is not None:
+    if content_type is not None and json_only:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaType(
