@@ -136,24 +136,19 @@ class ProviderConfig(_Strict):
     @field_validator("proxy")
     @classmethod
     def _proxy_url(cls, url: str | None) -> str | None:
-        # the rules of proxy/providers/http.py's Proxy.from_url, the scheme required here;
-        # reasons never echo the URL (it may hold a password)
+        # parsed as the client will parse it (Proxy.from_url), with the scheme required here
+        # (the environment's bare host:port is not accepted in a file); reasons never echo
+        # the URL (it may hold a password)
         from urllib.parse import urlsplit
+
+        from proxy.providers.http import Proxy
 
         if url is None or url.strip().lower() in ("none", "off", "direct"):
             return None if url is None else "none"
-        parts = urlsplit(url.strip())
-        if parts.scheme.lower() != "http":
+        if urlsplit(url.strip()).scheme.lower() != "http":
             raise ValueError("must be an http:// proxy URL (an https upstream is still TLS from end to end, "
                              "inside a CONNECT tunnel), or none to go direct")
-        try:
-            parts.port  # noqa: B018 -- parsing it is the check
-        except ValueError:
-            raise ValueError("the port is not a number from 1 to 65535") from None
-        if not parts.hostname:
-            raise ValueError("the proxy URL names no host")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("a proxy URL is http://[user:password@]host[:port], with no path")
+        Proxy.from_url(url)  # ValueError with the reason
         return url.strip()
 
     @field_serializer("proxy", when_used="json")

@@ -688,9 +688,9 @@ class Proxy:
         except ValueError:
             raise ValueError("the port is not a number from 1 to 65535") from None
         if not parts.hostname:
-            raise ValueError("it names no host")
+            raise ValueError("the proxy URL names no host")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("a proxy URL is scheme, credentials, host and port: no path")
+            raise ValueError("a proxy URL is http://[user:password@]host[:port], with no path")
         authorization = None
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
