@@ -303,9 +303,9 @@ class ProxyEndpoint:
         record, snapshot, decision = call.record, call.snapshot, call.decision
         assert decision is not None
         target_name = str(target)
-        translator = call.translator
-        if translator is not None and translator.dropped(call.body):
-            call.out.append((b"x-switchyard-dropped-fields", ", ".join(translator.dropped(call.body)).encode()))
+        dropped = call.translator.dropped(call.body) if call.translator is not None else None
+        if dropped:
+            call.out.append((b"x-switchyard-dropped-fields", ", ".join(dropped).encode()))
         # an answer from a fallback is not what the primary would have said: store only the primary's
         storable = call.policy.store and call.active.cache is not None and target == decision.target
         latency = record.attempts[-1].duration_s if record.attempts else 0.0

@@ -46,8 +46,8 @@ UNTRANSLATED = ("top_k", "thinking", "service_tier", "container", "mcp_servers",
 class MessagesToChat(Translator):
     passthrough = False
 
-    def __init__(self, upstream_endpoint: str = "chat/completions") -> None:
-        super().__init__(upstream_endpoint)
+    def __init__(self) -> None:
+        super().__init__("chat/completions")
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         return to_chat(body)

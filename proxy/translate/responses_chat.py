@@ -62,8 +62,8 @@ _DEFAULTS: dict[str, tuple[Any, ...]] = {"truncation": ("disabled",), "service_t
 class ResponsesToChat(Translator):
     passthrough = False
 
-    def __init__(self, upstream_endpoint: str = "chat/completions") -> None:
-        super().__init__(upstream_endpoint)
+    def __init__(self) -> None:
+        super().__init__("chat/completions")
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
         return to_chat(body)
