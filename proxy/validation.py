@@ -86,16 +86,7 @@ def check_embeddings(body: dict[str, Any]) -> None:
     if "input" not in body:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     value = body["input"]
-    ok = isinstance(value, str) or (
-        isinstance(value, list)
-        and value
-        and (
-            all(isinstance(v, str) for v in value)
-            or all(_is_token(v) for v in value)
-            or all(isinstance(v, list) and v and all(_is_token(t) for t in v) for v in value)
-        )
-    )
-    if not ok or value == "":
+    if not _texts_or_tokens(value, empty_token_lists=False) or value == "":
         raise InvalidRequest(
             "'input' must be a non-empty string, array of strings, or array of token arrays.", param="input"
         )
@@ -103,17 +94,24 @@ def check_embeddings(body: dict[str, Any]) -> None:
     _check_int(body, "dimensions", 1)
 
 
+def _texts_or_tokens(value: Any, *, empty_token_lists: bool) -> bool:
+    """A string, or a non-empty array of strings, of tokens, or of token arrays (embeddings
+    refuse an empty token array; legacy completions take one)."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    return (all(isinstance(v, str) for v in value) or all(_is_token(v) for v in value)
+            or all(isinstance(v, list) and (empty_token_lists or bool(v)) and all(_is_token(t) for t in v)
+                   for v in value))
+
+
 def check_completions(body: dict[str, Any]) -> None:
     """Legacy completions: a prompt (text, texts, or token arrays) and the fields the gateway reads."""
     _check_model(body)
     if "prompt" not in body:
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
-    prompt = body["prompt"]
-    ok = isinstance(prompt, str) or (
-        isinstance(prompt, list) and prompt and (
-            all(isinstance(p, str) for p in prompt) or all(_is_token(t) for t in prompt)
-            or all(isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt)))
-    if not ok:
+    if not _texts_or_tokens(body["prompt"], empty_token_lists=True):
         raise InvalidRequest("'prompt' must be a string, an array of strings, or token arrays.", param="prompt")
     _check_type(body, "stream", bool, "a boolean")
     _check_type(body, "stream_options", dict, "an object")
