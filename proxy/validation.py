@@ -70,11 +70,7 @@ def check_chat(body: dict[str, Any]) -> None:
                 f"'{where}.content' must be a string or an array of parts, not {_kind(content)}.",
                 param=f"{where}.content",
             )
-    _check_type(body, "stream", bool, "a boolean")
-    _check_type(body, "stream_options", dict, "an object")
-    check_name(body.get("user"), "user")
-    _check_number(body, "temperature", 0, 2)
-    _check_number(body, "top_p", 0, 1)
+    _check_generation(body)
     for field in ("max_tokens", "max_completion_tokens", "n"):
         _check_int(body, field, 1)
     if body.get("stream_options") is not None and body.get("stream") is not True:
@@ -92,6 +88,15 @@ def check_embeddings(body: dict[str, Any]) -> None:
         )
     check_name(body.get("user"), "user")
     _check_int(body, "dimensions", 1)
+
+
+def _check_generation(body: dict[str, Any]) -> None:
+    """The fields chat and legacy completions share: stream flags, user, sampling."""
+    _check_type(body, "stream", bool, "a boolean")
+    _check_type(body, "stream_options", dict, "an object")
+    check_name(body.get("user"), "user")
+    _check_number(body, "temperature", 0, 2)
+    _check_number(body, "top_p", 0, 1)
 
 
 def _texts_or_tokens(value: Any, *, empty_token_lists: bool) -> bool:
@@ -113,11 +118,7 @@ def check_completions(body: dict[str, Any]) -> None:
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
     if not _texts_or_tokens(body["prompt"], empty_token_lists=True):
         raise InvalidRequest("'prompt' must be a string, an array of strings, or token arrays.", param="prompt")
-    _check_type(body, "stream", bool, "a boolean")
-    _check_type(body, "stream_options", dict, "an object")
-    check_name(body.get("user"), "user")
-    _check_number(body, "temperature", 0, 2)
-    _check_number(body, "top_p", 0, 1)
+    _check_generation(body)
     for field in ("max_tokens", "n", "best_of"):
         _check_int(body, field, 1)
 
