@@ -36,6 +36,8 @@ import aiosqlite
 
 log = logging.getLogger("switchyard.ledger")
 
+WRITE_TIMEOUT_S = 15.0  # the longest one write attempt (connect, migrate, one batch) may take
+
 COLUMNS = (
     "id", "ts", "team", "user", "requested_model", "route", "provider", "model", "status", "error_kind",
     "stream", "cache", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "baseline_usd",
@@ -325,7 +327,6 @@ class LedgerWriter:
         maintain_every_s: float = 86400.0,
     ) -> None:
         self.store: LedgerStore = SqliteStore(store) if isinstance(store, str) else store
-        self._retryable: tuple[type[BaseException], ...] = (*self.store.errors, LedgerSchemaError)
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
@@ -456,26 +457,31 @@ class LedgerWriter:
             self.on_pending(pending)
 
     async def _flush(self) -> bool:
-        written_now = 0
         while self._pending or self._events:
             batch = self._pending[: self.batch_size]
             events = self._events[:]
             self.attempts += 1
             self._report_pending()
             try:
-                await self.store.write(batch, events)
-            except self._retryable as exc:
+                # a write that hangs (a lock never granted, a connection silently gone) is cut
+                # off and retried on a fresh connection like any failed one
+                await asyncio.wait_for(self.store.write(batch, events), WRITE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - whatever a driver raises, the writer must live on
+                if not isinstance(exc, (*self.store.errors, LedgerSchemaError)):
+                    log.error("ledger %s: unexpected %s from a write (retried): %s", self.store.name,
+                              type(exc).__name__, exc)
                 await self._failed(exc)
                 return False
+            if self._outage_failures:
+                # back as soon as one write lands, not once the backlog is gone: under load the
+                # backlog drains while new rows keep coming, and `failing` must not lag behind
+                log.warning("ledger %s: writing again after %d failed attempts over %.1f s; %d rows written late",
+                            self.store.name, self._outage_failures, time.monotonic() - self._outage_started,
+                            len(self._pending) + len(self._events))
+                self._outage_failures = 0
             del self._pending[: len(batch)]
             del self._events[: len(events)]
             self.written += len(batch)
-            written_now += len(batch)
-        if self._outage_failures:
-            log.warning("ledger %s: writing again after %d failed attempts over %.1f s; %d rows written late",
-                        self.store.name, self._outage_failures, time.monotonic() - self._outage_started,
-                        written_now)
-            self._outage_failures = 0
         return True
 
     async def _failed(self, exc: BaseException) -> None:
