@@ -61,7 +61,8 @@ def row(i: int, ts: float, team: str, model: str, target: str = "mock/x", status
               "route": model, "provider": provider, "model": upstream, "status": status, "error_kind": None,
               "stream": i % 2, "cache": "miss", "input_tokens": 1000 if tokens else None,
               "output_tokens": 500 if tokens else None, "cost_usd": cost, "saved_usd": None, "baseline_usd": None,
-              "latency_ms": latency, "ttft_ms": None, "experiment": None, "variant": None}
+              "latency_ms": latency, "ttft_ms": None, "experiment": None, "variant": None, "prompt": None,
+              "prompt_version": None, "cache_entry": None}
     return tuple(values[c] for c in COLUMNS)
 
 

@@ -41,7 +41,7 @@ WRITE_TIMEOUT_S = 15.0  # the longest one write attempt (connect, migrate, one b
 COLUMNS = (
     "id", "ts", "team", "user", "requested_model", "route", "provider", "model", "status", "error_kind",
     "stream", "cache", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "baseline_usd",
-    "latency_ms", "ttft_ms", "experiment", "variant",
+    "latency_ms", "ttft_ms", "experiment", "variant", "prompt", "prompt_version", "cache_entry",
 )
 
 # each entry moves the schema from version i to i + 1; never edit one that has shipped
@@ -97,6 +97,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_ts ON requests (ts, team, cost_usd);
     CREATE INDEX requests_experiment ON requests (experiment, variant) WHERE experiment IS NOT NULL;
     CREATE INDEX feedback_ts ON feedback (ts);
+    """,
+    # the registered prompt and version a request used (prompt reports); the cache entry its
+    # answer was stored as or served from, so feedback on the request reaches that entry
+    """
+    ALTER TABLE requests ADD COLUMN prompt TEXT;
+    ALTER TABLE requests ADD COLUMN prompt_version TEXT;
+    ALTER TABLE requests ADD COLUMN cache_entry TEXT;
+    CREATE INDEX requests_prompt ON requests (prompt, prompt_version) WHERE prompt IS NOT NULL;
     """,
 )
 

@@ -102,6 +102,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alerts_ts ON alerts (ts);
     """,
+    # see ledger.py's second migration
+    """
+    ALTER TABLE requests ADD COLUMN prompt text, ADD COLUMN prompt_version text, ADD COLUMN cache_entry text;
+    CREATE INDEX requests_prompt ON requests (prompt, prompt_version) WHERE prompt IS NOT NULL;
+    """,
 )
 
 _PARTITION = re.compile(r"^requests_p(\d{4})_(\d{2})$")
@@ -380,7 +385,10 @@ async def copy_sqlite(source: str, store: PostgresStore, *, batch_size: int = 50
 
     conn = await store._connection()
     counts: dict[str, tuple[int, int]] = {}
+    from proxy.accounting.ledger import migrate
+
     async with aiosqlite.connect(source) as src:
+        await migrate(src)  # a ledger from an older Switchyard gets the columns copied below
         span = await (await src.execute("SELECT MIN(ts), MAX(ts) FROM requests")).fetchone()
         if span is not None and span[0] is not None:
             await store.ensure_partitions(float(span[0]), float(span[1]))

@@ -301,7 +301,7 @@ def ledger_row(record: RequestRecord) -> tuple[Any, ...]:
         input_tokens if has_usage else None, output_tokens if has_usage else None,
         record.cost_usd, record.saved_usd, record.baseline_usd,
         round(record.duration() * 1000, 3), None if ttft is None else round(ttft * 1000, 3),
-        record.experiment, record.variant,
+        record.experiment, record.variant, record.prompt_id, record.prompt_version, record.cache_entry,
     )
 
 

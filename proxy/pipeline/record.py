@@ -17,7 +17,7 @@ class RequestRecord:
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
         "prompt", "completion", "budget_held", "reservation", "baseline_usd", "experiment", "variant", "attempts",
-        "known_targets", "endpoint",
+        "known_targets", "endpoint", "prompt_id", "prompt_version", "cache_entry",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
@@ -58,6 +58,9 @@ class RequestRecord:
         self.attempts: list[Any] = []  # resilience.Attempt per upstream try
         self.known_targets: frozenset[str] = frozenset()  # the snapshot's label-safe targets
         self.variant: str | None = None
+        self.prompt_id: str | None = None  # a registered prompt the request named (proxy/prompts.py)
+        self.prompt_version: str | None = None
+        self.cache_entry: str | None = None  # the cache entry its answer was stored as or served from
 
     def duration(self) -> float:
         end = self.finished if self.finished is not None else time.perf_counter()
