@@ -22,9 +22,11 @@ from proxy.auth import authenticate, authenticate_admin
 from proxy.config import ConfigError
 from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, shown
 from proxy.experiments import experiments_of
+from proxy.experiments import prompt_report as prompt_stats
 from proxy.experiments import report as experiment_stats
 from proxy.pipeline.body import read_body
 from proxy.pipeline.count_tokens import count_tokens
+from proxy.prompts import describe_prompt
 from proxy.redis_guard import DOWN, UP, redacted_url
 from proxy.reload import reload_now
 from proxy.replay import replay_ledger
@@ -316,6 +318,30 @@ async def experiment_report(runtime: Runtime, name: str) -> dict[str, Any]:
     return report
 
 
+async def admin_prompts(runtime: Runtime, request: Request) -> Response:
+    """The registered prompts: versions, their status and model, the variables they take."""
+    snapshot = runtime.active().snapshot
+    authenticate_admin(snapshot, request.headers)
+    return json_response({"object": "list", "data": [describe_prompt(p) for p in snapshot.prompts.values()]})
+
+
+async def admin_prompt(runtime: Runtime, request: Request) -> Response:
+    """A prompt's per-version report: requests, latency, cost, errors, feedback and a verdict."""
+    active = runtime.active()
+    authenticate_admin(active.snapshot, request.headers)
+    pid = request.path_params["prompt_id"]
+    prompt = active.snapshot.prompts.get(pid)
+    if prompt is None:
+        raise NotFound(f"no prompt {shown(pid)} in the config")
+    accounting = active.accounting
+    assert accounting is not None
+    if accounting.writer is not None:
+        await accounting.writer.flush()
+    report = await prompt_stats(accounting.reader, prompt)
+    report["ledger"] = runtime.reports.freshness()
+    return json_response(report)
+
+
 async def admin_replay(runtime: Runtime, request: Request) -> Response:
     """The ledger's window replayed through the candidate policy in the body (YAML); 422 with
     the candidate's problems when it is invalid."""
@@ -411,4 +437,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("/admin/experiments", "GET", admin_experiments),
     ("/admin/experiments/{name:path}", "GET", admin_experiment),
     ("/admin/replay", "POST", admin_replay),
+    ("/admin/prompts", "GET", admin_prompts),
+    ("/admin/prompts/{prompt_id:path}", "GET", admin_prompt),
 ]

@@ -10,7 +10,7 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,6 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--config", default=None)
     report.add_argument("--json", action="store_true", help="the same report as GET /admin/experiments/NAME")
     report.set_defaults(run=_with_config(_experiments_report))
+
+    prompts = sub.add_parser("prompts", help="the prompt registry: versions and their numbers")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    listing = prompts_sub.add_parser("list", help="the registered prompts, their versions, status and variables")
+    listing.add_argument("--config", default=None)
+    listing.set_defaults(run=_with_config(_prompts_list))
+    report = prompts_sub.add_parser("report", help="per-version statistics and the verdict, from the ledger")
+    report.add_argument("id")
+    report.add_argument("--config", default=None)
+    report.add_argument("--json", action="store_true", help="the same report as GET /admin/prompts/ID")
+    report.set_defaults(run=_with_config(_prompts_report))
 
     replay = sub.add_parser("replay", help="recorded traffic through a candidate policy: moves, cost, budgets")
     replay.add_argument("candidate", help="the candidate policy file (validated as `check` does)")
@@ -266,6 +277,11 @@ def _check(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         cfg = snapshot.config.teams[name]
         models = ", ".join(cfg.models) if cfg.models is not None else "all"
         print(f"  {name:<16} keys={len(cfg.keys)} default={team.default_model or '-'} models={models}")
+    if snapshot.prompts:
+        print("\nprompts:")
+        for prompt in snapshot.prompts.values():
+            versions = ", ".join(f"{v.version} {v.status}" for v in prompt.versions.values())
+            print(f"  {prompt.id:<16} active={prompt.active} versions: {versions}")
     print("\nroutes (first match wins):")
     rows = [("#", "name", "match", "action")]
     for route in snapshot.routes:
@@ -375,7 +391,8 @@ def _experiments_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -
         e = route.experiment
         if e is None:
             continue
-        variants = ", ".join(f"{name}={target} ({weight:g})" for name, target, weight in e.variants)
+        variants = ", ".join(f"{name}={_variant_text(target, e.prompts.get(name))} ({weight:g})"
+                             for name, target, weight in e.variants)
         rows.append((e.name, route.name, variants, e.sticky, e.objective, str(e.min_samples),
                      "yes" if e.promote else "no"))
     if len(rows) == 1:
@@ -383,6 +400,12 @@ def _experiments_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -
         return 0
     _table(rows)
     return 0
+
+
+def _variant_text(target: str | None, prompt: str | None) -> str:
+    """A variant's target and prompt version; no target: the later routes pick it."""
+    parts = [target or "(later routes)"] + ([f"prompt {prompt}"] if prompt else [])
+    return " + ".join(parts)
 
 
 def _usage(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
@@ -484,11 +507,8 @@ def _money(value: float | None) -> str:
 
 
 def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
-    import asyncio
     import json
 
-    from proxy.accounting.ledger import LedgerReader
-    from proxy.accounting.service import ledger_description, ledger_store
     from proxy.experiments import experiments_of, report
 
     experiment = experiments_of(snapshot).get(args.name)
@@ -496,22 +516,8 @@ def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot)
         known = ", ".join(sorted(experiments_of(snapshot))) or "none"
         print(f"no experiment {args.name!r} in {path} (experiments: {known})", file=sys.stderr)
         return 1
-    store = ledger_store(snapshot)
-
-    async def read() -> dict[str, Any]:
-        reader = LedgerReader(store) if store is not None else None
-        try:
-            return await report(reader, experiment)
-        finally:
-            if reader is not None:
-                await reader.close()
-
-    errors: tuple[type[BaseException], ...] = store.errors if store is not None else ()
-    try:
-        result = asyncio.run(read())
-    except errors as exc:
-        print(f"cannot read the ledger at {ledger_description(snapshot)}: {_redacted_error(exc, snapshot)}",
-              file=sys.stderr)
+    result = _from_ledger(snapshot, lambda reader: report(reader, experiment))
+    if result is None:
         return 1
     if args.json:
         print(json.dumps(result, indent=2))
@@ -533,6 +539,86 @@ def _experiments_report(args: argparse.Namespace, path: str, snapshot: Snapshot)
     verdict = result["verdict"]
     print()
     print(f"=> {verdict['winner'] + ' wins' if verdict['winner'] else 'no winner yet'}: {verdict['reason']}")
+    return 0
+
+
+def _from_ledger(snapshot: Snapshot, read: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+    """`read(reader)` over the configured ledger (a reader of None when there is none); None,
+    with the reason on stderr, when the ledger cannot be read."""
+    import asyncio
+
+    from proxy.accounting.ledger import LedgerReader
+    from proxy.accounting.service import ledger_description, ledger_store
+
+    store = ledger_store(snapshot)
+
+    async def run() -> dict[str, Any]:
+        reader = LedgerReader(store) if store is not None else None
+        try:
+            return await read(reader)
+        finally:
+            if reader is not None:
+                await reader.close()
+
+    errors: tuple[type[BaseException], ...] = store.errors if store is not None else ()
+    try:
+        return asyncio.run(run())
+    except errors as exc:
+        print(f"cannot read the ledger at {ledger_description(snapshot)}: {_redacted_error(exc, snapshot)}",
+              file=sys.stderr)
+        return None
+
+
+def _prompts_list(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
+    from proxy.prompts import describe_prompt
+
+    rows = [("prompt", "active", "versions (status, model)", "variables")]
+    for prompt in snapshot.prompts.values():
+        described = describe_prompt(prompt)
+        versions = ", ".join(f"{v['version']} ({v['status']}{', ' + v['model'] if v['model'] else ''})"
+                             for v in described["versions"])
+        rows.append((prompt.id, prompt.active, versions, ", ".join(described["variables"]) or "-"))
+    if len(rows) == 1:
+        print(f"no prompts in {path}")
+        return 0
+    _table(rows)
+    return 0
+
+
+def _prompts_report(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
+    import json
+
+    from proxy.experiments import prompt_report
+
+    prompt = snapshot.prompts.get(args.id)
+    if prompt is None:
+        known = ", ".join(sorted(snapshot.prompts)) or "none"
+        print(f"no prompt {args.id!r} in {path} (prompts: {known})", file=sys.stderr)
+        return 1
+    result = _from_ledger(snapshot, lambda reader: prompt_report(reader, prompt))
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"prompt {prompt.id}: active {prompt.active}, objective {result['objective']}, "
+          f"alpha {result['alpha']:g}, min_samples {result['min_samples']}")
+    rows = [("version", "status", "requests", "cost $ (95% CI)", "latency ms (95% CI)", "ttft ms", "error rate",
+             "feedback (n)", "compared")]
+    for v in result["versions"]:
+        rows.append((v["version"], v["status"], str(v["requests"]), _ci(v["cost_usd"], 6), _ci(v["latency_ms"], 1),
+                     _ci(v["ttft_ms"], 1), _rate(v["error_rate"]), f"{_ci(v['feedback'], 2)} ({v['feedback']['n']})",
+                     "yes" if v["compared"] else "no"))
+    _table(rows)
+    if result["comparisons"]:
+        print()
+        tests = [("vs " + str(result["control"]), "cost p (d)", "latency p (d)", "errors p (diff)", "feedback p (r)")]
+        for c in result["comparisons"]:
+            tests.append((str(c["version"]), _p(c["cost"]), _p(c["latency"]), _p(c["errors"]), _p(c["feedback"])))
+        _table(tests)
+    verdict = result["verdict"]
+    print()
+    print(f"=> {verdict['winner'] + ' wins' if verdict['winner'] else verdict['status']}: {verdict['reason']}")
     return 0
 
 

@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from proxy.forwarding import refused_reason
+from proxy.prompts import prompt_problems, prompt_reference_problems
 
 COMPLEXITY_LEVELS = ("simple", "medium", "complex")
 
@@ -389,6 +390,7 @@ class MatchConfig(_Strict):
     before: datetime | None = None
     stream: bool | None = None
     complexity: list[Literal["simple", "medium", "complex"]] | None = None  # from the prompt classifier
+    prompts: list[NonEmpty] | None = None  # globs of registered prompt ids the request names
 
     @field_validator("after", "before")
     @classmethod
@@ -429,8 +431,45 @@ class ResilienceConfig(_Strict):
 
 
 class VariantConfig(_Strict):
-    to: NonEmpty
+    to: NonEmpty | None = None  # absent (with a prompt): the routes after this one pick the target
+    prompt: NonEmpty | None = None  # "id@version": the registered prompt version this variant renders
     weight: float = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _names_something(self) -> VariantConfig:
+        if self.to is None and self.prompt is None:
+            raise ValueError("a variant needs a target (to), a prompt version (prompt) or both")
+        return self
+
+
+PromptStatus = Literal["draft", "testing", "active", "deprecated"]
+
+
+class PromptMessageConfig(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: NonEmpty  # text; {{name}} placeholders are filled from the request's variables
+
+
+class PromptVersionConfig(_Strict):
+    status: PromptStatus | None = None  # absent: active if the prompt's `active` names it, else draft
+    model: NonEmpty | None = None  # the model this version asks for (routed like a requested name)
+    messages: list[PromptMessageConfig] = Field(min_length=1)
+    description: str | None = None
+
+
+class PromptReportConfig(_Strict):
+    objective: Literal["cost", "latency", "feedback", "errors"] = "feedback"
+    min_samples: int = Field(100, ge=2)
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class PromptConfig(_Strict):
+    active: NonEmpty | None = None  # the version used when a request names none
+    # the variables its versions may use: a list of names (all required), or a mapping of
+    # name to default (null: required); absent, the versions' placeholders are the declaration
+    variables: list[NonEmpty] | dict[str, str | None] | None = None
+    versions: dict[str, PromptVersionConfig] = Field(min_length=1)
+    report: PromptReportConfig = PromptReportConfig()  # what `switchyard prompts report` compares on
 
 
 class ExperimentConfig(_Strict):
@@ -508,6 +547,7 @@ class Config(_Strict):
     providers: dict[str, ProviderConfig] = {}
     pricing: dict[str, PriceConfig] = {}
     teams: dict[str, TeamConfig] = {}
+    prompts: dict[str, PromptConfig] = {}
     routes: list[RouteConfig] = []
 
 
@@ -784,8 +824,12 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
         for target in route.split or {}:
             targets.append((f"{where}.split.{target}", target))
         for variant, spec in (route.experiment.variants.items() if route.experiment else ()):
-            target = spec if isinstance(spec, str) else spec.to
-            targets.append((f"{where}.experiment.variants.{variant}", target))
+            variant_target = spec if isinstance(spec, str) else spec.to
+            if variant_target is not None:
+                targets.append((f"{where}.experiment.variants.{variant}", variant_target))
+            if not isinstance(spec, str) and spec.prompt is not None:
+                problems.extend(prompt_reference_problems(f"{where}.experiment.variants.{variant}.prompt",
+                                                          spec.prompt, config.prompts))
         for j, target in enumerate(route.fallbacks):
             targets.append((f"{where}.fallbacks[{j}]", target))
         for path, target in targets:
@@ -794,6 +838,7 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
         for team_name in route.match.teams or []:
             if team_name not in config.teams:
                 problems.append((f"{where}.match.teams", f"unknown team {team_name!r}"))
+        problems.extend(_prompt_route_problems(where, route, config))
     key_owner: dict[str, str] = {}
     for team_name, team in config.teams.items():
         for k, key in enumerate(team.keys):
@@ -808,9 +853,23 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
             elif owner == team_name:
                 problems.append((path, "duplicate key"))
             key_owner[normal] = team_name
+    problems.extend(prompt_problems(config.prompts))
     for k, key in enumerate(config.server.admin_keys):
         if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
             problems.append((f"server.admin_keys[{k}]", "a sha256: key needs 64 hex digits"))
+    return problems
+
+
+def _prompt_route_problems(where: str, route: RouteConfig, config: Config) -> list[tuple[str, str]]:
+    """A rule's prompt ids must exist; an experiment on prompt versions must match on the prompt."""
+    problems = []
+    for j, pattern in enumerate(route.match.prompts or []):
+        if "*" not in pattern and "?" not in pattern and pattern not in config.prompts:
+            problems.append((f"{where}.match.prompts[{j}]", f"unknown prompt {pattern!r}"))
+    variants = route.experiment.variants.values() if route.experiment is not None else ()
+    if any(not isinstance(v, str) and v.prompt is not None for v in variants) and not route.match.prompts:
+        problems.append((f"{where}.match.prompts", "an experiment whose variants name prompt versions "
+                                                   "must match on that prompt (match: {prompts: [id]})"))
     return problems
 
 

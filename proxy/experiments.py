@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.accounting.ledger import LedgerReader
+from proxy.prompts import Prompt
 from proxy.snapshot import Experiment, Snapshot
 
 log = logging.getLogger("switchyard.experiments")
@@ -141,16 +142,21 @@ class Samples:
 
 
 async def load_samples(reader: LedgerReader, experiment: str) -> dict[str, Samples]:
+    return await _samples(reader, "variant", "r.experiment = ?", (experiment,))
+
+
+async def _samples(reader: LedgerReader, group: str, where: str, params: tuple[Any, ...]) -> dict[str, Samples]:
+    """Samples per value of the ledger column `group` among the rows `where` selects."""
     rows = await reader.query(
-        "SELECT r.variant AS variant, r.cost_usd AS cost, r.latency_ms AS latency, r.ttft_ms AS ttft, "
+        f"SELECT r.{group} AS arm, r.cost_usd AS cost, r.latency_ms AS latency, r.ttft_ms AS ttft, "
         "r.status AS status, r.cache AS cache, f.score AS score "
         "FROM requests r LEFT JOIN (SELECT request_id, AVG(score) AS score FROM feedback GROUP BY request_id) f "
-        "ON f.request_id = r.id WHERE r.experiment = ?",
-        (experiment,),
+        f"ON f.request_id = r.id WHERE {where}",
+        params,
     )
     out: dict[str, Samples] = {}
     for row in rows:
-        s = out.setdefault(row["variant"], Samples())
+        s = out.setdefault(row["arm"], Samples())
         s.requests += 1
         if row["status"] >= 500:
             s.errors += 1
@@ -172,12 +178,8 @@ def analyse(experiment: Experiment, samples: dict[str, Samples]) -> dict[str, An
     variants = []
     for name, target, weight in experiment.variants:
         s = samples.get(name, Samples())
-        variants.append({
-            "variant": name, "target": target, "weight": weight, "requests": s.requests,
-            "cost_usd": mean_ci(s.cost), "latency_ms": mean_ci(s.latency_ms), "ttft_ms": mean_ci(s.ttft_ms),
-            "error_rate": proportion_ci(s.errors, s.requests), "feedback": mean_ci(s.feedback),
-            "min_samples_reached": _samples_for(experiment.objective, s) >= experiment.min_samples,
-        })
+        variants.append({"variant": name, "target": target, "weight": weight,
+                         **describe(s, experiment.objective, experiment.min_samples)})
     base = samples.get(control, Samples())
     comparisons = []
     for name in names[1:]:
@@ -194,6 +196,15 @@ def analyse(experiment: Experiment, samples: dict[str, Samples]) -> dict[str, An
         "alpha": experiment.alpha, "alpha_per_comparison": alpha, "min_samples": experiment.min_samples,
         "control": control, "variants": variants, "comparisons": comparisons,
         "verdict": verdict(experiment, variants, comparisons, alpha),
+    }
+
+
+def describe(s: Samples, objective: str, min_samples: int) -> dict[str, Any]:
+    """One arm's numbers: requests, means with their intervals, error rate, feedback."""
+    return {
+        "requests": s.requests, "cost_usd": mean_ci(s.cost), "latency_ms": mean_ci(s.latency_ms),
+        "ttft_ms": mean_ci(s.ttft_ms), "error_rate": proportion_ci(s.errors, s.requests),
+        "feedback": mean_ci(s.feedback), "min_samples_reached": _samples_for(objective, s) >= min_samples,
     }
 
 
@@ -279,3 +290,47 @@ def experiments_of(snapshot: Snapshot) -> dict[str, Experiment]:
 async def report(reader: LedgerReader | None, experiment: Experiment) -> dict[str, Any]:
     samples = await load_samples(reader, experiment.name) if reader is not None else {}
     return analyse(experiment, samples)
+
+
+# ---------------------------------------------------------------- prompt versions
+
+
+async def prompt_report(reader: LedgerReader | None, prompt: Prompt) -> dict[str, Any]:
+    """A registered prompt's versions compared as an experiment's variants are: the active
+    version is the control, the `testing` ones are tested against it on the prompt's
+    objective; the others (draft, deprecated, and versions gone from the config that the
+    ledger still holds) are described but take no part in the verdict."""
+    samples = await _samples(reader, "prompt_version", "r.prompt = ?", (prompt.id,)) if reader is not None else {}
+    return analyse_prompt(prompt, samples)
+
+
+def analyse_prompt(prompt: Prompt, samples: dict[str, Samples]) -> dict[str, Any]:
+    compared = [prompt.active] + [name for name, v in prompt.versions.items()
+                                  if v.status == "testing" and name != prompt.active]
+    arms = tuple((name, prompt.versions[name].model, 1.0) for name in compared)
+    if len(arms) > 1:
+        as_experiment = Experiment(f"prompt {prompt.id}", arms, "request", prompt.objective, prompt.min_samples,
+                                   prompt.alpha, False)
+        analysed = analyse(as_experiment, samples)
+        comparisons = [{"version": c.pop("variant"), **c} for c in analysed["comparisons"]]
+        verdict_of = analysed["verdict"]
+    else:
+        comparisons = []
+        verdict_of = {"winner": None, "status": "nothing to compare",
+                      "reason": f"no version of {prompt.id} has status testing beside the active {prompt.active}"}
+    others = [name for name in prompt.versions if name not in compared]
+    others += sorted(name for name in samples if name not in prompt.versions)
+    versions = []
+    for name in compared + others:
+        version = prompt.versions.get(name)
+        versions.append({
+            "version": name, "status": version.status if version is not None else "removed",
+            "model": version.model if version is not None else None, "compared": name in compared,
+            **describe(samples.get(name, Samples()), prompt.objective, prompt.min_samples),
+        })
+    return {
+        "object": "prompt.report", "prompt": prompt.id, "active": prompt.active, "control": prompt.active,
+        "objective": prompt.objective, "alpha": prompt.alpha,
+        "alpha_per_comparison": prompt.alpha / max(len(compared) - 1, 1), "min_samples": prompt.min_samples,
+        "versions": versions, "comparisons": comparisons, "verdict": verdict_of,
+    }

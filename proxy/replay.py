@@ -33,7 +33,7 @@ from proxy.snapshot import Snapshot
 UNKNOWN = "unknown"
 UNKNOWN_TEAM = "unknown_team"
 _COLUMNS = ('id', 'ts', 'team', '"user"', 'requested_model', 'provider', 'model', 'status', 'stream', 'cache',
-            'input_tokens', 'output_tokens', 'cost_usd', 'latency_ms')
+            'input_tokens', 'output_tokens', 'cost_usd', 'latency_ms', 'prompt')
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ def route_row(snapshot: Snapshot, row: Mapping[str, Any]) -> Outcome:
     if team is None:
         return Outcome(None, None, UNKNOWN_TEAM)
     request = RouteRequest(row["requested_model"], team, row["user"], bool(row["stream"]),
-                           datetime.fromtimestamp(row["ts"], UTC), draw(str(row["id"])))
+                           datetime.fromtimestamp(row["ts"], UTC), draw(str(row["id"])), prompt=row["prompt"])
     try:
         decision = decide(snapshot, request)
     except ProxyError as exc:

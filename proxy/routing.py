@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NoHealthyUpstream, shown
-from proxy.snapshot import Experiment, Route, Snapshot, Team
+from proxy.snapshot import Experiment, Route, Snapshot, Team, any_glob
 
 _NO_PROMOTIONS: Mapping[str, str] = MappingProxyType({})
 
@@ -33,6 +33,8 @@ class RouteRequest:
     rand: float  # uniform in [0, 1): picks among weighted split targets
     complexity: str | None = None  # the prompt classifier's level, when a route asks for it
     promoted: Mapping[str, str] = field(default_factory=lambda: _NO_PROMOTIONS)  # experiment -> winning variant
+    prompt: str | None = None  # the registered prompt id the request names
+    prompt_pinned: str | None = None  # "id@version" when the request named the version itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class Decision:
     balance: str = "weighted"
     experiment: str | None = None
     variant: str | None = None
+    prompt: str | None = None  # "id@version" the experiment's variant renders instead of the request's
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
         raise InvalidRequest("you must provide a model parameter (this team has no default_model)", param="model")
     if not req.team.allows(model):
         raise _not_allowed(snapshot, req.team, model)
+    assigned: tuple[str, str, str | None] | None = None  # a prompt-only variant: (experiment, variant, prompt)
     for route in snapshot.routes:
         groups = _match(route, model, req, trace)
         if groups is None:
@@ -83,6 +87,11 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
         if route.experiment is not None:
             variant = assign_variant(route.experiment, req)
             _note(trace, route.name, "variant", f"experiment {route.experiment.name}: variant {variant}")
+            if assigned is None and route.experiment.target_of(variant) is None:
+                assigned = (route.experiment.name, variant, route.experiment.prompts.get(variant))
+                _note(trace, route.name, "skipped", "the variant names only a prompt version: "
+                                                    "the routes after this one pick the target")
+                continue
         targets = _resolve_all(route, model, groups, req.rand, variant)
         if isinstance(targets, str):
             _note(trace, route.name, "skipped", targets)
@@ -104,9 +113,13 @@ def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = Non
             extra = f"; skipped disabled {', '.join(skipped)}" if skipped else ""
             _note(trace, route.name, "matched", f"target {usable[0]}{extra}")
         pool = _pool(route, model, groups, snapshot) if route.split is not None else ()
-        experiment = route.experiment.name if route.experiment is not None else None
+        experiment = prompt = None
+        if assigned is not None:  # the first experiment to assign a variant is the one recorded
+            experiment, variant, prompt = assigned
+        elif route.experiment is not None and variant is not None:
+            experiment, prompt = route.experiment.name, route.experiment.prompts.get(variant)
         return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]), pool, route.balance,
-                        experiment, variant)
+                        experiment, variant, prompt)
     raise _not_found(snapshot, req.team, model)
 
 
@@ -189,6 +202,10 @@ def _check(route: Route, model: str, req: RouteRequest) -> tuple[str, ...] | str
         return "before"
     if m.complexity is not None and req.complexity not in m.complexity:
         return "complexity"
+    if m.prompts is not None and (req.prompt is None or not any_glob(m.prompts, req.prompt)):
+        return "prompts"
+    if req.prompt_pinned is not None and route.experiment is not None and route.experiment.prompts:
+        return "prompt_pinned"
     if m.percent is not None and percent_bucket(route.name, req.user or req.team.name) >= m.percent:
         return "percent"
     return groups
@@ -212,6 +229,11 @@ def _why_not(condition: str, route: Route, model: str, req: RouteRequest) -> str
         return f"after the rule's end {m.before.isoformat()}"
     if condition == "complexity":
         return f"prompt is {req.complexity or 'unclassified'}, rule wants {', '.join(sorted(m.complexity or ()))}"
+    if condition == "prompts":
+        named = f"prompt {req.prompt!r}" if req.prompt else "no registered prompt"
+        return f"request names {named}, rule wants {', '.join(g.pattern for g in m.prompts or ())}"
+    if condition == "prompt_pinned":
+        return f"request pins prompt version {req.prompt_pinned}: experiments on prompt versions leave it alone"
     who = f"user {shown(req.user)}" if req.user else f"team {req.team.name!r} (no user)"
     bucket = percent_bucket(route.name, req.user or req.team.name)
     return f"{who} is in bucket {bucket:.2f}, outside the first {m.percent:g}%"
@@ -238,7 +260,7 @@ def assign_variant(experiment: Experiment, req: RouteRequest) -> str:
     """Stable: hash(experiment, subject) picks by weight, so a subject keeps its variant.
     A declared winner (promotion) takes all traffic."""
     promoted = req.promoted.get(experiment.name)
-    if promoted is not None and experiment.target_of(promoted) is not None:
+    if promoted is not None and experiment.has(promoted):
         return promoted
     if experiment.sticky == "request":
         draw = req.rand

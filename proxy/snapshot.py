@@ -11,7 +11,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +30,7 @@ from proxy.config import (
     stored_key_hash,
 )
 from proxy.forwarding import FORWARDED, allowed_names
+from proxy.prompts import EMPTY, Registry, compile_prompts
 
 # ---------------------------------------------------------------- globs
 
@@ -93,6 +94,7 @@ class Match:
     before: datetime | None
     stream: bool | None
     complexity: frozenset[str] | None = None  # prompt classifier levels
+    prompts: tuple[Glob, ...] | None = None  # registered prompt ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class Route:
 
     def targets(self) -> tuple[str, ...]:
         if self.experiment is not None:
-            return tuple(t for _, t, _ in self.experiment.variants)
+            return tuple(t for _, t, _ in self.experiment.variants if t is not None)
         if self.to is not None:
             return (self.to,)
         return tuple(t for t, _ in self.split or ())
@@ -119,18 +121,23 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Experiment:
     name: str
-    variants: tuple[tuple[str, str, float], ...]  # (variant, target template, weight)
+    # (variant, target template, weight); no target: the routes after the experiment's pick it
+    variants: tuple[tuple[str, str | None, float], ...]
     sticky: str  # user | team | request
     objective: str  # cost | latency | feedback | errors
     min_samples: int
     alpha: float
     promote: bool
+    prompts: Mapping[str, str] = field(default_factory=dict)  # variant -> "id@version" it renders
 
     def target_of(self, variant: str) -> str | None:
         for name, target, _ in self.variants:
             if name == variant:
                 return target
         return None
+
+    def has(self, variant: str) -> bool:
+        return any(name == variant for name, _, _ in self.variants)
 
 
 
@@ -185,6 +192,7 @@ class Snapshot:
     known_targets: frozenset[str] = frozenset()
     uses_complexity: bool = False  # some route matches on it: classify each prompt
     complexity: Any = None  # complexity.ComplexitySettings when used
+    prompts: Registry = field(default_factory=lambda: EMPTY)  # the prompt registry (proxy/prompts.py)
 
     def team_for_key(self, key: str) -> Team | None:
         name = self.key_index.get(hash_key(key))
@@ -272,6 +280,7 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         known_targets=_known_targets(routes, prices),
         uses_complexity=any(r.match.complexity is not None for r in routes),
         complexity=_complexity_settings(config) if _wants_complexity(config) else None,
+        prompts=compile_prompts(config.prompts),
     )
 
 
@@ -288,6 +297,7 @@ def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Rou
         before=m.before,
         stream=m.stream,
         complexity=None if m.complexity is None else frozenset(m.complexity),
+        prompts=None if m.prompts is None else tuple(Glob.compile(x) for x in m.prompts),
     )
     to: str | None
     split = None if r.split is None else tuple(r.split.items())
@@ -305,8 +315,10 @@ def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Rou
             (name, spec, 1.0) if isinstance(spec, str) else (name, spec.to, spec.weight)
             for name, spec in e.variants.items()
         )
+        prompts = {name: spec.prompt for name, spec in e.variants.items()
+                   if not isinstance(spec, str) and spec.prompt is not None}
         experiment = Experiment(e.name or r.name, variants, e.sticky, e.objective, e.min_samples, e.alpha,
-                                e.promote_when_significant)
+                                e.promote_when_significant, MappingProxyType(prompts))
     return Route(index, r.name, match, to, split, tuple(r.fallbacks), enabled, ttl, r.balance or balance,
                  experiment)
 

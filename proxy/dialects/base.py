@@ -54,6 +54,7 @@ class Dialect(ABC):
     operation: str  # the GenAI operation name on spans and in the access log
     anthropic_errors: bool = False  # errors in Anthropic's shape ({"type": "error", ...})
     stateful: bool = False  # answers may be continued by id (Responses' previous_response_id)
+    takes_prompt: bool = False  # a `prompt` field names a registered prompt (proxy/prompts.py)
 
     @abstractmethod
     def parse(self, body: dict[str, Any]) -> Inbound:
@@ -62,6 +63,15 @@ class Dialect(ABC):
     def classifier_view(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The request as chat messages, for the prompt-complexity classifier."""
         return {"messages": body.get("messages") or []}
+
+    def own_messages(self, body: Mapping[str, Any]) -> Any:
+        """The request's own conversation, before a registered prompt's messages go ahead of it."""
+        return body.get("messages")
+
+    def with_prompt(self, body: dict[str, Any], rendered: list[dict[str, str]], own: Any) -> None:
+        """Put a rendered prompt's messages ahead of the request's own (`own_messages`). Only
+        called where `takes_prompt`; a malformed `own` is left for `parse` to refuse."""
+        raise NotImplementedError
 
     def request_usage(self, body: dict[str, Any]) -> bool:
         """Make a streaming call report its usage, editing `body` if it must ask; True when

@@ -32,10 +32,15 @@ class ChatDialect(Dialect):
     name = "chat"
     endpoint = "chat/completions"
     operation = "chat"
+    takes_prompt = True
 
     def parse(self, body: dict[str, Any]) -> Inbound:
         check_chat(body)
         return Inbound(_model(body), body.get("stream") is True, _user(body), _output_cap(body))
+
+    def with_prompt(self, body: dict[str, Any], rendered: list[dict[str, str]], own: Any) -> None:
+        if own is None or isinstance(own, list):
+            body["messages"] = [*rendered, *(own or ())]
 
     def request_usage(self, body: dict[str, Any]) -> bool:
         """Ask for the usage chunk (to price the stream); True when the client did not ask,
@@ -114,6 +119,7 @@ class EmbeddingsDialect(ChatDialect):
     name = "embeddings"
     endpoint = "embeddings"
     operation = "embeddings"
+    takes_prompt = False
 
     def parse(self, body: dict[str, Any]) -> Inbound:
         check_embeddings(body)
@@ -144,6 +150,7 @@ class CompletionsDialect(ChatDialect):
     name = "completions"
     endpoint = "completions"
     operation = "text_completion"
+    takes_prompt = False  # its `prompt` is the text to complete
 
     def parse(self, body: dict[str, Any]) -> Inbound:
         check_completions(body)

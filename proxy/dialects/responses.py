@@ -345,6 +345,16 @@ class ResponsesDialect(Dialect):
     endpoint = "responses"
     operation = "chat"
     stateful = True  # previous_response_id: the gateway keeps the answers it translates
+    takes_prompt = True  # the API's own `prompt` parameter; OpenAI's stored `pmpt_` prompts pass through
+
+    def own_messages(self, body: Mapping[str, Any]) -> Any:
+        return body.get("input")
+
+    def with_prompt(self, body: dict[str, Any], rendered: list[dict[str, str]], own: Any) -> None:
+        if isinstance(own, str):
+            own = [{"role": "user", "content": own}]
+        if own is None or isinstance(own, list):
+            body["input"] = [*rendered, *(own or ())]
 
     def parse(self, body: dict[str, Any]) -> Inbound:
         check_responses(body)

@@ -34,6 +34,7 @@ from proxy.forwarding import forwarded
 from proxy.pipeline.active import Active
 from proxy.pipeline.body import read_body, request_headers, request_id
 from proxy.pipeline.record import RequestRecord, tries
+from proxy.prompts import PromptUse, PromptVersion, read_reference, render, split_reference
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.relay import (
     BytesResponse,
@@ -68,7 +69,7 @@ class Call:
     did, for accounting and telemetry; this is how it is doing it)."""
 
     __slots__ = ("active", "snapshot", "scope", "headers", "record", "out", "watch", "team", "raw", "body",
-                 "inbound", "decision", "policy", "key", "translator", "strip", "previous")
+                 "inbound", "decision", "policy", "key", "translator", "strip", "previous", "prompt", "own")
 
     def __init__(self, active: Active, scope: Scope, headers: dict[str, str], record: RequestRecord,
                  out: Headers, watch: DisconnectWatch) -> None:
@@ -89,6 +90,8 @@ class Call:
         self.translator: Translator | None = None  # of the attempt that answered
         self.strip = False  # the stream's usage was asked for on the client's behalf: take it out again
         self.previous: str | None = None  # a stored response this one continues (its conversation is in the body)
+        self.prompt: PromptUse | None = None  # the registered prompt it names
+        self.own: Any = None  # with a prompt: the request's own messages, before the prompt's went ahead
 
 
 class ProxyEndpoint:
@@ -148,6 +151,8 @@ class ProxyEndpoint:
         call.raw = await read_body(call.headers, receive, snapshot.max_body_bytes)
         call.body = parse_json_object(call.raw)
         call.watch.start(receive, call.scope)  # from here on, a client that leaves cancels the work
+        if self.dialect.takes_prompt and "prompt" in call.body:
+            self._use_prompt(call)
         call.inbound = self.dialect.parse(call.body)
         if self.dialect.stateful:
             await self._recall(call)
@@ -156,6 +161,24 @@ class ProxyEndpoint:
         record.stream = call.inbound.stream
         record.user = named or call.inbound.user
         record.requested_model = call.inbound.model
+
+    def _use_prompt(self, call: Call) -> None:
+        """Render the registered prompt the request names ahead of its own messages; the
+        version's model, when it has one, is the model asked for."""
+        use = read_reference(call.snapshot.prompts, call.body["prompt"], foreign_ok=self.dialect.stateful)
+        if use is None:
+            return  # an OpenAI stored prompt, for a provider serving Responses itself
+        del call.body["prompt"]
+        call.prompt = use
+        call.own = self.dialect.own_messages(call.body)
+        self._render(call, use.version)
+        if use.version.model is not None:
+            call.body["model"] = use.version.model
+
+    def _render(self, call: Call, version: PromptVersion) -> None:
+        assert call.prompt is not None
+        self.dialect.with_prompt(call.body, render(call.prompt, version), call.own)
+        call.record.prompt_id, call.record.prompt_version = version.prompt, version.version
 
     async def _recall(self, call: Call) -> None:
         """A request continuing a response the gateway made itself gets that conversation
@@ -175,10 +198,15 @@ class ProxyEndpoint:
         complexity = None
         if snapshot.uses_complexity:
             complexity = classify_level(snapshot, self.dialect.classifier_view(call.body))
+        use = call.prompt
         decision = call.decision = decide(snapshot, RouteRequest(
             model=call.inbound.model, team=team, user=record.user or None, stream=call.inbound.stream,
             now=datetime.now(UTC), rand=random.random(), complexity=complexity, promoted=call.active.promoted,
+            prompt=None if use is None else use.prompt.id,
+            prompt_pinned=None if use is None or not use.pinned else use.version.ref,
         ))
+        if use is not None:
+            self._prompt_variant(call, use, decision.prompt)
         target = decision.target
         record.route = decision.route
         if decision.experiment is not None:
@@ -191,6 +219,16 @@ class ProxyEndpoint:
             (b"x-switchyard-provider", target.provider.encode()),
             (b"x-switchyard-model", header_value(target.model)),
         ]
+
+    def _prompt_variant(self, call: Call, use: PromptUse, variant: str | None) -> None:
+        """An experiment's variant may render another version of the request's prompt."""
+        version = use.version
+        if variant is not None and variant != version.ref:
+            pid, name = split_reference(variant)
+            if pid == use.prompt.id and name in use.prompt.versions:
+                version = use.prompt.versions[name]
+                self._render(call, version)
+        call.out.append((b"x-switchyard-prompt", header_value(version.ref)))
 
     # --- admit: rate limits and budget, knowing what the call may cost
 
