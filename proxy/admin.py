@@ -24,6 +24,7 @@ from proxy.errors import InvalidRequest, NoHealthyUpstream, NotFound, shown
 from proxy.experiments import experiments_of
 from proxy.experiments import prompt_report as prompt_stats
 from proxy.experiments import report as experiment_stats
+from proxy.live import DASHBOARD_HEADERS, dashboard_html
 from proxy.pipeline.body import read_body
 from proxy.pipeline.count_tokens import count_tokens
 from proxy.prompts import describe_prompt
@@ -92,6 +93,12 @@ def _ledger_state(runtime: Runtime) -> dict[str, Any]:
 
 async def metrics(runtime: Runtime, request: Request) -> Response:
     return Response(runtime.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+async def dashboard(runtime: Runtime, request: Request) -> Response:
+    """The live page (proxy/data/dashboard.html). It holds no data, so it needs no key; its
+    numbers come over the /admin/live WebSocket, which does."""
+    return Response(dashboard_html(), media_type="text/html; charset=utf-8", headers=DASHBOARD_HEADERS)
 
 
 # ---------------------------------------------------------------- a team's own views
@@ -428,6 +435,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("/metrics", "GET", metrics),
     ("/healthz", "GET", healthz),
     ("/readyz", "GET", readyz),
+    ("/dashboard", "GET", dashboard),
     ("/admin/config", "GET", admin_config),
     ("/admin/reload", "POST", admin_reload),
     ("/admin/cache", "DELETE", admin_cache_purge),

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from proxy import admin
 from proxy.dialects.base import Dialect
@@ -27,6 +27,7 @@ from proxy.dialects.chat import CHAT, COMPLETIONS, EMBEDDINGS
 from proxy.dialects.messages import MessagesDialect, error_payload
 from proxy.dialects.responses import ResponsesDialect
 from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, shown
+from proxy.live import LiveEndpoint
 from proxy.pipeline.endpoint import ProxyEndpoint
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
 from proxy.relay import Receive, Scope, Send, error_response
@@ -76,7 +77,9 @@ def create_app(
                 await watcher.stop()
             await runtime.aclose()
 
-    routes = [Route(path, _bound(handler, runtime), methods=[method]) for path, method, handler in admin.ROUTES]
+    routes: list[BaseRoute] = [Route(path, _bound(handler, runtime), methods=[method])
+                               for path, method, handler in admin.ROUTES]
+    routes.append(WebSocketRoute("/admin/live", LiveEndpoint(runtime)))  # proxy/live.py
     endpoints = {f"/v1/{d.endpoint}": ProxyEndpoint(runtime.active, d, runtime.telemetry, runtime.health)
                  for d in DIALECTS}
     routes += [Route(path, endpoint, methods=["POST"]) for path, endpoint in endpoints.items()]

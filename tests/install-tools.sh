@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond Python packages: a Redis server to start when none
-# answers, and Prometheus + promtool (the dashboard tests run a real Prometheus).
+# answers, Prometheus + promtool (the dashboard tests run a real Prometheus), and
+# Chromium at /usr/bin/chromium (Playwright drives it through /dashboard: tests/test_live.py).
 # Installs them from Debian's packages when it can (root, or passwordless sudo, and
 # apt-get); otherwise says exactly what is missing and how to get it, and lets the
 # suite run (the tests that need a missing tool then fail with the same message).
@@ -9,6 +10,7 @@ set -u
 missing=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ]; then

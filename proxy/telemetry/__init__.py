@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from proxy.config import TelemetryConfig
 from proxy.pipeline.record import RequestRecord
@@ -22,12 +23,19 @@ from proxy.telemetry.logs import setup_logging
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import SHUTDOWN_TIMEOUT_S, TRACE_HEADERS, Tracing, otlp_traces_endpoint
 
+if TYPE_CHECKING:
+    from proxy.live import LiveStats
+
 log = logging.getLogger("switchyard.telemetry")
 
 
 class Telemetry:
     def __init__(self) -> None:
         self.metrics = Metrics()
+        # imported here: proxy.live's WebSocket checks admin keys (proxy.auth), which imports this package
+        from proxy.live import LiveStats
+
+        self.live: LiveStats = LiveStats()  # per-second numbers for /admin/live
         self.tracing: Tracing | None = None
         self.settings = TelemetryConfig()
         self._endpoint: str | None = None
@@ -64,6 +72,7 @@ class Telemetry:
     def begin(self, request_id: str, operation: str, headers: Mapping[str, str]) -> RequestRecord:
         record = RequestRecord(request_id, operation)
         self.metrics.started()
+        self.live.started()
         if self.tracing is not None:
             self.tracing.start(record, headers)
         return record
@@ -78,6 +87,7 @@ class Telemetry:
 
     def end(self, record: RequestRecord) -> None:
         self.metrics.finished(record)
+        self.live.add(record)
         if self.tracing is not None:
             self.tracing.finish(record)
         if self._lines is not None:
