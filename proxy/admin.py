@@ -211,10 +211,17 @@ async def feedback(runtime: Runtime, request: Request) -> Response:
     body = parse_json_object(await read_body(request.headers, request.receive, limit, setting=None))
     request_id, score, comment = check_feedback(body)
     ledger = runtime.feedback
-    if not await ledger.request_of_team(request_id, team.name):
+    rated = await ledger.find(request_id, team.name)
+    if rated is None:
         raise NotFound(f"no request {shown(request_id)} of team {team.name!r} (feedback is for your own requests)")
     ledger.record(request_id, team.name, score, comment)
-    return json_response({"object": "feedback", "request_id": request_id, "score": score}, 201)
+    answer: dict[str, Any] = {"object": "feedback", "request_id": request_id, "score": score}
+    judged = await ledger.tally(runtime.active().cache, rated, score)
+    if judged is not None:  # the cached answer it rated: its tally, and whether this vote invalidated it
+        answer["cache"] = judged.report()
+        if judged.invalidated:
+            runtime.telemetry.metrics.cache_invalidated("feedback")
+    return json_response(answer, 201)
 
 
 # ---------------------------------------------------------------- the admin API
@@ -287,7 +294,19 @@ async def admin_cache_purge(runtime: Runtime, request: Request) -> Response:
         log.warning("cache purge failed: %s", exc)
         raise NoHealthyUpstream("the cache backend did not answer; nothing was purged") from None
     log.info("cache purge team=%s model=%s deleted=%d", team or "*", model or "*", deleted)
+    runtime.telemetry.metrics.cache_invalidated("purge", deleted)
     return json_response({"deleted": deleted, "team": team, "model": model})
+
+
+async def admin_cache_entries(runtime: Runtime, request: Request) -> Response:
+    """The most hit cache entries (savings, feedback) and the latest invalidations and why;
+    `?limit=` (default 20, at most 100) bounds each list."""
+    active = runtime.active()
+    authenticate_admin(active.snapshot, request.headers)
+    limit = _limit(request.query_params.get("limit"))
+    if active.cache is None:
+        return json_response({"object": "cache_entries", "backend": "off", "top": [], "invalidated": []})
+    return json_response(await active.cache.entries(limit))
 
 
 async def admin_experiments(runtime: Runtime, request: Request) -> Response:
@@ -439,6 +458,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("/admin/config", "GET", admin_config),
     ("/admin/reload", "POST", admin_reload),
     ("/admin/cache", "DELETE", admin_cache_purge),
+    ("/admin/cache/entries", "GET", admin_cache_entries),
     ("/admin/usage", "GET", admin_usage),
     ("/admin/costs", "GET", admin_costs),
     ("/admin/providers", "GET", admin_providers),

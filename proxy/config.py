@@ -256,6 +256,10 @@ class CacheConfig(_Strict):
     failures: int = Field(3, ge=1)  # consecutive Redis failures before it is skipped ...
     cooldown_s: float = Field(5, gt=0)  # ... for this long, then tried again
     key_prefix: KeyPrefix = "sy:"  # Redis keys are <prefix>c:<scope>:<target>:<hash>
+    # an entry whose mean feedback score (POST /v1/feedback, 0..1) falls below min_feedback,
+    # over at least min_votes votes, is invalidated for every replica; null: feedback never does
+    min_feedback: float | None = Field(0.5, ge=0, le=1)
+    min_votes: int = Field(3, ge=1, le=1000)
 
 
 

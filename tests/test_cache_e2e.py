@@ -548,7 +548,8 @@ def test_redis_frozen_then_killed_mid_test_fails_and_stalls_nothing(tmp_path, up
         with sdk(server) as c:
             ask(c, unique())
         settle()
-        assert private_redis.keys() == 1 and purge(server).json()["deleted"] == 1 and private_redis.keys() == 0
+        # one entry and its tallies (hits, feedback) beside it; the purge counts entries
+        assert private_redis.keys() == 2 and purge(server).json()["deleted"] == 1 and private_redis.keys() == 0
 
         def hammer(worker: int) -> None:
             with sdk(server, KEY_A if worker % 2 else KEY_B) as c:

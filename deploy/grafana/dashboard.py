@@ -106,6 +106,11 @@ def panels() -> list[dict]:
         panel("Cache results", "timeseries", [
             target(f"sum by (result) (rate(llm_cache_requests_total[{RI}]))", "{{result}}"),
         ], 18, 48, w=6, unit="reqps"),
+        panel("Cache invalidations", "timeseries", [
+            target(f"sum by (reason) (increase(llm_cache_invalidations_total[{RI}]))", "{{reason}}"),
+        ], 0, 56, w=12, unit="short",
+            description="Cache entries invalidated (feedback: a mean score below cache.min_feedback). What the "
+                        "re-fetches cost is savings_lost_usd in /admin/usage."),
     ]
 
 

@@ -96,6 +96,8 @@ class Reports:
             "projection": reports.projection(month, daily, periods, monthly, since),
             "savings": {
                 "cache_usd": totals.get("cache_savings_usd", 0.0),
+                # what answers re-fetched after feedback invalidated their cache entry cost
+                "cache_lost_usd": totals.get("savings_lost_usd", 0.0),
                 "routing_usd": totals.get("routing_savings_usd", 0.0),
                 "baseline_model": acct.snapshot.config.accounting.baseline_model,
             },

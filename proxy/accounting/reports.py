@@ -37,6 +37,8 @@ _TOTALS = """
     COALESCE(SUM(output_tokens), 0) AS output_tokens,
     COALESCE(SUM(cost_usd), 0) AS cost_usd,
     COALESCE(SUM(saved_usd), 0) AS cache_savings_usd,
+    SUM(CASE WHEN cache = 'invalidated' THEN 1 ELSE 0 END) AS invalidated_misses,
+    COALESCE(SUM(CASE WHEN cache = 'invalidated' THEN cost_usd END), 0) AS savings_lost_usd,
     COALESCE(SUM(CASE WHEN baseline_usd IS NOT NULL AND cost_usd IS NOT NULL
                       THEN baseline_usd - cost_usd END), 0) AS routing_savings_usd,
     SUM(CASE WHEN cost_usd IS NULL AND status < 400 AND cache != 'hit' THEN 1 ELSE 0 END) AS unpriced,
@@ -76,7 +78,7 @@ async def usage(
 
 def _row(r: Any) -> dict[str, Any]:
     out = dict(r)
-    for name in ("cost_usd", "cache_savings_usd", "routing_savings_usd"):
+    for name in ("cost_usd", "cache_savings_usd", "savings_lost_usd", "routing_savings_usd"):
         out[name] = round(out[name] or 0.0, 10)
     if out.get("avg_latency_ms") is not None:
         out["avg_latency_ms"] = round(out["avg_latency_ms"], 3)

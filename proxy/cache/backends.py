@@ -4,24 +4,73 @@ Both store opaque bytes with a TTL. The Redis backend never fails or stalls a re
 every call is cut off after `timeout_ms`, any error counts as a miss, and after
 `failures` consecutive failures Redis is skipped for `cooldown_s` before it is tried
 again. While it is skipped, the cache serves from the in-process LRU instead.
+
+Beside each entry stored with `put` a backend keeps its tallies (hits, the USD they saved,
+feedback votes) for as long as the entry lives; `invalidate` puts a tombstone in the
+entry's place for the rest of its TTL. In Redis the tallies are a hash next to the entry,
+changed only by the Lua scripts in proxy/data/, so every replica sees the same ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from proxy.cache.keys import PREFIX, hits_index_key, invalidations_key, stats_key
+from proxy.data import text as data_text
 from proxy.redis_guard import RedisGuard
 
 log = logging.getLogger("switchyard.cache")
+
+INDEX_KEEP = 1000  # entries the hits index keeps (it is trimmed to these when it doubles)
+INVALIDATIONS_KEEP = 100  # invalidation records kept, newest first
+HITS_PER_CALL = 500  # entries whose hits one Redis script call counts
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What one entry version has been through: hits, the USD they saved, feedback votes."""
+
+    hits: int = 0
+    saved_usd: float = 0.0
+    votes: int = 0
+    score_sum: float = 0.0
+    invalidated: str | None = None  # why, once it was
+
+    @property
+    def mean_score(self) -> float | None:
+        # rounded: sums kept as floats must not put a mean of exactly the threshold below it
+        return round(self.score_sum / self.votes, 9) if self.votes else None
+
+
+@dataclass(frozen=True, slots=True)
+class Hits:
+    """Hits on one entry version since the last count."""
+
+    key: str
+    entry_id: str
+    count: int
+    saved_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tallied:
+    """One live entry version and its tally, as `top()` lists them."""
+
+    key: str
+    entry_id: str
+    tally: Tally
 
 
 class Backend(ABC):
@@ -39,7 +88,34 @@ class Backend(ABC):
 
     @abstractmethod
     async def purge(self, pattern: str) -> int:
-        """Delete keys matching a Redis-style glob; the number deleted."""
+        """Delete entries matching a Redis-style glob (their tallies too); the number deleted."""
+
+    @abstractmethod
+    async def put(self, key: str, value: bytes, ttl_s: int, entry_id: str) -> None:
+        """Store an entry version with fresh tallies: an answer stored again is a new one."""
+
+    @abstractmethod
+    async def count_hits(self, hits: Sequence[Hits]) -> None:
+        """Count hits on entry versions (nothing for a version no longer stored or invalidated)."""
+
+    @abstractmethod
+    async def vote(self, key: str, entry_id: str, voter: str, score: float) -> Tally | None:
+        """Record a voter's score (voting again replaces it); the tally after it, or None
+        when that version is no longer stored."""
+
+    @abstractmethod
+    async def invalidate(self, key: str, entry_id: str, tombstone: bytes, reason: str, record: bytes) -> bool:
+        """Put `tombstone` in the place of that version for the rest of its TTL and `record`
+        on the invalidations list; False (and nothing done) when the version is no longer
+        stored or was invalidated already."""
+
+    @abstractmethod
+    async def top(self, limit: int) -> list[Tallied]:
+        """The live, valid entry versions with the most hits (at least one), most first."""
+
+    @abstractmethod
+    async def invalidations(self, limit: int) -> list[bytes]:
+        """The records `invalidate` kept, newest first."""
 
     async def aclose(self) -> None:
         return None
@@ -52,6 +128,8 @@ class MemoryBackend(Backend):
         self.max_entries = max_entries
         self._clock = clock
         self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._stats: dict[str, _Stats] = {}  # of entries in _items stored with put(); go with them
+        self._invalidations: deque[bytes] = deque(maxlen=INVALIDATIONS_KEEP)
 
     async def get(self, key: str) -> bytes | None:
         item = self._items.get(key)
@@ -59,29 +137,96 @@ class MemoryBackend(Backend):
             return None
         expires, value = item
         if expires <= self._clock():
-            del self._items[key]
+            self._drop(key)
             return None
         self._items.move_to_end(key)
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._stats.pop(key, None)  # whatever was counted was another value's
         self._items[key] = (self._clock() + ttl_s, value)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+            self._drop(next(iter(self._items)))
 
     async def delete(self, key: str) -> bool:
+        self._stats.pop(key, None)
         return self._items.pop(key, None) is not None
 
     async def purge(self, pattern: str) -> int:
         match = redis_glob(pattern).fullmatch
         doomed = [k for k in self._items if match(k)]
         for key in doomed:
-            del self._items[key]
+            self._drop(key)
         return len(doomed)
+
+    async def put(self, key: str, value: bytes, ttl_s: int, entry_id: str) -> None:
+        await self.set(key, value, ttl_s)
+        if key in self._items:
+            self._stats[key] = _Stats(entry_id)
+
+    async def count_hits(self, hits: Sequence[Hits]) -> None:
+        for counted in hits:
+            stats = self._live(counted.key, counted.entry_id)
+            if stats is not None and stats.invalidated is None:
+                stats.hits += counted.count
+                stats.saved_usd += counted.saved_usd
+
+    async def vote(self, key: str, entry_id: str, voter: str, score: float) -> Tally | None:
+        stats = self._live(key, entry_id)
+        if stats is None:
+            return None
+        stats.votes[voter] = score
+        return stats.tally()
+
+    async def invalidate(self, key: str, entry_id: str, tombstone: bytes, reason: str, record: bytes) -> bool:
+        stats = self._live(key, entry_id)
+        if stats is None or stats.invalidated is not None:
+            return False
+        stats.invalidated = reason
+        self._items[key] = (self._items[key][0], tombstone)  # for the rest of the entry's TTL
+        self._invalidations.appendleft(record)
+        return True
+
+    async def top(self, limit: int) -> list[Tallied]:
+        now = self._clock()
+        live = [Tallied(k, s.id, s.tally()) for k, s in self._stats.items()
+                if s.hits and s.invalidated is None and self._items[k][0] > now]
+        return heapq.nlargest(limit, live, key=lambda t: t.tally.hits)
+
+    async def invalidations(self, limit: int) -> list[bytes]:
+        return list(self._invalidations)[:limit]
+
+    def _live(self, key: str, entry_id: str) -> _Stats | None:
+        """The tallies of that version, while it is stored and unexpired."""
+        stats = self._stats.get(key)
+        if stats is None or stats.id != entry_id:
+            return None
+        if self._items[key][0] <= self._clock():
+            self._drop(key)
+            return None
+        return stats
+
+    def _drop(self, key: str) -> None:
+        del self._items[key]
+        self._stats.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass(slots=True)
+class _Stats:
+    """The in-process LRU's tallies of one entry version (Redis keeps them in a hash)."""
+
+    id: str
+    hits: int = 0
+    saved_usd: float = 0.0
+    votes: dict[str, float] = field(default_factory=dict)  # voter -> score
+    invalidated: str | None = None
+
+    def tally(self) -> Tally:
+        return Tally(self.hits, self.saved_usd, len(self.votes), sum(self.votes.values()), self.invalidated)
 
 
 def redis_glob(pattern: str) -> re.Pattern[str]:
@@ -115,8 +260,11 @@ class RedisBackend(Backend):
         clock: Callable[[], float] = time.monotonic,
         guard: RedisGuard | None = None,
         user: str = "cache",
+        prefix: str = PREFIX,
     ) -> None:
         self._timeout = timeout_ms / 1000
+        self._index = hits_index_key(prefix)
+        self._invalidated = invalidations_key(prefix)
         self.client = aioredis.Redis.from_url(
             url,
             socket_timeout=max(self._timeout, 0.05),
@@ -129,6 +277,10 @@ class RedisBackend(Backend):
         self.guard = guard or RedisGuard(url, failures=failures, cooldown_s=cooldown_s, clock=clock)
         self.guard.users.add(user)
         self.errors = 0
+        self._store = self.client.register_script(_STORE)
+        self._hits = self.client.register_script(_HITS)
+        self._vote = self.client.register_script(_VOTE)
+        self._invalidate = self.client.register_script(_INVALIDATE)
 
     @property
     def available(self) -> bool:
@@ -182,11 +334,127 @@ class RedisBackend(Backend):
         async for key in self.client.scan_iter(match=pattern, count=500):
             batch.append(key)
             if len(batch) >= 500:
-                deleted += await self.client.unlink(*batch)
+                deleted += await self._unlink(batch)
                 batch.clear()
         if batch:
-            deleted += await self.client.unlink(*batch)
+            deleted += await self._unlink(batch)
         return deleted
+
+    async def _unlink(self, keys: list[bytes]) -> int:
+        """Unlink entries and tallies alike; the number of entries."""
+        tallies = [k for k in keys if k.endswith(b":s")]  # an entry's key ends in its hash
+        if tallies:
+            await self.client.unlink(*tallies)
+        entries = [k for k in keys if not k.endswith(b":s")]
+        return int(await self.client.unlink(*entries)) if entries else 0
+
+    # --- tallies and invalidation: one time-boxed call each; while Redis is skipped, or for an
+    # entry stored in the fallback while it was, the fallback keeps them
+
+    async def put(self, key: str, value: bytes, ttl_s: int, entry_id: str) -> None:
+        ok, _ = await self._run(self._store(keys=[key, stats_key(key)], args=[value, ttl_s, entry_id]),
+                                self._timeout * 5)
+        if not ok:
+            await self.fallback.put(key, value, ttl_s, entry_id)
+
+    async def count_hits(self, hits: Sequence[Hits]) -> None:
+        """One script call (one round trip) per HITS_PER_CALL entries of the batch; into the
+        fallback while Redis is skipped."""
+        if not self.available:
+            await self.fallback.count_hits(hits)
+            return
+        for start in range(0, len(hits), HITS_PER_CALL):  # a script blocks Redis while it runs: keep each short
+            keys: list[str] = [self._index]
+            args: list[str | int | float] = [INDEX_KEEP]
+            for counted in hits[start:start + HITS_PER_CALL]:
+                keys.append(stats_key(counted.key))
+                args += [counted.entry_id, counted.key, counted.count, counted.saved_usd]
+            await self._run(self._hits(keys=keys, args=args), self._slow)
+
+    async def vote(self, key: str, entry_id: str, voter: str, score: float) -> Tally | None:
+        ok, reply = await self._run(self._vote(keys=[stats_key(key)], args=[entry_id, voter, score]), self._slow)
+        if ok and reply is not None:
+            hits, saved, votes, total, invalidated = reply
+            return Tally(int(hits or 0), float(saved or 0), int(votes or 0), float(total or 0),
+                         invalidated.decode() if invalidated else None)
+        return await self.fallback.vote(key, entry_id, voter, score)
+
+    async def invalidate(self, key: str, entry_id: str, tombstone: bytes, reason: str, record: bytes) -> bool:
+        ok, reply = await self._run(self._invalidate(keys=[key, stats_key(key), self._invalidated],
+                                                     args=[entry_id, tombstone, reason, record, INVALIDATIONS_KEEP]),
+                                    self._slow)
+        local = await self.fallback.invalidate(key, entry_id, tombstone, reason, record)
+        return (ok and reply == 1) or local
+
+    async def top(self, limit: int) -> list[Tallied]:
+        if not self.available:
+            return await self.fallback.top(limit)
+        ok, found = await self._run(self._top(limit), self._slow * 5)
+        return found if ok else []
+
+    async def _top(self, limit: int) -> list[Tallied]:
+        """Walk the index from the most hit, dropping members whose version expired or was
+        invalidated, until `limit` live ones are found; most hit first by their own count."""
+        live: list[Tallied] = []
+        start, page = 0, max(limit, 50)
+        for _ in range(2 * INDEX_KEEP // page + 1):  # the index holds at most 2 * INDEX_KEEP
+            if len(live) >= limit:
+                break
+            raw: list[Any] = await self.client.zrevrange(self._index, start, start + page - 1)
+            members = [m.decode() for m in raw]
+            if not members:
+                break
+            async with self.client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hmget(stats_key(member), "id", "hits", "saved_usd", "votes", "sum", "invalidated")
+                    pipe.exists(member)
+                rows = await pipe.execute()
+            dead = []
+            for member, stats, exists in zip(members, rows[::2], rows[1::2], strict=True):
+                entry_id, hits, saved, votes, total, invalidated = stats
+                if entry_id is None or not exists or invalidated is not None:
+                    dead.append(member)
+                    continue
+                tally = Tally(int(hits or 0), float(saved or 0), int(votes or 0), float(total or 0))
+                live.append(Tallied(member, entry_id.decode(), tally))
+            if dead:
+                await self.client.zrem(self._index, *dead)
+            start += page - len(dead)
+        return heapq.nlargest(limit, live, key=lambda t: t.tally.hits)
+
+    async def invalidations(self, limit: int) -> list[bytes]:
+        ok, found = await self._run(self.client.lrange(self._invalidated, 0, limit - 1), self._slow)
+        if not ok:
+            return await self.fallback.invalidations(limit)
+        return [bytes(r) for r in found]
+
+    @property
+    def _slow(self) -> float:
+        """The bound for calls off the request path (feedback, admin reads)."""
+        return max(self._timeout * 10, 1.0)
+
+    async def _run(self, call: Awaitable[Any], timeout_s: float) -> tuple[bool, Any]:
+        """One time-boxed Redis call: (True, its reply), or (False, None) when Redis is skipped
+        or the call failed (counted against it)."""
+        if not self.available:
+            if asyncio.iscoroutine(call):
+                call.close()
+            return False, None
+        try:
+            reply = await asyncio.wait_for(call, timeout_s)
+        except _ERRORS as exc:
+            self._failed(exc)
+            return False, None
+        self._ok()
+        return True, reply
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+_ERRORS = (TimeoutError, RedisError, OSError)
+# every Lua script says what its KEYS and ARGV hold
+_STORE = data_text("cache_store.lua")
+_HITS = data_text("cache_hits.lua")
+_VOTE = data_text("cache_vote.lua")
+_INVALIDATE = data_text("cache_invalidate.lua")

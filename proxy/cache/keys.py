@@ -55,3 +55,35 @@ def _glob_escape(text: str) -> str:
             out.append("\\")
         out.append(ch)
     return "".join(out)
+
+
+# Beside the entries, under the same prefix: each entry's tallies (`<key>:s`, which purges of
+# the entry match too), the hit-count index of all entries, the list of invalidations. The
+# last two start `cx:`, which no purge pattern (`c:...`) matches.
+
+
+def stats_key(key: str) -> str:
+    return key + ":s"
+
+
+def hits_index_key(prefix: str = PREFIX) -> str:
+    return f"{prefix}cx:hits"
+
+
+def invalidations_key(prefix: str = PREFIX) -> str:
+    return f"{prefix}cx:invalidated"
+
+
+def key_parts(key: str, prefix: str = PREFIX) -> tuple[str, str] | None:
+    """(scope, target) of a cache key, unescaped; None for a key not made with this prefix."""
+    head = f"{prefix}c:"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head):].split(":")
+    if len(parts) != 3:
+        return None
+    return _unsafe(parts[0]), _unsafe(parts[1])
+
+
+def _unsafe(text: str) -> str:
+    return text.replace("%3A", ":").replace("%25", "%")

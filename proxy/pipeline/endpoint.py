@@ -27,7 +27,7 @@ import orjson
 
 from proxy.accounting.pricing import warn_unpriced
 from proxy.auth import authenticate
-from proxy.cache import BYPASS, CachePolicy, Entry, request_policy
+from proxy.cache import BYPASS, CachePolicy, Entry, Tombstone, entry_ref, new_entry_id, request_policy
 from proxy.dialects.base import Dialect, Inbound
 from proxy.errors import ClientDisconnected, InvalidRequest, ProxyError, shown
 from proxy.forwarding import forwarded
@@ -254,10 +254,14 @@ class ProxyEndpoint:
             call.key = cache.key(team=team.name, target=str(decision.target), endpoint=self.dialect.endpoint,
                                  body=call.body)
             if call.policy.lookup:
-                entry = await cache.lookup(call.key, call.policy.max_age)
-                if entry is not None:
+                found = await cache.lookup(call.key, call.policy.max_age)
+                if isinstance(found, Entry):
                     call.record.cache = "hit"
-                    return self._cache_hit(call, entry)
+                    return self._cache_hit(call, found)
+                if isinstance(found, Tombstone):  # a miss to the client; the ledger prices the re-fetch as lost savings
+                    call.out.append((b"x-switchyard-cache", b"miss"))
+                    call.record.cache = "invalidated"
+                    return None
         call.record.cache = "miss" if call.policy.used else "bypass"
         call.out.append((b"x-switchyard-cache", call.record.cache.encode()))
         return None
@@ -269,6 +273,9 @@ class ProxyEndpoint:
         saved = call.snapshot.prices.cost(entry.target, entry.usage)
         record.saved_usd = saved
         record.cost_usd = 0.0
+        record.cache_entry = entry_ref(call.key, entry)
+        if record.cache_entry is not None and call.active.cache is not None:
+            call.active.cache.count_hit(call.key, entry, saved)  # batched: counted off the request path
         if saved is not None:
             out.append((b"x-switchyard-saved-usd", _usd(saved)))
         if not call.inbound.stream:
@@ -380,7 +387,9 @@ class ProxyEndpoint:
             record.completion = answer.get("choices", answer.get("output", answer.get("content")))
         cache = call.active.cache
         if storable and cache is not None and answer is not None and self.dialect.cacheable(answer):
-            spawn(cache.store(call.key, Entry(target_name, time.time(), usage, upstream.body), call.policy.ttl_s))
+            entry = Entry(target_name, time.time(), usage, upstream.body, new_entry_id(record.request_id))
+            spawn(cache.store(call.key, entry, call.policy.ttl_s))
+            record.cache_entry = entry_ref(call.key, entry)  # only an answer stored: a fallback's never is
         if answer is not None and self._remembers(call):
             self._remember(call, answer)
 
@@ -404,8 +413,10 @@ class ProxyEndpoint:
             if answer is None:
                 return
             if storable and cache is not None and self.dialect.cacheable(answer):
-                entry = Entry(target_name, time.time(), observer.usage, orjson.dumps(answer))
+                entry = Entry(target_name, time.time(), observer.usage, orjson.dumps(answer),
+                              new_entry_id(record.request_id))
                 spawn(cache.store(call.key, entry, call.policy.ttl_s))
+                record.cache_entry = entry_ref(call.key, entry)
             if remembers:
                 self._remember(call, answer)
 

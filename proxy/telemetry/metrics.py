@@ -32,6 +32,7 @@ OTHER = "other"
 # request failures that say nothing against the provider: the client left, our own pool was full
 NOT_PROVIDER_ERRORS = frozenset({"client_disconnected", "gateway_busy"})
 NONE = "none"
+INVALIDATION_REASONS = ("feedback", "purge")  # llm_cache_invalidations_total's reasons, exported from 0
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -77,6 +78,12 @@ class Metrics:
         self.cache = _Children(Counter(
             "llm_cache_requests", "Cache lookups by result (bypass: not cacheable or asked not to).",
             ["result"], registry=r))
+        self.cache_invalidations = _Children(Counter(
+            "llm_cache_invalidations",
+            "Cache entries invalidated, by reason (feedback: a mean score below cache.min_feedback).",
+            ["reason"], registry=r))
+        for reason in INVALIDATION_REASONS:  # a series from the start: rate() and alerts see 0, not nothing
+            self.cache_invalidations.get(reason)
         self.provider_errors = _Children(Counter(
             "llm_provider_errors", "Failed upstream calls by kind.", ["provider", "model", "kind"], registry=r))
         self.inflight = Gauge(
@@ -128,8 +135,9 @@ class Metrics:
         team = record.team or NONE
         provider = record.provider or NONE
         model = _model_label(record)
-        self.requests.get(team, record.route or NONE, provider, model, str(record.status), record.cache).inc()
-        self.cache.get(record.cache).inc()
+        cache = "miss" if record.cache == "invalidated" else record.cache  # as its header says; the ledger tells
+        self.requests.get(team, record.route or NONE, provider, model, str(record.status), cache).inc()
+        self.cache.get(cache).inc()
         if record.experiment is not None:
             self.experiment_requests.get(record.experiment, record.variant or NONE, str(record.status)).inc()
         self.overhead.observe(record.overhead())
@@ -187,6 +195,10 @@ class Metrics:
 
     def ledger_backlog(self, rows: int) -> None:
         self.ledger_pending.set(rows)
+
+    def cache_invalidated(self, reason: str, entries: int = 1) -> None:
+        if entries > 0:
+            self.cache_invalidations.get(reason).inc(entries)
 
     def budget_alert(self, team: str, period: str, threshold: float) -> None:
         self.budget_alerts.get(team, period, f"{threshold:g}").inc()
