@@ -45,10 +45,15 @@ test-fast: check
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 # Load tests (need wrk: apt-get install wrk); tables and charts go to stdout and loadtest/results/.
-# `make bench` puts Switchyard, the bare mock and (after `make bench-anchors`) LiteLLM and
-# Portkey side by side in one run; `make bench-suites` has the cache and telemetry detail.
+# `make bench` puts Switchyard, the bare mock, two featureless references (a pass-through on
+# Switchyard's own stack, and nginx: installed here as root, else its column is skipped) and
+# (after `make bench-anchors`) LiteLLM and Portkey side by side in one run, with each one's
+# CPU µs per request; `make bench-suites` has the cache and telemetry detail.
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx >/dev/null; } \
+	  || echo "nginx is not installed (apt-get install -y nginx): the nginx column is skipped"
 	$(BIN)/python loadtest/compare.py --scenarios steady,spike,stress,surfaces
 
 bench-suites: install redis

@@ -1,16 +1,26 @@
-"""Switchyard beside LiteLLM and Portkey, in one run, against the same mock upstream.
+"""Switchyard beside two featureless references, LiteLLM and Portkey, in one run, against the same mock upstream.
 
     python loadtest/compare.py                 # steady figures for every installed gateway
     python loadtest/compare.py --scenarios steady,spike,stress --seconds 10
     python loadtest/compare.py --soak-minutes 10 --only switchyard
+    python loadtest/compare.py --scenarios steady --only direct,featureless,nginx,switchyard
 
-Gateways: "direct" (wrk against the mock: the zero-overhead limit), "switchyard", and,
+Gateways: "direct" (wrk against the mock: the zero-overhead limit); two references with
+no features at all: "featureless" (loadtest/featureless.py: a raw ASGI pass-through on
+Switchyard's own stack, uvicorn + httptools + uvloop + its upstream pool, so the gap to
+it is what Switchyard's features cost) and "nginx" (one worker, a plain reverse proxy
+with keep-alive to the upstream and unbuffered streams: what a C proxy costs; skipped
+with a note when nginx is not installed: apt-get install -y nginx); "switchyard"; and,
 when `make bench-anchors` has installed them under $ANCHORS_DIR (default /tmp/anchors),
 "litellm" and "portkey". Each gateway runs alone on CPU 0; the mock upstreams and wrk
-share CPU 1. Scenarios:
-- steady: non-stream at 50 connections and at 1, streams of 20 chunks at 20 connections,
-  the added time to the first streamed event (20 sequential streams from a mock that
-  waits 50 ms between chunks), RSS after the load;
+share CPU 1. Beside each load figure's req/s comes the gateway's CPU µs per request:
+the utime + stime of its processes (/proc/PID/stat; nginx's master and worker) used
+during the measured wrk run, divided by the requests wrk completed. That figure holds
+on a slower or busier machine where req/s does not. Scenarios:
+- steady: non-stream at 50 connections and at 1, streams of 20 chunks at 20 connections
+  (each with the gateway's CPU µs per request), the added time to the first streamed
+  event (20 sequential streams from a mock that waits 50 ms between chunks), RSS after
+  the load;
 - spike: 2 s at 1 connection, then 5 s at 200;
 - stress: 50, 100, 200, 400 connections, 5 s each, until errors or p99 > 1 s;
 - surfaces (Switchyard alone): the same request as chat, as Responses and as Messages,
@@ -40,9 +50,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import GATEWAY_CPU, HERE, LOAD_CPU, MOCK_PORT, ROOT, rss_kib, wait_http, wait_port, wrk  # noqa: E402
+from bench import (  # noqa: E402
+    GATEWAY_CPU,
+    HERE,
+    LOAD_CPU,
+    MOCK_PORT,
+    ROOT,
+    cpu_seconds,
+    rss_kib,
+    wait_http,
+    wait_port,
+    wrk,
+)
 
 SLOW_PORT = 18001
+FEATURELESS_PORT, NGINX_PORT = 18082, 18083
 ANCHORS = Path(os.environ.get("ANCHORS_DIR", "/tmp/anchors"))
 
 SWITCHYARD_CONFIG = f"""
@@ -77,6 +99,38 @@ general_settings: {{master_key: sk-bench}}
 """
 
 
+def nginx_config(directory: Path) -> str:
+    """A plain reverse proxy: one worker, keep-alive both ways, streams relayed as they come.
+    Every path is in `directory` (and nginx runs with -p and -e there): any user can start it."""
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid {directory}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/client_body;
+  proxy_temp_path {directory}/proxy;
+  fastcgi_temp_path {directory}/fastcgi;
+  uwsgi_temp_path {directory}/uwsgi;
+  scgi_temp_path {directory}/scgi;
+  client_body_buffer_size 64k;  # request bodies stay in memory, never in a temp file
+  keepalive_requests 1000000;  # uvicorn never closes a busy keep-alive connection either
+  upstream mock {{ server 127.0.0.1:{MOCK_PORT}; keepalive 512; keepalive_requests 1000000; }}
+  upstream slow {{ server 127.0.0.1:{SLOW_PORT}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{NGINX_PORT};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_buffering off;
+    location = /healthz {{ return 200 "ok\\n"; }}
+    location /v1/ {{ proxy_pass http://mock; }}
+    location /slow/ {{ proxy_pass http://slow/; }}  # the first-event probe: /slow/v1/... to the slow mock
+  }}
+}}
+"""
+
+
 @dataclass
 class Gateway:
     name: str
@@ -91,19 +145,32 @@ class Gateway:
     slow_headers: dict[str, str] = field(default_factory=dict)
 
 
-def gateways(workdir: Path) -> dict[str, Gateway]:
+def gateways(workdir: Path, notes: list[str]) -> dict[str, Gateway]:
+    """Every gateway this machine can run, in the table's column order; `notes` says why
+    a reference is missing."""
     (workdir / "switchyard.yaml").write_text(SWITCHYARD_CONFIG)
+    featureless = f"http://127.0.0.1:{FEATURELESS_PORT}"
     out = {
         # the first-event baseline streams from the slow mock itself, as the anchors' harness does
         "direct": Gateway("direct", f"http://127.0.0.1:{MOCK_PORT}/v1/chat/completions",
                           f"http://127.0.0.1:{MOCK_PORT}/v1/models",
                           slow_url=f"http://127.0.0.1:{SLOW_PORT}/v1/chat/completions"),
-        "switchyard": Gateway(
-            "switchyard", "http://127.0.0.1:18080/v1/chat/completions", "http://127.0.0.1:18080/healthz",
-            [sys.executable, "-m", "proxy", "serve", "--config", str(workdir / "switchyard.yaml")],
-            env={"PYTHONPATH": str(ROOT)},
+        # the references stream their first-event probe from the slow mock under /slow/
+        "featureless": Gateway(
+            "featureless", f"{featureless}/v1/chat/completions", f"{featureless}/healthz",
+            [sys.executable, str(HERE / "featureless.py"), "--port", str(FEATURELESS_PORT),
+             "--upstream", f"http://127.0.0.1:{MOCK_PORT}/v1", "--slow-upstream", f"http://127.0.0.1:{SLOW_PORT}/v1"],
+            slow_url=f"{featureless}/slow/v1/chat/completions",
         ),
     }
+    nginx = nginx_gateway(workdir / "nginx", notes)
+    if nginx is not None:
+        out["nginx"] = nginx
+    out["switchyard"] = Gateway(
+        "switchyard", "http://127.0.0.1:18080/v1/chat/completions", "http://127.0.0.1:18080/healthz",
+        [sys.executable, "-m", "proxy", "serve", "--config", str(workdir / "switchyard.yaml")],
+        env={"PYTHONPATH": str(ROOT)},
+    )
     litellm = ANCHORS / "litellm-venv" / "bin" / "litellm"
     if litellm.exists():
         (workdir / "litellm.yaml").write_text(LITELLM_CONFIG)
@@ -124,6 +191,26 @@ def gateways(workdir: Path) -> dict[str, Gateway]:
             slow_headers={**headers, "x-portkey-custom-host": f"http://127.0.0.1:{SLOW_PORT}/v1"},
         )
     return out
+
+
+def nginx_gateway(directory: Path, notes: list[str]) -> Gateway | None:
+    """nginx with its config, pid and temp files in `directory`; None (and a note) when it
+    is not installed or will not take the config."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/sbin")
+    if nginx is None:
+        notes.append("nginx is not installed (apt-get install -y nginx): no nginx column.")
+        return None
+    directory.mkdir()
+    config = directory / "nginx.conf"
+    config.write_text(nginx_config(directory))
+    command = [nginx, "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(config)]
+    check = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)
+    if check.returncode != 0:
+        notes.append(f"nginx refused the bench config, no nginx column: {check.stderr.strip()[:300]}")
+        return None
+    url = f"http://127.0.0.1:{NGINX_PORT}"
+    return Gateway("nginx", f"{url}/v1/chat/completions", f"{url}/healthz", [*command, "-g", "daemon off;"],
+                   slow_url=f"{url}/slow/v1/chat/completions")
 
 
 class Running:
@@ -148,6 +235,11 @@ class Running:
     def pid(self, mock_pid: int) -> int:
         return self.proc.pid if self.proc is not None else mock_pid
 
+    def pids(self) -> list[int]:
+        """The gateway's processes, whose CPU time is its cost: the one we started and its
+        children (nginx's worker under its master); none for direct."""
+        return process_tree(self.proc.pid) if self.proc is not None else []
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
@@ -158,6 +250,36 @@ class Running:
                 self.proc.wait(5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from the parent pid in every /proc/N/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo += children.get(out[-1], [])
+    return out
+
+
+def gateway_cpu_s(pids: list[int]) -> float:
+    """The user + system CPU seconds the gateway's processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass  # a process that exited: its time is gone with it
+    return total
+
+
 def port_in_use(port: int | None) -> bool:
     with socket.socket() as probe:
         return port is not None and probe.connect_ex(("127.0.0.1", port)) == 0
@@ -166,6 +288,16 @@ def port_in_use(port: int | None) -> bool:
 def load(gateway: Gateway, connections: int, seconds: int, **env: str) -> dict[str, float]:
     base = {"MODEL": "mock-gpt", "API_KEY": "sk-bench", "HEADERS": gateway.headers}
     return wrk(gateway.url, connections, seconds, {**base, **env})
+
+
+def measured(gateway: Gateway, pids: list[int], connections: int, seconds: int, **env: str) -> dict[str, float]:
+    """A wrk run with "cpu_us" beside its req/s: the gateway's CPU µs per completed request
+    over the run (none for direct, where there is no gateway)."""
+    before = gateway_cpu_s(pids)
+    result = load(gateway, connections, seconds, **env)
+    if pids and result.get("requests"):
+        result["cpu_us"] = (gateway_cpu_s(pids) - before) / result["requests"] * 1e6
+    return result
 
 
 def first_event_ms(gateway: Gateway, n: int = 20) -> float:
@@ -203,16 +335,22 @@ def _first_event_ms(gateway: Gateway, n: int) -> float:
     return statistics.median(times)
 
 
-def steady(gateway: Gateway, seconds: int, warmup: int) -> dict[str, float]:
+def steady(gateway: Gateway, seconds: int, warmup: int, pids: list[int]) -> dict[str, float]:
     load(gateway, 50, warmup)
     out = {}
-    r = load(gateway, 50, seconds)
+    r = measured(gateway, pids, 50, seconds)
     out.update(rps_c50=r["rps"], p99_c50=r.get("p99_ms", 0), errors_c50=r["errors"])
-    r = load(gateway, 1, max(seconds // 2, 3))
-    out.update(p50_c1=r.get("p50_ms", 0), p99_c1=r.get("p99_ms", 0))
+    if "cpu_us" in r:
+        out["cpu_c50"] = r["cpu_us"]
+    r = measured(gateway, pids, 1, max(seconds // 2, 3))
+    out.update(rps_c1=r["rps"], p50_c1=r.get("p50_ms", 0), p99_c1=r.get("p99_ms", 0))
+    if "cpu_us" in r:
+        out["cpu_c1"] = r["cpu_us"]
     load(gateway, 20, 2, STREAM="1")
-    r = load(gateway, 20, seconds, STREAM="1")
+    r = measured(gateway, pids, 20, seconds, STREAM="1")
     out.update(streams_c20=r["rps"], errors_stream=r["errors"])
+    if "cpu_us" in r:
+        out["cpu_stream_c20"] = r["cpu_us"]
     out["first_event_ms"] = first_event_ms(gateway)
     return out
 
@@ -295,19 +433,25 @@ def main() -> None:
         for port, extra in ((MOCK_PORT, []), (SLOW_PORT, ["--chunk-interval-ms", "50"]))
     ]
     results: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    only = [name for name in args.only.split(",") if name]
     try:
         wait_port(MOCK_PORT)
         wait_port(SLOW_PORT)
         with tempfile.TemporaryDirectory() as tmp:
-            found = gateways(Path(tmp))
-            chosen = [g for g in found if not args.only or g in args.only.split(",")]
+            found = gateways(Path(tmp), notes)
+            if only and "nginx" not in only:
+                notes = []  # nginx was not asked for: nothing to say about it
+            for note in notes:
+                print(note, flush=True)
+            chosen = [g for g in found if not only or g in only]
             for name in chosen:
                 gateway = found[name]
                 with Running(gateway) as running:
                     pid = running.pid(mocks[0].pid)
                     r: dict[str, float] = {}
                     if "steady" in scenarios:
-                        r.update(steady(gateway, args.seconds, args.warmup))
+                        r.update(steady(gateway, args.seconds, args.warmup, running.pids()))
                     if "spike" in scenarios:
                         r.update(spike(gateway))
                     if "stress" in scenarios:
@@ -323,16 +467,28 @@ def main() -> None:
         for m in mocks:
             m.terminate()
             m.wait(5)
-    report(results, args)
+    report(results, args, notes)
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+# (gateway, what it is): the columns the report explains under its heading, when present
+COLUMNS = [
+    ("featureless", "loadtest/featureless.py, a raw ASGI pass-through on Switchyard's own stack (uvicorn, "
+                    "httptools, uvloop, its upstream pool) and nothing else: the floor of that stack"),
+    ("nginx", "nginx, one worker, a plain reverse proxy (keep-alive to the upstream, unbuffered streams)"),
+]
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace, notes: list[str] | None = None) -> None:
     now = dt.datetime.now(dt.UTC)
     direct = results.get("direct", {})
     rows = [
         ("non-stream req/s, c50", "rps_c50", "{:,.0f}"),
+        ("gateway CPU µs per request, c50", "cpu_c50", "{:.0f}"),
+        ("non-stream req/s, c1", "rps_c1", "{:,.0f}"),
         ("p50 ms at c1 (added over direct)", "p50_c1", "{:.3f}"),
+        ("gateway CPU µs per request, c1", "cpu_c1", "{:.0f}"),
         ("streams/s, 20 chunks, c20", "streams_c20", "{:,.0f}"),
+        ("gateway CPU µs per stream, c20", "cpu_stream_c20", "{:.0f}"),
         ("first streamed event ms (added over direct)", "first_event_ms", "{:.2f}"),
         ("RSS MiB after load", "rss_mib", "{:.0f}"),
         ("spike c200 req/s (errors)", "spike_rps", "{:,.0f}"),
@@ -342,8 +498,16 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     names = list(results)
     lines = [f"### gateways side by side, {now:%Y-%m-%d %H:%M} UTC", "",
              f"{os.cpu_count()} cores; each gateway alone on CPU {GATEWAY_CPU}, mocks and wrk on CPU {LOAD_CPU}; "
-             f"wrk -t1, {args.seconds} s per figure after a {args.warmup} s warm-up; scenarios {args.scenarios}.", "",
-             "| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+             f"wrk -t1, {args.seconds} s per figure after a {args.warmup} s warm-up; scenarios {args.scenarios}.", ""]
+    lines += [f"- {name}: {what}." for name, what in COLUMNS if name in results]
+    if any(key.startswith("cpu_") for r in results.values() for key in r):
+        lines.append("- gateway CPU µs per request: the user + system CPU time of the gateway's processes "
+                     "(/proc/PID/stat; nginx's master and worker) during the measured run, over the requests "
+                     "wrk completed in it. Unlike req/s it holds on a slower or busier machine.")
+    lines += [f"- {note}" for note in notes or []]
+    if lines[-1] != "":
+        lines.append("")
+    lines += ["| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for label, key, fmt in rows:
         if not any(key in r for r in results.values()):
             continue
@@ -364,12 +528,9 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "switchyard" in results:
         sy = results["switchyard"]
-        for other in ("litellm", "portkey"):
-            if other in results:
-                o = results[other]
-                lines.append("")
-                lines.append(f"Switchyard / {other}: non-stream throughput x{sy['rps_c50'] / o['rps_c50']:.1f}, "
-                             f"streams x{sy['streams_c20'] / max(o['streams_c20'], 1e-9):.1f}.")
+        for other in ("featureless", "nginx", "litellm", "portkey"):
+            if other in results and "rps_c50" in results[other] and "rps_c50" in sy:
+                lines += ["", ratio_line(sy, results[other], other)]
     lines += surfaces_table(results.get("switchyard", {}))
     text = "\n".join(lines) + "\n"
     out_dir = HERE / "results"
@@ -379,6 +540,21 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     print("\n" + text)
     chart(results, path.with_suffix(".png"))
     print(f"written to {path.relative_to(ROOT)} (+ .png)")
+
+
+def ratio_line(sy: dict[str, float], other: dict[str, float], name: str) -> str:
+    """Switchyard over another gateway of the same run: throughput as a share of a reference's
+    (featureless, nginx: a floor Switchyard stays under), as a multiple of an anchor's, and CPU
+    per request as a multiple."""
+    def share(key: str) -> str:
+        ratio = sy[key] / max(other[key], 1e-9)
+        return f"{ratio:.0%}" if name in ("featureless", "nginx") else f"x{ratio:.1f}"
+
+    text = f"Switchyard / {name}: non-stream throughput {share('rps_c50')} (c50), streams {share('streams_c20')} (c20)"
+    cpu = [f"x{sy[key] / other[key]:.2f} ({label})" for key, label in
+           (("cpu_c50", "c50"), ("cpu_c1", "c1"), ("cpu_stream_c20", "streams c20"))
+           if key in sy and other.get(key)]
+    return text + ("; CPU per request " + ", ".join(cpu) if cpu else "") + "."
 
 
 def surfaces_table(r: dict[str, float]) -> list[str]:
@@ -404,13 +580,14 @@ def chart(results: dict[str, dict[str, float]], path: Path) -> None:
     names = list(results)
     if not any("rps_c50" in r for r in results.values()):
         return  # a soak alone: nothing to chart
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    panels = [("non-stream req/s, c50", "rps_c50"), ("streams/s, c20", "streams_c20"),
-              ("latency ms: p50 c1 / p99 c50", None)]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    panels = [("non-stream req/s, c50", "rps_c50"), ("gateway CPU µs per request, c50", "cpu_c50"),
+              ("streams/s, c20", "streams_c20"), ("latency ms: p50 c1 / p99 c50", None)]
     for ax, (title, key) in zip(axes, panels, strict=True):
         if key:
             ax.bar(names, [results[n].get(key, 0) for n in names], color="#4477aa")
-            ax.set_yscale("log")
+            if not key.startswith("cpu_"):
+                ax.set_yscale("log")
         else:
             x = range(len(names))
             ax.bar([i - 0.2 for i in x], [results[n].get("p50_c1", 0) for n in names], 0.4, label="p50 c1")
