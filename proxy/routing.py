@@ -70,9 +70,30 @@ class Step:
 
 
 _PLACEHOLDER = re.compile(r"\{(model|\d+)\}")
+MEMO_SIZE = 4096  # remembered decisions per snapshot (model names come from clients: bounded)
+
+
+def remembered(snapshot: Snapshot, model: str | None, team: Team, stream: bool, prompt: str | None = None,
+               pinned: str | None = None) -> Decision | None:
+    """The decision `decide` took before for the same inputs, when the snapshot's routes
+    look at nothing else (`Snapshot.routing_static`) and it picked one target, not a draw."""
+    if not snapshot.routing_static:
+        return None
+    found: Decision | None = snapshot.decisions.get((model, team.name, stream, prompt, pinned))
+    return found
 
 
 def decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None = None) -> Decision:
+    decision = _decide(snapshot, req, trace)
+    if snapshot.routing_static and trace is None and snapshot.routes[decision.route_index].split is None:
+        memo = snapshot.decisions
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()  # a flood of distinct names: start over rather than grow
+        memo[req.model, req.team.name, req.stream, req.prompt, req.prompt_pinned] = decision
+    return decision
+
+
+def _decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None) -> Decision:
     model = req.model or req.team.default_model
     if not model:
         raise InvalidRequest("you must provide a model parameter (this team has no default_model)", param="model")

@@ -193,6 +193,10 @@ class Snapshot:
     uses_complexity: bool = False  # some route matches on it: classify each prompt
     complexity: Any = None  # complexity.ComplexitySettings when used
     prompts: Registry = field(default_factory=lambda: EMPTY)  # the prompt registry (proxy/prompts.py)
+    # no route looks at the user, the time, a percent bucket, the prompt's complexity or an
+    # experiment: a decision depends only on (model, team, stream, prompt) and may be remembered
+    routing_static: bool = False
+    decisions: dict[Any, Any] = field(default_factory=dict, compare=False)  # routing.py's memo
 
     def team_for_key(self, key: str) -> Team | None:
         name = self.key_index.get(hash_key(key))
@@ -281,7 +285,14 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         uses_complexity=any(r.match.complexity is not None for r in routes),
         complexity=_complexity_settings(config) if _wants_complexity(config) else None,
         prompts=compile_prompts(config.prompts),
+        routing_static=all(_static_route(r) for r in routes),
     )
+
+
+def _static_route(route: Route) -> bool:
+    m = route.match
+    return (route.experiment is None and m.users is None and m.exclude_users is None and m.percent is None
+            and m.after is None and m.before is None and m.complexity is None)
 
 
 def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Route:

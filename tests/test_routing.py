@@ -502,3 +502,77 @@ routes:
     assert (str(low.target), str(high.target)) == ("mock/x", "backup/x")
     assert low.pool == ((Target("mock", "x"), 1.0), (Target("backup", "x"), 1.0))
     assert low.balance == "least_inflight"
+
+
+# ---------------------------------------------------------------- remembered decisions
+
+STATIC = """
+providers: {mock: {type: mock}, backup: {type: mock}}
+teams:
+  a: {keys: [ka], default_model: fast}
+  b: {keys: [kb], models: [fast]}
+routes:
+  - {name: streams, match: {model: fast, stream: true}, to: backup/streamer}
+  - {name: fast, match: {model: fast}, to: mock/fast, fallbacks: [backup/fast]}
+  - {name: split, match: {model: split}, split: {mock/x: 50, backup/y: 50}}
+  - {name: pass, match: {model: "*/*"}, to: "{model}"}
+"""
+
+
+def ask(snapshot: Snapshot, model: str | None, team: str = "a", stream: bool = False, rand: float = 0.3,
+        user: str | None = None) -> Decision:
+    return decide(snapshot, RouteRequest(model, snapshot.teams[team], user, stream, NOW, rand))
+
+
+def test_a_static_policy_remembers_each_decision_by_its_inputs():
+    from proxy.routing import remembered
+
+    snapshot = snapshot_from_text(STATIC)
+    assert snapshot.routing_static
+    team = snapshot.teams["a"]
+    assert remembered(snapshot, "fast", team, False) is None
+    first = ask(snapshot, "fast")
+    assert remembered(snapshot, "fast", team, False) is first
+    assert remembered(snapshot, "fast", team, True) is None  # another input, another decision
+    assert ask(snapshot, "fast", stream=True).route == "streams"
+    assert remembered(snapshot, "fast", team, True).route == "streams"
+    assert remembered(snapshot, "fast", snapshot.teams["b"], False) is None  # teams never share
+    assert ask(snapshot, None).route == "fast" and remembered(snapshot, None, team, False).route == "fast"
+    assert str(ask(snapshot, "mock/gpt-x").target) == "mock/gpt-x"
+    assert remembered(snapshot, "mock/gpt-x", team, False).target == Target("mock", "gpt-x")
+
+
+def test_draws_refusals_and_traced_decisions_are_never_remembered():
+    from proxy.routing import remembered
+
+    snapshot = snapshot_from_text(STATIC)
+    team = snapshot.teams["a"]
+    assert {str(ask(snapshot, "split", rand=r).target) for r in (0.1, 0.9)} == {"mock/x", "backup/y"}
+    assert remembered(snapshot, "split", team, False) is None
+    with pytest.raises(ModelNotAllowed):
+        ask(snapshot, "mock/other", team="b")
+    assert remembered(snapshot, "mock/other", snapshot.teams["b"], False) is None
+    decide(snapshot, RouteRequest("fast", team, None, False, NOW, 0.5), trace=[])
+    assert remembered(snapshot, "fast", team, False) is None
+
+
+@pytest.mark.parametrize("condition", [
+    "users: [u]", "exclude_users: [u]", "percent: 50", 'after: "2026-01-01T00:00:00Z"',
+    'before: "2027-01-01T00:00:00Z"', "complexity: [simple]",
+])
+def test_a_policy_looking_at_users_time_or_prompts_decides_afresh(condition):
+    from proxy.routing import remembered
+
+    snapshot = snapshot_from_text(STATIC.replace("{model: fast, stream: true}", f"{{model: fast, {condition}}}"))
+    assert not snapshot.routing_static
+    ask(snapshot, "fast", user="u")
+    assert remembered(snapshot, "fast", snapshot.teams["a"], False) is None
+
+
+def test_the_memo_is_bounded_against_a_flood_of_names():
+    from proxy.routing import MEMO_SIZE
+
+    snapshot = snapshot_from_text(STATIC)
+    for n in range(MEMO_SIZE + 10):
+        ask(snapshot, f"mock/m{n}")
+    assert len(snapshot.decisions) <= MEMO_SIZE

@@ -51,7 +51,7 @@ from proxy.relay import (
 )
 from proxy.resilience import Attempt, Health, attempt_upstream
 from proxy.responses_store import conversation, with_history
-from proxy.routing import Decision, RouteRequest, Target, classify_level, decide
+from proxy.routing import Decision, RouteRequest, Target, classify_level, decide, remembered
 from proxy.snapshot import Snapshot, Team
 from proxy.tasks import spawn
 from proxy.telemetry import TRACE_HEADERS, Telemetry
@@ -195,16 +195,20 @@ class ProxyEndpoint:
     def _route(self, call: Call) -> None:
         snapshot, record, team = call.snapshot, call.record, call.team
         assert team is not None
-        complexity = None
-        if snapshot.uses_complexity:
-            complexity = classify_level(snapshot, self.dialect.classifier_view(call.body))
         use = call.prompt
-        decision = call.decision = decide(snapshot, RouteRequest(
-            model=call.inbound.model, team=team, user=record.user or None, stream=call.inbound.stream,
-            now=datetime.now(UTC), rand=random.random(), complexity=complexity, promoted=call.active.promoted,
-            prompt=None if use is None else use.prompt.id,
-            prompt_pinned=None if use is None or not use.pinned else use.version.ref,
-        ))
+        prompt = None if use is None else use.prompt.id
+        pinned = None if use is None or not use.pinned else use.version.ref
+        decision = remembered(snapshot, call.inbound.model, team, call.inbound.stream, prompt, pinned)
+        if decision is None:
+            complexity = None
+            if snapshot.uses_complexity:
+                complexity = classify_level(snapshot, self.dialect.classifier_view(call.body))
+            decision = decide(snapshot, RouteRequest(
+                model=call.inbound.model, team=team, user=record.user or None, stream=call.inbound.stream,
+                now=datetime.now(UTC), rand=random.random(), complexity=complexity, promoted=call.active.promoted,
+                prompt=prompt, prompt_pinned=pinned,
+            ))
+        call.decision = decision
         if use is not None:
             self._prompt_variant(call, use, decision.prompt)
         target = decision.target

@@ -21,10 +21,18 @@ from proxy.usage import tokens
 log = logging.getLogger("switchyard.access")
 
 
-def fields(record: RequestRecord) -> dict[str, Any]:
+_HEAD = ("ts", "level", "logger")  # a JSON line's first keys; the logging formatter adds its own
+
+
+def fields(record: RequestRecord, ts: str = "") -> dict[str, Any]:
+    """The line as one dict, built once (it is on every request's path): the JSON line's
+    `ts`, `level` and `logger` first; `write` takes those out for the logging formatter."""
     input_tokens, output_tokens = tokens(record.usage)
     ttft = record.ttft()
     return {
+        "ts": ts,
+        "level": "info",
+        "logger": "switchyard.access",
         "request_id": record.request_id,
         "operation": record.operation,
         "endpoint": record.endpoint,
@@ -54,7 +62,10 @@ def fields(record: RequestRecord) -> dict[str, Any]:
 
 def write(record: RequestRecord) -> None:
     if log.isEnabledFor(logging.INFO):
-        log.info("request", extra={"fields": fields(record)})
+        line = fields(record)
+        for key in _HEAD:
+            del line[key]
+        log.info("request", extra={"fields": line})
 
 
 class BufferedJsonLines:
@@ -72,7 +83,7 @@ class BufferedJsonLines:
         self._scheduled = False
 
     def write(self, record: RequestRecord) -> None:
-        line = orjson.dumps({"ts": _utc_now(), "level": "info", "logger": "switchyard.access", **fields(record)})
+        line = orjson.dumps(fields(record, _utc_now()))
         self._parts.append(line + b"\n")
         self._size += len(line) + 1
         if self._size >= 65536:
