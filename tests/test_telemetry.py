@@ -588,3 +588,44 @@ async def test_a_failed_attempts_span_ends_when_it_failed_not_after_the_backoff(
     assert first.end_time_unix_nano <= second.start_time_unix_nano  # the backoff belongs to neither:
     # the whole 0.4 s wait lies between the spans (a span that held it would end as the next began)
     assert second.start_time_unix_nano - first.end_time_unix_nano >= 0.3e9
+
+
+def test_plain_number_metrics_expose_exactly_what_prometheus_client_would():
+    """The per-request series are plain numbers in one process: fed the same requests,
+    their exposition must equal prometheus-client's own, line for line."""
+    import random as rand
+
+    from prometheus_client.exposition import generate_latest
+
+    from proxy.pipeline.record import RequestRecord
+    from proxy.resilience import Attempt
+    from proxy.routing import Target
+    from proxy.telemetry.metrics import Metrics
+
+    local, reference = Metrics(local=True), Metrics(local=False)
+    draw = rand.Random(7)
+    for n in range(300):
+        record = RequestRecord(f"r{n}", "chat")
+        record.team, record.route, record.provider, record.model = "t", "fast", "mock", "m"
+        record.known_model = n % 3 != 0
+        record.status = draw.choice([200, 200, 429, 502])
+        record.cache = draw.choice(["hit", "miss", "bypass"])
+        record.stream = n % 2 == 0
+        record.usage = {"prompt_tokens": n, "completion_tokens": 2 * n, "total_tokens": 3 * n}
+        record.cost_usd = n / 1e6
+        record.experiment, record.variant = ("e", "b") if n % 5 == 0 else (None, None)
+        record.error_kind = "timeout" if record.status == 502 else None
+        record.attempts = [Attempt(Target("mock", "m"), "ok")]
+        record.known_targets = frozenset({"mock/m"})
+        record.started -= draw.choice([0.0001, 0.003, 0.02, 0.5, 1.0, 7.0, 200.0])
+        record.upstream_started = record.started + 0.0001
+        record.upstream_answered = record.upstream_started + 0.001
+        record.first_token_at = record.started + 0.01 if record.stream else None
+        record.finished = record.upstream_answered + 0.0005
+        for metrics in (local, reference):
+            metrics.started()
+            metrics.finished(record)
+    local.started()
+    reference.started()
+    assert generate_latest(local.registry).decode().splitlines() == \
+        generate_latest(reference.registry).decode().splitlines()
