@@ -833,7 +833,7 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
                 targets.append((f"{where}.experiment.variants.{variant}", variant_target))
             if not isinstance(spec, str) and spec.prompt is not None:
                 problems.extend(prompt_reference_problems(f"{where}.experiment.variants.{variant}.prompt",
-                                                          spec.prompt, config.prompts))
+                                                          spec.prompt, config.prompts, route.match.prompts or ()))
         for j, target in enumerate(route.fallbacks):
             targets.append((f"{where}.fallbacks[{j}]", target))
         for path, target in targets:
@@ -865,15 +865,11 @@ def cross_check(config: Config) -> list[tuple[str, str]]:
 
 
 def _prompt_route_problems(where: str, route: RouteConfig, config: Config) -> list[tuple[str, str]]:
-    """A rule's prompt ids must exist; an experiment on prompt versions must match on the prompt."""
+    """A rule's prompt ids must exist."""
     problems = []
     for j, pattern in enumerate(route.match.prompts or []):
         if "*" not in pattern and "?" not in pattern and pattern not in config.prompts:
             problems.append((f"{where}.match.prompts[{j}]", f"unknown prompt {pattern!r}"))
-    variants = route.experiment.variants.values() if route.experiment is not None else ()
-    if any(not isinstance(v, str) and v.prompt is not None for v in variants) and not route.match.prompts:
-        problems.append((f"{where}.match.prompts", "an experiment whose variants name prompt versions "
-                                                   "must match on that prompt (match: {prompts: [id]})"))
     return problems
 
 

@@ -13,7 +13,7 @@ path), into literal parts and names, so rendering is a join. Nothing here does I
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -195,11 +195,20 @@ def _active_problems(where: str, config: PromptConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def prompt_reference_problems(path: str, ref: str, prompts: Mapping[str, PromptConfig]) -> list[tuple[str, str]]:
-    """An `id@version` in the config (an experiment variant's prompt) must name a version that exists."""
+def prompt_reference_problems(path: str, ref: str, prompts: Mapping[str, PromptConfig],
+                              matched: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """An experiment variant's prompt must name a version that exists: `id@version`, or a
+    bare version of the prompts the rule matches on (`matched`: its match.prompts)."""
     parsed = _REFERENCE.fullmatch(ref)
     if parsed is None:
-        return [(path, f"{ref!r} must be id@version, e.g. support-answer@4")]
+        literal = [pid for pid in matched if "*" not in pid and "?" not in pid]
+        if "@" in ref or not _REFERENCE.fullmatch(f"x@{ref}"):
+            return [(path, f"{ref!r} must be id@version (e.g. support-answer@4), or a version of the "
+                           "prompts the rule matches on")]
+        if not matched:
+            return [(path, f"{ref!r} names a version of no prompt: write id@version, or match: {{prompts: [id]}}")]
+        return [(path, f"prompt {pid!r} has no version {ref!r} (versions: {_listed(prompts[pid].versions)})")
+                for pid in literal if pid in prompts and ref not in prompts[pid].versions]
     pid, version = parsed.groups()
     if pid not in prompts:
         return [(path, f"unknown prompt {pid!r} (prompts: {_listed(prompts) or 'none'})")]
@@ -209,7 +218,8 @@ def prompt_reference_problems(path: str, ref: str, prompts: Mapping[str, PromptC
 
 
 def split_reference(ref: str) -> tuple[str, str]:
-    """`id@version` (validated) as its two parts."""
+    """`id@version` (validated) as its two parts; a bare version: ("", version), meaning a
+    version of whichever prompt the request names."""
     pid, _, version = ref.rpartition("@")
     return pid, version
 

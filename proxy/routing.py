@@ -59,7 +59,8 @@ class Decision:
     balance: str = "weighted"
     experiment: str | None = None
     variant: str | None = None
-    prompt: str | None = None  # "id@version" the experiment's variant renders instead of the request's
+    prompt: str | None = None  # "id@version" (or a bare version) the experiment's variant renders
+    prompt_only: bool = False  # that variant names no target: the routes after it picked this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ def _decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None) -> 
         elif route.experiment is not None and variant is not None:
             experiment, prompt = route.experiment.name, route.experiment.prompts.get(variant)
         return Decision(model, route.name, route.index, usable[0], tuple(usable[1:]), pool, route.balance,
-                        experiment, variant, prompt)
+                        experiment, variant, prompt, assigned is not None)
     raise _not_found(snapshot, req.team, model)
 
 

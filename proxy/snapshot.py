@@ -7,6 +7,7 @@ or raises `ConfigError`; a failed reload leaves the serving snapshot untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -330,6 +331,10 @@ def _compile_route(index: int, r: RouteConfig, balance: str = "weighted") -> Rou
                    if not isinstance(spec, str) and spec.prompt is not None}
         experiment = Experiment(e.name or r.name, variants, e.sticky, e.objective, e.min_samples, e.alpha,
                                 e.promote_when_significant, MappingProxyType(prompts))
+        if prompts and match.prompts is None:
+            # variants that render versions of named prompts: the rule is for requests naming those
+            named = sorted({ref.rpartition("@")[0] for ref in prompts.values()})
+            match = dataclasses.replace(match, prompts=tuple(Glob.compile(pid) for pid in named))
     return Route(index, r.name, match, to, split, tuple(r.fallbacks), enabled, ttl, r.balance or balance,
                  experiment)
 

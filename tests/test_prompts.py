@@ -153,8 +153,11 @@ routes:
      "  - {name: e, match: {model: m, prompts: [p]}, experiment: {variants: {a: {prompt: q@1}, b: {prompt: p@1}}}}",
      "routes[0].experiment.variants.a.prompt", "unknown prompt 'q'"),
     ('  p: {active: "1", versions: {"1": {messages: [{role: system, content: hi}]}}}',
-     "  - {name: e, match: {model: m}, experiment: {variants: {a: {prompt: p@1}, b: {to: up/y}}}}",
-     "routes[0].match.prompts", "must match on that prompt"),
+     "  - {name: e, match: {model: m}, experiment: {variants: {a: {prompt: \"1\"}, b: {to: up/y}}}}",
+     "routes[0].experiment.variants.a.prompt", "names a version of no prompt"),
+    ('  p: {active: "1", versions: {"1": {messages: [{role: system, content: hi}]}}}',
+     "  - {name: e, match: {model: m, prompts: [p]}, experiment: {variants: {a: {prompt: \"9\"}, b: {to: up/y}}}}",
+     "routes[0].experiment.variants.a.prompt", "prompt 'p' has no version '9'"),
     ('  p: {active: "1", versions: {"1": {messages: [{role: system, content: hi}]}}}',
      "  - {name: e, match: {model: m, prompts: [nope]}, to: up/y}",
      "routes[0].match.prompts[0]", "unknown prompt 'nope'"),
@@ -279,6 +282,17 @@ def test_an_experiment_splits_on_prompt_versions_and_prompt_only_variants_fall_t
     }
     again = {route(snapshot, user="user7", prompt="support-answer").variant for _ in range(5)}
     assert len(again) == 1  # sticky per user
+
+
+def test_variants_may_name_bare_versions_and_named_prompts_scope_the_rule_by_themselves():
+    bare = EXPERIMENT_ROUTES.replace("prompt: support-answer@3", 'prompt: "3"')
+    implicit = EXPERIMENT_ROUTES.replace("prompts: [support-answer]", "")
+    for routes in (bare, implicit):
+        snapshot = snapshot_from_text(config(routes=routes))
+        prompts = {route(snapshot, user=f"user{n}", prompt="support-answer").prompt for n in range(60)}
+        assert prompts in ({"3", "support-answer@4"}, {"support-answer@3", "support-answer@4"})
+        assert route(snapshot, prompt="greeting").experiment is None
+        assert route(snapshot).experiment is None
 
 
 def test_the_experiment_leaves_other_prompts_pinned_versions_and_plain_requests_alone():
@@ -426,6 +440,7 @@ async def test_an_experiment_on_versions_renders_each_users_variant_and_records_
         seen[r.headers["x-switchyard-experiment"]] = (r.headers["x-switchyard-prompt"], system)
     assert seen == {"support-v4:current": ("support-answer@3", "You are the P expert. Be brief."),
                     "support-v4:candidate": ("support-answer@4", "Expert on P.")}
+    assert upstream.post("/chat/completions").calls.last.request.json()["model"] in ("small", "big")
     await client.aclose()
     client = await app_client(config(upstream.base_url, str(ledger), routes=EXPERIMENT_ROUTES))
     experiment = (await client.get("/admin/experiments/support-v4", headers=ADMIN_AUTH)).json()
@@ -438,6 +453,32 @@ async def test_an_experiment_on_versions_renders_each_users_variant_and_records_
     assert [p["id"] for p in listed] == ["support-answer", "greeting"]
     assert (await client.get("/admin/prompts/nope", headers=ADMIN_AUTH)).status_code == 404
     assert (await client.get("/admin/prompts/support-answer", headers=AUTH)).status_code in (401, 403)
+
+
+async def test_a_variant_naming_only_a_version_with_a_model_asks_for_that_model(app_client, upstream):
+    routes = """
+  - name: versions
+    match: {model: fast}
+    experiment:
+      name: versions
+      variants:
+        current: {prompt: support-answer@3}
+        smart-one: {prompt: support-answer@4}
+"""
+    client = await app_client(config(upstream.base_url, routes=routes))
+    seen = {}
+    for n in range(40):
+        r = await client.post("/v1/chat/completions", headers={**AUTH, "x-switchyard-user": f"u{n}"}, json={
+            "model": "fast", "messages": [{"role": "user", "content": f"q{n}"}],
+            "prompt": {"id": "support-answer", "variables": {"product": "P"}}})
+        assert r.status_code == 200, r.text
+        seen[r.headers["x-switchyard-experiment"]] = (r.headers["x-switchyard-prompt"], r.headers["x-switchyard-route"],
+                                                      upstream.post("/chat/completions").calls.last.request.json()["model"])
+    assert seen == {"versions:current": ("support-answer@3", "fast", "small"),
+                    "versions:smart-one": ("support-answer@4", "smart", "big")}  # version 4 says model: smart
+    plain = await client.post("/v1/chat/completions", headers=AUTH,
+                              json={"model": "fast", "messages": [{"role": "user", "content": "q"}]})
+    assert "x-switchyard-experiment" not in plain.headers and plain.headers["x-switchyard-route"] == "fast"
 
 
 # ---------------------------------------------------------------- the served gateway and the SDK

@@ -16,6 +16,7 @@ framework's Request so the hot path parses only what it needs and streams stay u
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -210,7 +211,7 @@ class ProxyEndpoint:
             ))
         call.decision = decision
         if use is not None:
-            self._prompt_variant(call, use, decision.prompt)
+            decision = call.decision = self._prompt_variant(call, use, decision)
         target = decision.target
         record.route = decision.route
         if decision.experiment is not None:
@@ -224,15 +225,25 @@ class ProxyEndpoint:
             (b"x-switchyard-model", header_value(target.model)),
         ]
 
-    def _prompt_variant(self, call: Call, use: PromptUse, variant: str | None) -> None:
-        """An experiment's variant may render another version of the request's prompt."""
+    def _prompt_variant(self, call: Call, use: PromptUse, decision: Decision) -> Decision:
+        """An experiment's variant may render another version of the request's prompt. A
+        variant naming only a version asks for that version's model, when it has one."""
         version = use.version
-        if variant is not None and variant != version.ref:
-            pid, name = split_reference(variant)
-            if pid == use.prompt.id and name in use.prompt.versions:
-                version = use.prompt.versions[name]
+        pid, name = split_reference(decision.prompt) if decision.prompt is not None else ("", "")
+        if name and pid in ("", use.prompt.id) and name in use.prompt.versions:
+            version = use.prompt.versions[name]
+            if version is not use.version:
                 self._render(call, version)
+            if decision.prompt_only and version.model is not None and version.model != decision.requested:
+                assert call.team is not None
+                rerouted = decide(call.snapshot, RouteRequest(  # pinned: the experiment is not asked again
+                    model=version.model, team=call.team, user=call.record.user or None,
+                    stream=call.inbound.stream, now=datetime.now(UTC), rand=random.random(),
+                    promoted=call.active.promoted, prompt=use.prompt.id, prompt_pinned=version.ref))
+                decision = dataclasses.replace(rerouted, experiment=decision.experiment, variant=decision.variant,
+                                               prompt=decision.prompt)
         call.out.append((b"x-switchyard-prompt", header_value(version.ref)))
+        return decision
 
     # --- admit: rate limits and budget, knowing what the call may cost
 
