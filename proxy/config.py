@@ -259,7 +259,7 @@ class CacheConfig(_Strict):
     # an entry whose mean feedback score (POST /v1/feedback, 0..1) falls below min_feedback,
     # over at least min_votes votes, is invalidated for every replica; null: feedback never does
     min_feedback: float | None = Field(0.5, ge=0, le=1)
-    min_votes: int = Field(3, ge=1, le=1000)
+    min_votes: int = Field(1, ge=1, le=1000)
 
 
 

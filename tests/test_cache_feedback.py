@@ -115,7 +115,7 @@ def test_config_refuses_bad_thresholds(cache, problem):
 def test_config_thresholds_default_on_and_may_be_turned_off():
     providers = "providers: {mock: {type: mock}}\n"
     default = load_text("cache: {backend: memory}\n" + providers, env={}).config.cache
-    assert (default.min_feedback, default.min_votes) == (0.5, 3)
+    assert (default.min_feedback, default.min_votes) == (0.5, 1)
     off = load_text("cache: {backend: memory, min_feedback: null, min_votes: 1}\n" + providers, env={}).config.cache
     assert (off.min_feedback, off.min_votes) == (None, 1)
 
@@ -280,6 +280,8 @@ async def test_memory_tombstone_lasts_until_the_entry_would_have_expired():
 
 
 def config(upstream: FakeUpstream, cache: str, ledger: str = "{path: ledger.db, flush_interval_s: 0.05}") -> str:
+    if "min_votes" not in cache:  # these tests vote three times: one vote alone must not decide
+        cache = cache[:-1] + ", min_votes: 3}"
     root = upstream.base_url.removesuffix("/v1")
     return f"""
 server: {{admin_keys: ["{ADMIN}"]}}
@@ -322,6 +324,20 @@ async def proxy(request, upstream, app_client) -> AppClient:
         require_redis()
         return await app_client(config(upstream, redis_cache(fresh_prefix())))
     return await app_client(config(upstream, "{backend: memory}"))
+
+
+async def test_by_default_one_bad_vote_invalidates(upstream, app_client):
+    proxy = await app_client(config(upstream, "{backend: memory, min_votes: 1}").replace(", min_votes: 1", ""))
+    assert (await proxy.get("/admin/cache/entries", headers=ADMIN_AUTH)).json()["min_votes"] == 1
+    served = await proxy.post("/v1/chat/completions", headers=auth(), json=chat_body("main", "what is up?"))
+    await drain()
+    hit = await proxy.post("/v1/chat/completions", headers=auth(), json=chat_body("main", "what is up?"))
+    assert hit.headers["x-switchyard-cache"] == "hit" and upstream_calls(upstream) == 1
+    voted = await proxy.post("/v1/feedback", headers=auth(), json={"request_id": hit.headers["x-request-id"], "score": 0})
+    assert voted.status_code == 201 and voted.json()["cache"]["invalidated"]
+    again = await proxy.post("/v1/chat/completions", headers=auth(), json=chat_body("main", "what is up?"))
+    assert again.headers["x-switchyard-cache"] == "miss" and upstream_calls(upstream) == 2
+    assert served.json() == again.json()
 
 
 def auth(key: str = KEY_A) -> dict[str, str]:
