@@ -101,10 +101,18 @@ def _decide(snapshot: Snapshot, req: RouteRequest, trace: list[Step] | None) -> 
     if not req.team.allows(model):
         raise _not_allowed(snapshot, req.team, model)
     assigned: tuple[str, str, str | None] | None = None  # a prompt-only variant: (experiment, variant, prompt)
-    for route in snapshot.routes:
-        groups = _match(route, model, req, trace)
-        if groups is None:
-            continue
+    # untraced, only the rules whose model patterns take the name are looked at (remembered per name)
+    candidates = _candidates(snapshot, model) if trace is None else tuple((r, ()) for r in snapshot.routes)
+    for route, captured in candidates:
+        if trace is None:
+            if _condition_failing(route, req) is not None:
+                continue
+            groups: tuple[str, ...] = captured
+        else:
+            matched = _match(route, model, req, trace)
+            if matched is None:
+                continue
+            groups = matched
         variant = None
         if route.experiment is not None:
             variant = assign_variant(route.experiment, req)
@@ -198,18 +206,47 @@ def _match(route: Route, model: str, req: RouteRequest, trace: list[Step] | None
     return None
 
 
+def _candidates(snapshot: Snapshot, model: str) -> tuple[tuple[Route, tuple[str, ...]], ...]:
+    """The rules whose model patterns take this name, in order, with what their wildcards
+    captured; remembered per snapshot (bounded: names come from clients)."""
+    memo = snapshot.model_routes
+    found: tuple[tuple[Route, tuple[str, ...]], ...] | None = memo.get(model)
+    if found is None:
+        pairs = []
+        for route in snapshot.routes:
+            groups = _model_groups(route, model)
+            if groups is not None:
+                pairs.append((route, groups))
+        found = tuple(pairs)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[model] = found
+    return found
+
+
+def _model_groups(route: Route, model: str) -> tuple[str, ...] | None:
+    """What the rule's first matching model pattern captured; None when none matches."""
+    if route.match.models is None:
+        return ()
+    for glob in route.match.models:
+        found = glob.match(model)
+        if found is not None:
+            return found
+    return None
+
+
 def _check(route: Route, model: str, req: RouteRequest) -> tuple[str, ...] | str:
     """The wildcard captures when every condition holds, else the name of the first that fails."""
+    groups = _model_groups(route, model)
+    if groups is None:
+        return "model"
+    failing = _condition_failing(route, req)
+    return groups if failing is None else failing
+
+
+def _condition_failing(route: Route, req: RouteRequest) -> str | None:
+    """The first of the rule's conditions besides the model name that the request fails."""
     m = route.match
-    groups: tuple[str, ...] = ()
-    if m.models is not None:
-        for glob in m.models:
-            found = glob.match(model)
-            if found is not None:
-                groups = found
-                break
-        else:
-            return "model"
     if m.teams is not None and req.team.name not in m.teams:
         return "teams"
     if m.users is not None and req.user not in m.users:
@@ -230,7 +267,7 @@ def _check(route: Route, model: str, req: RouteRequest) -> tuple[str, ...] | str
         return "prompt_pinned"
     if m.percent is not None and percent_bucket(route.name, req.user or req.team.name) >= m.percent:
         return "percent"
-    return groups
+    return None
 
 
 def _why_not(condition: str, route: Route, model: str, req: RouteRequest) -> str:

@@ -198,6 +198,7 @@ class Snapshot:
     # experiment: a decision depends only on (model, team, stream, prompt) and may be remembered
     routing_static: bool = False
     decisions: dict[Any, Any] = field(default_factory=dict, compare=False)  # routing.py's memo
+    model_routes: dict[str, Any] = field(default_factory=dict, compare=False)  # name -> the rules it can match
 
     def team_for_key(self, key: str) -> Team | None:
         name = self.key_index.get(hash_key(key))

@@ -576,3 +576,25 @@ def test_the_memo_is_bounded_against_a_flood_of_names():
     for n in range(MEMO_SIZE + 10):
         ask(snapshot, f"mock/m{n}")
     assert len(snapshot.decisions) <= MEMO_SIZE
+
+
+def test_looking_only_at_the_rules_a_name_can_match_decides_as_walking_every_rule():
+    """Untraced decisions start from the rules whose model patterns take the name (remembered
+    per name); traced ones walk every rule. Over many requests they must agree."""
+    import random as rand
+
+    snapshot = snapshot_from_text(POLICY, env={"OPENAI_API_KEY": "sk-x"})
+    draw = rand.Random(3)
+    names = ["fast", "smart", "trio", "embed", "claude-3", "mock/x", "nope", "", "text-embedding-3-small", None]
+    for _ in range(400):
+        req = RouteRequest(draw.choice(names), snapshot.teams[draw.choice(list(snapshot.teams))],
+                           draw.choice([None, "alice", "bob", "carol"]), draw.random() < 0.5,
+                           draw.choice([NOW, WINDOW_START + timedelta(days=3)]), draw.random())
+        outcomes = []
+        for trace in (None, []):
+            try:
+                outcomes.append(decide(snapshot, req, trace))
+            except ProxyError as exc:
+                outcomes.append((type(exc), exc.message))
+        assert outcomes[0] == outcomes[1], req
+    assert len(snapshot.model_routes) <= len(names)
