@@ -18,10 +18,12 @@ limiter decides meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.config import LimitsConfig
 from proxy.data import text as data_text
@@ -45,9 +47,12 @@ class Check:
     kind: str  # requests | tokens
     scope: str  # team | user
 
+    @property
+    def limit_text(self) -> bytes:
+        return str(self.limit).encode()
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+
+class Outcome(NamedTuple):  # one per check per request: a tuple is the cheapest to make
     allowed: bool
     remaining: int
     reset_s: float  # until the allowance is whole again
@@ -67,7 +72,8 @@ def gcra(tat: float | None, now: float, limit: int, cost: float) -> tuple[Outcom
     return Outcome(True, remaining, new_tat - now, 0.0), new_tat
 
 
-def checks_for(team: str, user: str | None, limits: LimitsConfig) -> list[Check]:
+@functools.lru_cache(maxsize=4096)  # the same few (team, user, limits) over and over; bounded for user floods
+def checks_for(team: str, user: str | None, limits: LimitsConfig) -> tuple[Check, ...]:
     out = []
     if limits.rpm:
         out.append(Check(f"{team}:r", limits.rpm, 1, "requests", "team"))
@@ -78,7 +84,7 @@ def checks_for(team: str, user: str | None, limits: LimitsConfig) -> list[Check]
             out.append(Check(f"{team}:u:{user}:r", limits.user_rpm, 1, "requests", "user"))
         if limits.user_tpm:
             out.append(Check(f"{team}:u:{user}:t", limits.user_tpm, 0, "tokens", "user"))
-    return out
+    return tuple(out)
 
 
 class LocalLimiter:
@@ -87,7 +93,7 @@ class LocalLimiter:
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
 
-    def take(self, checks: list[Check], now: float) -> list[Outcome]:
+    def take(self, checks: tuple[Check, ...], now: float) -> list[Outcome]:
         results = []
         new: dict[str, float] = {}
         for check in checks:
@@ -179,7 +185,7 @@ class RateLimiter:
     def _redis_usable(self) -> bool:
         return self.guard is not None and self.guard.available
 
-    async def _outcomes(self, checks: list[Check]) -> list[Outcome]:
+    async def _outcomes(self, checks: tuple[Check, ...]) -> list[Outcome]:
         if self._redis is None or not self._redis_usable():
             return self.local.take(checks, time.time())
         keys = [f"{self.prefix}:{c.key}" for c in checks]
@@ -212,19 +218,24 @@ class RateLimiter:
             self.guard.failed(exc)  # it logs the change, once, for every user of this Redis
 
 
-def _headers(checks: list[Check], outcomes: list[Outcome]) -> list[tuple[bytes, bytes]]:
+_HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+                         f"x-ratelimit-reset-{kind}".encode()) for kind in ("requests", "tokens")}
+
+
+def _headers(checks: tuple[Check, ...], outcomes: list[Outcome]) -> list[tuple[bytes, bytes]]:
     """OpenAI-style headers, from the tightest team or user limit of each kind."""
+    tightest: dict[str, tuple[Check, Outcome]] = {}
+    for check, outcome in zip(checks, outcomes, strict=True):
+        held = tightest.get(check.kind)
+        if held is None or outcome.remaining < held[1].remaining:
+            tightest[check.kind] = (check, outcome)
     out: list[tuple[bytes, bytes]] = []
     for kind in ("requests", "tokens"):
-        pairs = [(c, o) for c, o in zip(checks, outcomes, strict=True) if c.kind == kind]
-        if not pairs:
-            continue
-        check, outcome = min(pairs, key=lambda p: p[1].remaining)
-        out += [
-            (f"x-ratelimit-limit-{kind}".encode(), str(check.limit).encode()),
-            (f"x-ratelimit-remaining-{kind}".encode(), str(outcome.remaining).encode()),
-            (f"x-ratelimit-reset-{kind}".encode(), duration(outcome.reset_s).encode()),
-        ]
+        if kind in tightest:
+            check, outcome = tightest[kind]
+            limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+            out += [(limit_name, check.limit_text), (remaining_name, str(outcome.remaining).encode()),
+                    (reset_name, duration(outcome.reset_s).encode())]
     return out
 
 
