@@ -446,11 +446,11 @@ def _usage(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
     print(f"ledger {ledger_description(snapshot)}, {reports.iso(since)} .. {reports.iso(until)}"
           + (f", team {args.team}" if args.team else ""))
     header = (args.group_by, "requests", "errors", "cache hits", "tokens in", "tokens out", "cost $",
-              "cache saved $", "routing saved $")
+              "cache saved $", "lost to invalidations $", "routing saved $")
     _table([header] + [
         (str(r["key"]), str(r["requests"]), str(r["errors"]), str(r["cache_hits"]), str(r["input_tokens"]),
          str(r["output_tokens"]), f"{r['cost_usd']:.6f}", f"{r['cache_savings_usd']:.6f}",
-         f"{r['routing_savings_usd']:.6f}")
+         f"{r.get('savings_lost_usd') or 0:.6f}", f"{r['routing_savings_usd']:.6f}")
         for r in rows
     ])
     if len(lines) > 1:
