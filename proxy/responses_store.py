@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from proxy.cache.backends import Backend, MemoryBackend, RedisBackend
+from proxy.cache.backends import Backend, MemoryBackend
 from proxy.config import Config
 from proxy.redis_guard import RedisGuards
 
@@ -102,6 +102,8 @@ def build_store(config: Config, guards: RedisGuards | None = None) -> ResponseSt
         cache = config.cache
         url = settings.url or cache.url
         guard = guards.get(url, failures=cache.failures, cooldown_s=cache.cooldown_s) if guards else None
+        from proxy.cache.redis_backend import RedisBackend  # redis-py: loaded only when asked for
+
         backend = RedisBackend(url, timeout_ms=cache.timeout_ms, failures=cache.failures,
                                cooldown_s=cache.cooldown_s, fallback=local, guard=guard, user="stored responses")
     return ResponseStore(backend, config.cache.key_prefix, settings.ttl_s)

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from proxy.cache.backends import Backend, Hits, MemoryBackend, RedisBackend, Tallied, Tally
+from proxy.cache.backends import Backend, Hits, MemoryBackend, Tallied, Tally
 from proxy.cache.keys import cache_key, key_parts, purge_pattern
 from proxy.config import CacheConfig
 from proxy.redis_guard import RedisGuards
@@ -290,10 +290,11 @@ class ResponseCache:
     def state(self) -> dict[str, Any]:
         backend = self.backend
         info: dict[str, Any] = {"backend": backend.name, "scope": self.settings.scope, "ttl_s": self.settings.ttl_s}
-        if isinstance(backend, RedisBackend):
-            info["redis"] = backend.guard.report()
-            info["redis_available"] = backend.guard.up  # as last seen (probed at startup), not assumed
-            info["redis_errors"] = backend.errors
+        guard = getattr(backend, "guard", None)  # the Redis backend's
+        if guard is not None:
+            info["redis"] = guard.report()
+            info["redis_available"] = guard.up  # as last seen (probed at startup), not assumed
+            info["redis_errors"] = getattr(backend, "errors", 0)
         return info
 
     async def aclose(self) -> None:
@@ -307,6 +308,8 @@ def build_cache(settings: CacheConfig, guards: RedisGuards | None = None) -> Res
     local = MemoryBackend(settings.max_entries)
     if settings.backend == "memory":
         return ResponseCache(settings, local)
+    from proxy.cache.redis_backend import RedisBackend  # redis-py: loaded only when asked for
+
     guard = guards.get(settings.url, failures=settings.failures, cooldown_s=settings.cooldown_s) \
         if guards is not None else None
     backend = RedisBackend(

@@ -21,10 +21,11 @@ from proxy.pipeline.record import RequestRecord
 from proxy.telemetry import access_log
 from proxy.telemetry.logs import setup_logging
 from proxy.telemetry.metrics import Metrics
-from proxy.telemetry.tracing import SHUTDOWN_TIMEOUT_S, TRACE_HEADERS, Tracing, otlp_traces_endpoint
+from proxy.telemetry.trace_context import SHUTDOWN_TIMEOUT_S, TRACE_HEADERS, otlp_traces_endpoint
 
 if TYPE_CHECKING:
     from proxy.live import LiveStats
+    from proxy.telemetry.tracing import Tracing
 
 log = logging.getLogger("switchyard.telemetry")
 
@@ -62,6 +63,8 @@ class Telemetry:
             return
         old, self.tracing, self._endpoint = self.tracing, None, endpoint
         if endpoint is not None:
+            from proxy.telemetry.tracing import Tracing  # OpenTelemetry's SDK: loaded only when used
+
             self.tracing = Tracing(settings, endpoint)
             log.info("tracing on: OTLP/HTTP to %s", endpoint)
         elif old is not None:

@@ -26,30 +26,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from proxy.config import TelemetryConfig
 from proxy.pipeline.record import RequestRecord, tries
+from proxy.telemetry.trace_context import SHUTDOWN_TIMEOUT_S
 from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.telemetry")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
-
-
-def otlp_traces_endpoint(settings: TelemetryConfig) -> str | None:
-    """The traces URL from the config, else from the standard OTEL_* variables, else None (off)."""
-    if settings.otlp_endpoint:
-        base = settings.otlp_endpoint.rstrip("/")
-        return base if base.endswith("/v1/traces") else base + "/v1/traces"
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    explicit = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if explicit:
-        return explicit
-    general = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    return general.rstrip("/") + "/v1/traces" if general else None
-
-
 EXPORT_TIMEOUT_S = 5.0
-SHUTDOWN_TIMEOUT_S = 3.0
 
 
 class Tracing:
