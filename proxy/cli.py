@@ -174,6 +174,7 @@ def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         # nothing reads the client's address: rewriting it from X-Forwarded-For would cost
         # every request a middleware call (about 5 µs) for nobody
         proxy_headers=False,
+        ws_max_size=64 * 1024,  # /admin/live takes one small message (the key); uvicorn's default is 16 MiB
         log_config=None,
         log_level=os.environ["SWITCHYARD_LOG_LEVEL"],
         timeout_graceful_shutdown=30,
