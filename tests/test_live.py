@@ -396,6 +396,26 @@ async def test_served_bad_key_is_closed_with_1008(tmp_path):
 
 
 @pytest.mark.integration
+async def test_served_oversized_or_binary_first_messages_are_refused_and_serving_goes_on(tmp_path):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    with ServerProcess(write_config(tmp_path)) as server:
+        async with connect(ws_url(server), max_size=None) as ws:
+            await ws.send("x" * 200_000)  # over the 64 KiB a message may have
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+        async with connect(ws_url(server)) as ws:
+            await ws.send(b"\x00\x01 binary")
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        async with connect(ws_url(server), additional_headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as ws:
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "snapshot"
+
+
+@pytest.mark.integration
 async def test_with_several_workers_each_answers_for_itself(tmp_path):
     from websockets.asyncio.client import connect
 
