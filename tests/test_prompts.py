@@ -363,6 +363,19 @@ async def test_chat_renders_the_active_version_ahead_of_the_requests_messages(ap
     assert requests == {"3": 1, "4": 1, "2": 0, "5": 0}
 
 
+async def test_the_access_log_names_the_prompt_version(app_client, upstream, caplog):
+    import logging
+
+    client = await app_client(config(upstream.base_url))
+    with caplog.at_level(logging.INFO, logger="switchyard.access"):
+        await client.post("/v1/chat/completions", headers=AUTH, json={
+            "model": "fast", "prompt": {"id": "greeting", "variables": {"name": "Ann"}}})
+        await client.post("/v1/chat/completions", headers=AUTH, json={
+            "model": "fast", "messages": [{"role": "user", "content": "no prompt"}]})
+    logged = [r.fields["prompt"] for r in caplog.records if r.name == "switchyard.access"]
+    assert logged == ["greeting@1", None]
+
+
 async def test_a_prompt_alone_needs_no_messages_and_responses_take_it_too(app_client, upstream):
     client = await app_client(config(upstream.base_url))
     r = await client.post("/v1/chat/completions", headers=AUTH, json={

@@ -49,6 +49,7 @@ def fields(record: RequestRecord, ts: str = "") -> dict[str, Any]:
         "cache": record.cache,
         "experiment": record.experiment,
         "variant": record.variant,
+        "prompt": None if record.prompt_id is None else f"{record.prompt_id}@{record.prompt_version}",
         "attempts": tries(record.attempts),
         "input_tokens": input_tokens if record.usage is not None else None,
         "output_tokens": output_tokens if record.usage is not None else None,
