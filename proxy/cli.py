@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--at", default=None, help="evaluate at this ISO time instead of now")
     route.add_argument("--rand", type=float, default=None, help="fix the split draw (0..1)")
     route.add_argument("--prompt", default=None, help="a user message: show its complexity (features, score, level)")
+    route.add_argument("--prompt-id", default=None, help="a registered prompt the request names (prompts:)")
+    route.add_argument("--prompt-version", default=None, help="the version it names (default: the active one)")
     route.set_defaults(run=_with_config(_route))
 
     usage = sub.add_parser("usage", help="spend, tokens and savings from the ledger, as a table")
@@ -327,9 +329,20 @@ def _route(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         now = now.replace(tzinfo=UTC)
     rand = args.rand if args.rand is not None else secrets.randbelow(10**6) / 10**6
     level = _explain_prompt(snapshot, args.prompt) if args.prompt is not None else None
-    request = RouteRequest(args.model, team, args.user, args.stream, now, rand, complexity=level)
+    model, pinned = args.model, None
+    if args.prompt_id is not None:
+        prompt = snapshot.prompts.get(args.prompt_id)
+        version = None if prompt is None else prompt.versions.get(args.prompt_version or prompt.active)
+        if prompt is None or version is None:
+            print(f"no prompt {args.prompt_id!r}" + (f" version {args.prompt_version!r}" if prompt else "")
+                  + f" in {path}", file=sys.stderr)
+            return 2
+        model = version.model or model  # a version's model replaces the request's, as the gateway does
+        pinned = version.ref if args.prompt_version is not None else None
+    request = RouteRequest(model, team, args.user, args.stream, now, rand, complexity=level,
+                           prompt=args.prompt_id, prompt_pinned=pinned)
     trace: list[Step] = []
-    print(f"model={args.model or '(team default: ' + str(team.default_model) + ')'} team={team.name} "
+    print(f"model={model or '(team default: ' + str(team.default_model) + ')'} team={team.name} "
           f"user={args.user or '-'} stream={str(args.stream).lower()} at={now.isoformat()}"
           + (f" complexity={level}" if level else ""))
     try:
@@ -340,7 +353,8 @@ def _route(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         return 1
     _print_trace(trace)
     print(f"\n=> route {decision.route}: {decision.target}"
-          + (f" (experiment {decision.experiment}, variant {decision.variant})" if decision.experiment else ""))
+          + (f" (experiment {decision.experiment}, variant {decision.variant})" if decision.experiment else "")
+          + (f", prompt {decision.prompt}" if decision.prompt else ""))
     if decision.fallbacks:
         print(f"   then: {', '.join(map(str, decision.fallbacks))}")
     return 0

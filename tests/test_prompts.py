@@ -567,3 +567,22 @@ def test_experiments_list_names_prompt_variants(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "current=(later routes) + prompt support-answer@3 (1)" in done.stdout
     assert "candidate=up/big + prompt support-answer@4 (1)" in done.stdout
+
+
+def test_the_route_dry_run_takes_a_prompt(tmp_path):
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(routes=EXPERIMENT_ROUTES))
+
+    def dry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy", "route", "--config", str(path), "--team", "t",
+                               *args], capture_output=True, text=True)
+
+    seen = set()
+    for n in range(16):  # both variants among 16 users: all but certain (2 in 65,536 miss one)
+        done = dry("--model", "fast", "--user", f"u{n}", "--prompt-id", "support-answer")
+        assert done.returncode == 0, done.stderr
+        seen.add(done.stdout.strip().splitlines()[-1].split("prompt ")[-1])
+    assert seen == {"support-answer@3", "support-answer@4"}
+    pinned = dry("--prompt-id", "support-answer", "--prompt-version", "4")
+    assert "=> route smart: up/big" in pinned.stdout and "model=smart" in pinned.stdout
+    assert dry("--model", "fast", "--prompt-id", "nope").returncode == 2
