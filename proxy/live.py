@@ -51,6 +51,7 @@ AUTH_TIMEOUT_S = 10.0  # for the first message, when the key is not in a header
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused key
 TICK_LAG_S = 0.005  # wake just after a second ends, so that second is complete
 NO_TEAM = "-"
+SAMPLES_PER_S = 2048  # latencies kept per second for the percentiles (60 s: at most about 2 MiB)
 
 
 class _Bucket:
@@ -114,9 +115,19 @@ class LiveStats:
         now = self._clock()
         bucket = self._current if now < self._current_ends else self._roll(now)
         bucket.requests += 1
-        bucket.durations.append(record.duration())
+        # a second keeps at most SAMPLES_PER_S latencies (beyond that, the newest overwrite the
+        # older ones in turn): percentiles from 2,048 samples, and memory that does not follow the rate
+        durations = bucket.durations
+        if len(durations) < SAMPLES_PER_S:
+            durations.append(record.duration())
+        else:
+            durations[bucket.requests % SAMPLES_PER_S] = record.duration()
         if record.first_token_at is not None:
-            bucket.ttfts.append(record.first_token_at - record.started)
+            ttfts = bucket.ttfts
+            if len(ttfts) < SAMPLES_PER_S:
+                ttfts.append(record.first_token_at - record.started)
+            else:
+                ttfts[bucket.requests % SAMPLES_PER_S] = record.first_token_at - record.started
         kind = record.error_kind
         if kind is None and record.status >= 400:
             kind = f"status_{record.status}"  # a refusal (401, 404, 429...) has no provider error kind

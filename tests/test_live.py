@@ -464,3 +464,23 @@ def test_the_dashboard_shows_the_load_and_survives_a_restart(tmp_path):
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_busy_second_keeps_a_bounded_sample_of_latencies():
+    from proxy.live import SAMPLES_PER_S, LiveStats
+
+    clock = [1000.25]
+    stats = LiveStats(clock=lambda: clock[0])
+    for n in range(SAMPLES_PER_S * 3):
+        record = RequestRecord(f"r{n}", "chat")
+        record.finished = record.started + (0.010 if n < SAMPLES_PER_S * 2 else 0.030)
+        record.first_token_at = record.started + 0.005
+        stats.started()
+        stats.add(record)
+    bucket = stats._current
+    assert bucket.requests == SAMPLES_PER_S * 3
+    assert len(bucket.durations) == SAMPLES_PER_S and len(bucket.ttfts) == SAMPLES_PER_S
+    clock[0] = 1001.5
+    (second,) = [s for s in stats.seconds(clock[0]) if s.requests]
+    assert second.requests == SAMPLES_PER_S * 3
+    assert second.latency_p50_ms == pytest.approx(30.0, rel=0.01)  # the newest third overwrote the rest
