@@ -331,11 +331,7 @@ async def experiment_report(runtime: Runtime, name: str) -> dict[str, Any]:
     experiment = experiments_of(active.snapshot).get(name)
     if experiment is None:
         raise NotFound(f"no experiment {shown(name)} in the config")
-    accounting = active.accounting
-    assert accounting is not None
-    if accounting.writer is not None:
-        await accounting.writer.flush()
-    report = await experiment_stats(accounting.reader, experiment)
+    report = await experiment_stats(await runtime.reports.ledger(), experiment)
     report["ledger"] = freshness = runtime.reports.freshness()
     if not freshness["stale"]:  # a verdict on a ledger missing this replica's rows promotes nothing
         runtime.experiments.consider(experiment, report)
@@ -359,11 +355,7 @@ async def admin_prompt(runtime: Runtime, request: Request) -> Response:
     prompt = active.snapshot.prompts.get(pid)
     if prompt is None:
         raise NotFound(f"no prompt {shown(pid)} in the config")
-    accounting = active.accounting
-    assert accounting is not None
-    if accounting.writer is not None:
-        await accounting.writer.flush()
-    report = await prompt_stats(accounting.reader, prompt)
+    report = await prompt_stats(await runtime.reports.ledger(), prompt)
     report["ledger"] = runtime.reports.freshness()
     return json_response(report)
 
@@ -390,14 +382,11 @@ async def admin_replay(runtime: Runtime, request: Request) -> Response:
         return _invalid_candidate([{"path": "", "reason": "config is not UTF-8 text"}])
     except ConfigError as exc:
         return _invalid_candidate(exc.as_dicts())
-    accounting = active.accounting
-    if accounting is None or accounting.reader is None:
+    reader = await runtime.reports.ledger()
+    if reader is None:
         raise NotFound("the ledger is off (ledger.path: off): there is no recorded traffic to replay")
-    if accounting.writer is not None:
-        await accounting.writer.flush()
     team = q.get("team") or None
-    return json_response(await replay_ledger(accounting.reader, snapshot, candidate, since=since, until=until,
-                                             team=team))
+    return json_response(await replay_ledger(reader, snapshot, candidate, since=since, until=until, team=team))
 
 
 def _invalid_candidate(problems: list[dict[str, str]]) -> Response:

@@ -20,7 +20,7 @@ class Reports:
     def __init__(self, accounting: Accounting) -> None:
         self.accounting = accounting
 
-    async def _ledger(self) -> LedgerReader | None:
+    async def ledger(self) -> LedgerReader | None:
         """The ledger, once queued rows are written; None when the ledger is off."""
         acct = self.accounting
         await acct.ready()
@@ -53,7 +53,7 @@ class Reports:
     async def team_usage(self, team: str) -> dict[str, Any]:
         """What `GET /v1/usage` shows a team about itself."""
         acct = self.accounting
-        reader = await self._ledger()
+        reader = await self.ledger()
         config = acct.snapshot.config.teams.get(team)
         budget = config.budget if config else None
         limits = config.limits if config else None
@@ -107,7 +107,7 @@ class Reports:
     async def usage_report(self, *, since: str | None, until: str | None, team: str | None,
                            group_by: str) -> dict[str, Any]:
         """Ledger totals grouped by team, model, route, provider, user or day (`/admin/usage`)."""
-        reader = await self._ledger()
+        reader = await self.ledger()
         periods = self.accounting.periods()
         zone = self.accounting.zone()
         start = reports.parse_time(since, periods.month_start, zone)
@@ -123,7 +123,7 @@ class Reports:
 
     async def costs(self) -> dict[str, Any]:
         """`GET /admin/costs`: per-team spend, budgets and projections, 30 days of history, alerts."""
-        reader = await self._ledger()
+        reader = await self.ledger()
         periods = self.accounting.periods()
         teams = []
         for name in self.accounting.snapshot.config.teams:
