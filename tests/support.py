@@ -176,6 +176,27 @@ def chat_body(model: str = "fast", text: str = "hello", **fields: Any) -> dict[s
 # ------------------------------------------------------------------ a private Redis
 
 
+class LoadThreads:
+    """Background load for a `with` block: `threads` daemon threads each run `self._run(index)`,
+    which loops until `self._stop` is set (on leaving the block, which then joins them)."""
+
+    def __init__(self, threads: int) -> None:
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
 class PrivateRedis:
     """`redis-server --port <free> --save '' --appendonly no` of the test's own, to freeze
     (SIGSTOP), thaw, kill and start again on the same port: the machine's shared Redis is

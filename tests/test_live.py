@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from proxy import live
 from proxy.app import create_app
 from proxy.live import LiveStats, ProcessState, build_snapshot, first_message_key, percentile
 from proxy.pipeline.record import RequestRecord
-from support import ServerProcess, chat_body, eventually
+from support import LoadThreads, ServerProcess, chat_body, eventually
 
 ADMIN_KEY = "adm-live-key"
 TEAM_KEYS = {"search": "sk-live-search", "research": "sk-live-research"}
@@ -312,14 +311,13 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
-class Load:
+class Load(LoadThreads):
     """Chat requests from a few threads until stopped; refused connections (a restart) are retried."""
 
     def __init__(self, base_url: str, threads: int = 4) -> None:
+        super().__init__(threads)
         self.base_url = base_url
         self.sent = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, index: int) -> None:
         team = list(TEAM_KEYS)[index % 2]
@@ -334,16 +332,6 @@ class Load:
                     self.sent += 1
                 except httpx.HTTPError:
                     self._stop.wait(0.05)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
 
 
 def ws_url(server: ServerProcess) -> str:

@@ -20,7 +20,17 @@ import asyncpg
 import httpx
 import pytest
 
-from support import PG_URL, REDIS_PREFIX, REDIS_URL, PgDatabase, ServerProcess, TcpRelay, chat_body, eventually
+from support import (
+    PG_URL,
+    REDIS_PREFIX,
+    REDIS_URL,
+    LoadThreads,
+    PgDatabase,
+    ServerProcess,
+    TcpRelay,
+    chat_body,
+    eventually,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +60,7 @@ routes:
 """
 
 
-class Load:
+class Load(LoadThreads):
     """Requests spread over the replicas from threads, until stopped; remembers the
     request id of every answered (200) request and counts everything else."""
 
@@ -58,12 +68,11 @@ class Load:
         self.urls = urls
         self.answered: list[str] = []
         self.failed: Counter[str] = Counter()
-        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._counter = itertools.count()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         with httpx.Client(timeout=10) as client:
             while not self._stop.is_set():
                 n = next(self._counter)
@@ -83,16 +92,6 @@ class Load:
                         self.answered.append(response.headers["x-request-id"])
                     else:
                         self.failed[f"{response.status_code}: {response.text[:200]}"] += 1
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
 
     def count(self) -> int:
         with self._lock:
