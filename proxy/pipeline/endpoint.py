@@ -201,14 +201,7 @@ class ProxyEndpoint:
         pinned = None if use is None or not use.pinned else use.version.ref
         decision = remembered(snapshot, call.inbound.model, team, call.inbound.stream, prompt, pinned)
         if decision is None:
-            complexity = None
-            if snapshot.uses_complexity:
-                complexity = classify_level(snapshot, self.dialect.classifier_view(call.body))
-            decision = decide(snapshot, RouteRequest(
-                model=call.inbound.model, team=team, user=record.user or None, stream=call.inbound.stream,
-                now=datetime.now(UTC), rand=random.random(), complexity=complexity, promoted=call.active.promoted,
-                prompt=prompt, prompt_pinned=pinned,
-            ))
+            decision = decide(snapshot, self._route_request(call, call.inbound.model, prompt, pinned))
         call.decision = decision
         if use is not None:
             decision = call.decision = self._prompt_variant(call, use, decision)
@@ -225,6 +218,17 @@ class ProxyEndpoint:
             (b"x-switchyard-model", header_value(target.model)),
         ]
 
+    def _route_request(self, call: Call, model: str | None, prompt: str | None, pinned: str | None) -> RouteRequest:
+        """What routing needs to know of this request, asking for `model`."""
+        snapshot, team = call.snapshot, call.team
+        assert team is not None
+        complexity = None
+        if snapshot.uses_complexity:
+            complexity = classify_level(snapshot, self.dialect.classifier_view(call.body))
+        return RouteRequest(model=model, team=team, user=call.record.user or None, stream=call.inbound.stream,
+                            now=datetime.now(UTC), rand=random.random(), complexity=complexity,
+                            promoted=call.active.promoted, prompt=prompt, prompt_pinned=pinned)
+
     def _prompt_variant(self, call: Call, use: PromptUse, decision: Decision) -> Decision:
         """An experiment's variant may render another version of the request's prompt. A
         variant naming only a version asks for that version's model, when it has one."""
@@ -235,11 +239,8 @@ class ProxyEndpoint:
             if version is not use.version:
                 self._render(call, version)
             if decision.prompt_only and version.model is not None and version.model != decision.requested:
-                assert call.team is not None
-                rerouted = decide(call.snapshot, RouteRequest(  # pinned: the experiment is not asked again
-                    model=version.model, team=call.team, user=call.record.user or None,
-                    stream=call.inbound.stream, now=datetime.now(UTC), rand=random.random(),
-                    promoted=call.active.promoted, prompt=use.prompt.id, prompt_pinned=version.ref))
+                # pinned: the experiment is not asked again
+                rerouted = decide(call.snapshot, self._route_request(call, version.model, use.prompt.id, version.ref))
                 decision = dataclasses.replace(rerouted, experiment=decision.experiment, variant=decision.variant,
                                                prompt=decision.prompt)
         call.out.append((b"x-switchyard-prompt", header_value(version.ref)))
