@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.cache import Entry, ResponseCache, build_cache, decode_entry
-from proxy.cache.backends import MemoryBackend, RedisBackend
+from proxy.cache.backends import MemoryBackend
 from proxy.cache.keys import cache_key, purge_pattern
+from proxy.cache.redis_backend import RedisBackend
 from proxy.config import CacheConfig
 from support import REDIS_PREFIX, REDIS_URL, PrivateRedis, eventually
 

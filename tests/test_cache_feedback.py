@@ -30,8 +30,9 @@ from proxy.cache import (
     new_entry_id,
     parse_ref,
 )
-from proxy.cache.backends import Backend, Hits, MemoryBackend, RedisBackend
+from proxy.cache.backends import Backend, Hits, MemoryBackend
 from proxy.cache.keys import cache_key, key_parts
+from proxy.cache.redis_backend import RedisBackend
 from proxy.config import CacheConfig, ConfigError, load_text
 from proxy.tasks import drain
 from support import (

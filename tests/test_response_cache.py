@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 import proxy.cache as cache_module
 from proxy.cache import Entry, decode_entry, encode_entry, request_policy
-from proxy.cache.backends import MemoryBackend, RedisBackend
+from proxy.cache.backends import MemoryBackend
 from proxy.cache.keys import IGNORED_FIELDS, cache_key, purge_pattern
+from proxy.cache.redis_backend import RedisBackend
 from proxy.config import CacheConfig
 from proxy.dialects.chat_stream import StreamCapture, choices_identical, replay_events
 from proxy.tasks import drain

@@ -9,7 +9,8 @@ import uuid
 import pytest
 import redis
 
-from proxy.cache.backends import MemoryBackend, RedisBackend
+from proxy.cache.backends import MemoryBackend
+from proxy.cache.redis_backend import RedisBackend
 from proxy.config import Config
 from proxy.responses_store import ResponseStore, Stored, build_store, conversation, input_items, with_history
 from support import REDIS_PREFIX, REDIS_URL

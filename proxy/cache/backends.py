@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 log = logging.getLogger("switchyard.cache")
 
@@ -237,11 +236,3 @@ def redis_glob(pattern: str) -> re.Pattern[str]:
             out.append(re.escape(ch))
     return re.compile("".join(out), re.DOTALL)
 
-
-def __getattr__(name: str) -> Any:
-    """`RedisBackend` lives in redis_backend.py, loaded (with redis-py) on first use."""
-    if name == "RedisBackend":
-        from proxy.cache.redis_backend import RedisBackend
-
-        return RedisBackend
-    raise AttributeError(name)
