@@ -92,7 +92,7 @@ class Prompt:
     active: str
     versions: Mapping[str, PromptVersion]
     defaults: Mapping[str, str]  # declared variables with a default value
-    declared: frozenset[str] | None  # None: whatever the versions use is declared
+    variables: frozenset[str]  # the names a request may send: declared, or else what any version uses
     objective: str
     min_samples: int
     alpha: float
@@ -119,15 +119,15 @@ def _compile_prompt(pid: str, config: PromptConfig) -> Prompt:
     active = active_version(config)
     assert active is not None, "validated: a prompt has an active version"
     versions = {name: _compile_version(pid, name, v, name == active) for name, v in config.versions.items()}
-    declared: frozenset[str] | None = None
     defaults: dict[str, str] = {}
-    if isinstance(config.variables, list):
-        declared = frozenset(config.variables)
-    elif isinstance(config.variables, dict):
-        declared = frozenset(config.variables)
-        defaults = {k: v for k, v in config.variables.items() if v is not None}
+    if config.variables is None:
+        variables = frozenset().union(*(v.uses for v in versions.values()))
+    else:
+        variables = frozenset(config.variables)
+        if isinstance(config.variables, dict):
+            defaults = {k: v for k, v in config.variables.items() if v is not None}
     report = config.report
-    return Prompt(pid, active, MappingProxyType(versions), MappingProxyType(defaults), declared,
+    return Prompt(pid, active, MappingProxyType(versions), MappingProxyType(defaults), variables,
                   report.objective, report.min_samples, report.alpha)
 
 
@@ -234,7 +234,7 @@ def describe_prompt(prompt: Prompt) -> dict[str, Any]:
     """What /admin/prompts and `switchyard prompts list` show of one prompt."""
     return {
         "id": prompt.id, "active": prompt.active,
-        "variables": sorted(prompt.declared if prompt.declared is not None else used_by_any(prompt)),
+        "variables": sorted(prompt.variables),
         "defaults": dict(prompt.defaults),
         "versions": [{"version": v.version, "status": v.status, "model": v.model, "messages": len(v.messages),
                       "variables": sorted(v.uses)} for v in prompt.versions.values()],
@@ -291,7 +291,7 @@ def _variables_of(prompt: Prompt, given: Any) -> Mapping[str, str]:
         return {}
     if not isinstance(given, dict):
         raise InvalidRequest("'prompt.variables' must be an object of name: value", param="prompt.variables")
-    known = prompt.declared if prompt.declared is not None else used_by_any(prompt)
+    known = prompt.variables
     values: dict[str, str] = {}
     for name, raw in given.items():
         if name not in known:
@@ -300,10 +300,6 @@ def _variables_of(prompt: Prompt, given: Any) -> Mapping[str, str]:
                                  param=f"prompt.variables.{name}")
         values[name] = _text_of(name, raw)
     return values
-
-
-def used_by_any(prompt: Prompt) -> frozenset[str]:
-    return frozenset().union(*(v.uses for v in prompt.versions.values()))
 
 
 def _text_of(name: str, raw: Any) -> str:
@@ -339,4 +335,4 @@ def render(use: PromptUse, version: PromptVersion | None = None) -> list[dict[st
 
 __all__ = ["EMPTY", "Prompt", "PromptUse", "PromptVersion", "Registry", "Template", "compile_prompts",
            "describe_prompt", "parse_template", "prompt_problems", "prompt_reference_problems", "read_reference",
-           "render", "split_reference", "used_by_any"]
+           "render", "split_reference"]
