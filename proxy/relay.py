@@ -18,7 +18,7 @@ from typing import Any
 from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
-from proxy.server import DISCONNECT_KEY
+from proxy.server import DISCONNECT_KEY, JOIN_KEY
 
 log = logging.getLogger("switchyard.relay")
 
@@ -70,6 +70,10 @@ class BytesResponse:
         self.headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = scope.get("extensions")
+        joined = extensions.get(JOIN_KEY) if extensions else None
+        if joined is not None:  # the server sends head and body in one write (proxy/server.py)
+            joined.join_next()
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})
 

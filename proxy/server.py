@@ -32,6 +32,7 @@ from proxy.errors import error_body
 
 LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a LimitsRef
 DISCONNECT_KEY = "switchyard.disconnect"  # in a request scope's extensions: its DisconnectHook
+JOIN_KEY = "switchyard.join"  # ... and its connection's JoinedWrites
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,46 @@ class DisconnectHook:
             callback()
 
 
+class JoinedWrites:
+    """The connection's transport as uvicorn's request cycle sees it. A complete response
+    calls `join_next()` before sending its head: the head then waits for the body and both
+    leave in one send. uvicorn writes them apart, which costs a second syscall and a second
+    wake-up of the client (about 4 µs a response). Streams never ask: their head goes out
+    at once."""
+
+    __slots__ = ("_transport", "_joining", "_head")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._joining = False
+        self._head: bytes | None = None
+
+    def join_next(self) -> None:
+        self._joining = True
+
+    def write(self, data: bytes) -> None:
+        if self._joining:
+            self._joining = False
+            self._head = data
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._joining = False
+        if self._head is not None:  # a body that never came: the head goes out as before
+            head, self._head = self._head, None
+            self._transport.write(head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a head that is refused."""
 
@@ -73,6 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._limits = HeadLimits()
         self._hook: DisconnectHook | None = None  # the current request's
+        self._joined: JoinedWrites | None = None  # the transport the request cycles write to
         # a refusal is not "Invalid HTTP request"; the duck-typed logger stands in for uvicorn's
         self.logger = _QuietOnRefusal(self.logger, self)  # type: ignore[assignment]
 
@@ -80,6 +122,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._joined = JoinedWrites(transport)
         # uvicorn arms its idle timer only after a response; a connection that never
         # speaks would otherwise stay open for ever
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
@@ -120,8 +163,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
         self._hook = DisconnectHook()
         # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours is an object)
-        self.scope["extensions"] = {DISCONNECT_KEY: self._hook}  # type: ignore[dict-item]
+        self.scope["extensions"] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}  # type: ignore[dict-item]
         super().on_headers_complete()
+        if self.cycle is not None and self._joined is not None:
+            self.cycle.transport = self._joined  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
