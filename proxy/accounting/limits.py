@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from proxy.config import LimitsConfig
@@ -46,10 +46,11 @@ class Check:
     cost: float  # 1 for a request; 0 for a token check (charged afterwards)
     kind: str  # requests | tokens
     scope: str  # team | user
+    limit_text: bytes = field(init=False, repr=False, compare=False)  # the limit as its header value
 
-    @property
-    def limit_text(self) -> bytes:
-        return str(self.limit).encode()
+    def __post_init__(self) -> None:  # once per cached check (checks_for), not per request
+        object.__setattr__(self, "limit_text", str(self.limit).encode())
+
 
 
 class Outcome(NamedTuple):  # one per check per request: a tuple is the cheapest to make
@@ -149,7 +150,7 @@ class RateLimiter:
         checks = checks_for(team, user, limits)
         if not checks:
             return []
-        outcomes = await self._outcomes(checks)
+        outcomes = self.local.take(checks, time.time()) if self._redis is None else await self._outcomes(checks)
         headers = _headers(checks, outcomes)
         for check, outcome in zip(checks, outcomes, strict=True):
             if not outcome.allowed:

@@ -209,7 +209,8 @@ class Accounting:
         team = snapshot.config.teams.get(record.team or "")
         if team is None or (team.limits is None and team.budget is None):
             return []
-        await self.ready()
+        if self._started is None or not self._started.done():
+            await self.ready()
         assert record.team is not None
         headers = await self.limiter.admit(record.team, record.user, team.limits)
         budget = team.budget
