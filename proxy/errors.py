@@ -206,6 +206,14 @@ class UpstreamTimeout(ProxyError):
     kind = "timeout"
 
 
+class DeadlinePassed(UpstreamTimeout):
+    """The request's whole deadline (resilience.timeout_s) ran out during an attempt: no
+    retry or fallback can help."""
+
+    def __init__(self, message: str = "the request's deadline (resilience.timeout_s) passed") -> None:
+        super().__init__(message)
+
+
 SHOWN_CHARS = 120  # of a client's string echoed in an error message
 
 

@@ -22,10 +22,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy.config import CircuitConfig, ResilienceConfig
 from proxy.errors import (
+    DeadlinePassed,
     GatewayBusy,
     InvalidResponse,
     NoHealthyUpstream,
@@ -211,7 +212,8 @@ class Attempt:
     duration_s: float = 0.0
 
 
-Send = Callable[[Target], Awaitable[UpstreamResponse]]
+T = TypeVar("T")
+Send = Callable[[Target, float], Awaitable[UpstreamResponse]]  # (target, deadline): an attempt
 
 
 def retryable_status(status: int, settings: ResilienceConfig) -> bool:
@@ -271,16 +273,15 @@ async def attempt_upstream(
                 break
             remaining = deadline - clock()
             if remaining <= 0:
-                raise last or UpstreamTimeout("the request's deadline (resilience.timeout_s) passed")
+                raise last or DeadlinePassed()
             health.started(name)
             started = clock()
             try:
-                async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
-                    response = await send(target)
-            except TimeoutError:
+                response = await send(target, deadline)  # it ends with DeadlinePassed at the deadline
+            except DeadlinePassed:
                 health.failed(name, circuit)
                 attempts.append(Attempt(target, "failed", "timeout", clock() - started))
-                raise UpstreamTimeout("the request's deadline (resilience.timeout_s) passed") from None
+                raise
             except GatewayBusy as exc:
                 # our own pool is full: the provider did nothing wrong. Its circuit stays as it
                 # is, and another candidate (another provider's pool) may still have room
@@ -331,6 +332,16 @@ async def attempt_upstream(
     if last is not None:
         raise last
     raise NoHealthyUpstream(_all_open_message(candidates, health, circuit))
+
+
+async def within(deadline: float, attempt: Awaitable[T]) -> T:
+    """An attempt by an adapter that does not keep the deadline itself (Adapter.keeps_deadline),
+    cut off by asyncio.timeout; the HTTP adapters end their waits on their own timers."""
+    try:
+        async with asyncio.timeout(deadline - time.monotonic()):
+            return await attempt
+    except TimeoutError:
+        raise DeadlinePassed() from None
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:

@@ -13,6 +13,7 @@ import gzip
 import socket
 import ssl
 import subprocess
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from proxy.providers.http import (
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
+    DeadlineExceeded,
     HttpPool,
     PoolTimeout,
     ReadTimeout,
@@ -636,3 +638,80 @@ async def test_an_address_that_never_answers_does_not_hold_up_the_next() -> None
             finally:
                 loop.getaddrinfo = original  # type: ignore[method-assign]
             await pool.aclose()
+
+
+# ---------------------------------------------------------------- a caller's deadline
+
+
+async def test_a_deadline_shorter_than_the_read_timeout_ends_the_wait_for_the_head() -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(5)
+
+    async with Server(hang) as server:
+        pool = HttpPool(server.url(), read_timeout_s=30)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="waiting for the answer"):
+            await pool.request("POST", "/v1/x", [], b"", deadline=started + 0.2)
+        assert 0.15 < time.monotonic() - started < 2
+        assert pool.open_connections == 0
+        await pool.aclose()
+
+
+async def test_a_read_timeout_shorter_than_the_deadline_is_still_a_read_timeout() -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(5)
+
+    async with Server(hang) as server:
+        pool = HttpPool(server.url(), read_timeout_s=0.2)
+        with pytest.raises(ReadTimeout):
+            await pool.request("POST", "/v1/x", [], b"", deadline=time.monotonic() + 30)
+        await pool.aclose()
+
+
+async def test_a_deadline_bounds_the_whole_body_when_the_caller_sets_it() -> None:
+    # a piece every 50 ms never trips the per-wait read timeout, but the body takes 1 s
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(20):
+            writer.write(b"1\r\n%d\r\n" % (i % 10))
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await asyncio.sleep(1)
+
+    async with Server(drip) as server:
+        pool = HttpPool(server.url(), read_timeout_s=0.2)
+        started = time.monotonic()
+        response = await pool.request("POST", "/v1/x", [], b"", deadline=started + 0.3)
+        response.deadline = started + 0.3
+        with pytest.raises(DeadlineExceeded, match="waiting for data"):
+            await response.read()
+        assert time.monotonic() - started < 0.9
+        assert pool.open_connections == 0  # the half-read connection is not pooled
+        await pool.aclose()
+
+
+async def test_a_deadline_ends_the_wait_for_a_free_connection() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(30)
+
+    async with Server(stall) as server:
+        pool = HttpPool(server.url(), max_connections=1, read_timeout_s=30, pool_timeout_s=30)
+        first = asyncio.ensure_future(get(pool))
+        await eventually(lambda: pool.open_connections == 1, what="the first request to take the connection")
+        with pytest.raises(DeadlineExceeded, match="free connection"):  # not a PoolTimeout: the deadline ended it
+            await asyncio.wait_for(pool.request("POST", "/v1/x", [], b"", deadline=time.monotonic() + 0.1), 5)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await pool.aclose()
+
+
+async def test_a_deadline_ends_the_wait_for_a_connection() -> None:
+    with UnansweredPort() as port:
+        pool = HttpPool(f"http://127.0.0.1:{port}/v1", connect_timeout_s=30)
+        with pytest.raises(DeadlineExceeded, match="connecting"):
+            await asyncio.wait_for(pool.request("POST", "/v1/x", [], b"", deadline=time.monotonic() + 0.2), 5)
+        assert pool.open_connections == 0

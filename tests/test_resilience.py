@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -373,6 +374,41 @@ async def test_deadline_bounds_all_attempts(ups, app_client):
     # each attempt waits 0.5 s for its answer, so a fourth can never start within the 1.2 s
     # deadline: the deadline ended the request, not the six attempts (3 + 3) it would otherwise make
     assert primary.post("/chat/completions").call_count + backup.post("/chat/completions").call_count <= 3
+
+
+async def test_the_deadline_ends_an_attempt_whose_read_timeout_is_longer(ups, app_client):
+    # the HTTP adapters end their waits on their own timers at the deadline: no per-attempt timer
+    primary, backup = ups
+    primary.post("/chat/completions").fault("hang", seconds=5)
+    text = (config(primary.base_url, backup.base_url).replace("timeout_s: 5\n", "timeout_s: 0.4\n")
+            .replace("timeout_s: 0.5, connect", "timeout_s: 30, connect"))
+    client = await app_client(text)
+    started = time.monotonic()
+    r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat_body("solo", "late"), headers=AUTH), 10)
+    assert r.status_code == 504 and time.monotonic() - started < 3
+    assert r.json()["error"]["code"] == "upstream_timeout"
+    assert "deadline (resilience.timeout_s)" in r.json()["error"]["message"]
+    assert primary.post("/chat/completions").call_count == 1  # the deadline is not retried
+
+
+async def test_the_deadline_ends_an_attempt_on_an_adapter_without_timers(app_client):
+    # the mock provider keeps no deadline itself: the attempt is cut off around it
+    text = f"""
+ledger: {{path: off}}
+resilience: {{timeout_s: 0.3, retries: 2}}
+providers:
+  slow: {{type: mock, latency_ms: 5000}}
+teams:
+  t: {{keys: ["{KEY}"]}}
+routes:
+  - {{name: slow, match: {{model: "*"}}, to: slow/m}}
+"""
+    client = await app_client(text)
+    started = time.monotonic()
+    r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat_body("m", "late"), headers=AUTH), 10)
+    assert r.status_code == 504 and time.monotonic() - started < 3
+    assert "deadline (resilience.timeout_s)" in r.json()["error"]["message"]
+    assert r.headers["x-switchyard-attempts"] == "1"
 
 
 async def test_equivalent_targets_are_balanced_by_inflight(proxy, ups):

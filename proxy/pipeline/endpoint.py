@@ -50,7 +50,7 @@ from proxy.relay import (
     upstream_failure,
     upstream_headers,
 )
-from proxy.resilience import Attempt, Health, attempt_upstream
+from proxy.resilience import Attempt, Health, attempt_upstream, within
 from proxy.responses_store import conversation, with_history
 from proxy.routing import Decision, RouteRequest, Target, classify_level, decide, remembered
 from proxy.snapshot import Snapshot, Team
@@ -313,8 +313,8 @@ class ProxyEndpoint:
         attempts: list[Attempt] = []
         record.attempts = attempts  # filled as the tries happen (spans read the last one)
 
-        async def send(candidate: Target) -> UpstreamResponse:
-            return await self._send(call, candidate)
+        async def send(candidate: Target, deadline: float) -> UpstreamResponse:
+            return await self._send(call, candidate, deadline)
 
         record.upstream_started = time.perf_counter()
         try:
@@ -327,9 +327,9 @@ class ProxyEndpoint:
             call.out.append((b"x-switchyard-attempts",
                              str(tries(attempts)).encode()))
 
-    async def _send(self, call: Call, candidate: Target) -> UpstreamResponse:
-        """One attempt at one target, in its wire format; its adapter is held until the
-        response is closed."""
+    async def _send(self, call: Call, candidate: Target, deadline: float) -> UpstreamResponse:
+        """One attempt at one target, in its wire format, ending by `deadline` (time.monotonic());
+        its adapter is held until the response is closed."""
         record = call.record
         _name_target(call.out, record, candidate, call.snapshot)
         adapter = call.active.adapters[candidate.provider]
@@ -344,8 +344,10 @@ class ProxyEndpoint:
             sent_headers = [h for h in sent_headers if h[0] not in TRACE_HEADERS] + trace_headers
         adapter.acquire()
         try:
-            response = await adapter.send(UpstreamRequest(translator.upstream_endpoint, payload,
-                                                          call.inbound.stream, record.request_id, sent_headers))
+            request = UpstreamRequest(translator.upstream_endpoint, payload, call.inbound.stream, record.request_id,
+                                      sent_headers, deadline)
+            sending = adapter.send(request)
+            response = await (sending if adapter.keeps_deadline else within(deadline, sending))
         except BaseException as exc:
             adapter.release()
             kind = exc.kind if isinstance(exc, ProxyError) else "cancelled"

@@ -26,6 +26,7 @@ class UpstreamRequest:
     stream: bool
     request_id: str
     headers: list[tuple[str, str]] = field(default_factory=list)  # client headers safe to forward
+    deadline: float | None = None  # time.monotonic() by which the answer (a stream's head) must be in
 
 
 async def _nothing() -> None:
@@ -48,6 +49,10 @@ class UpstreamResponse:
 
 class Adapter(ABC):
     """One configured provider. Counts requests in flight so a retired one closes when idle."""
+
+    # True: `send` ends with DeadlinePassed when the request's deadline runs out, on the
+    # timers its HTTP client runs anyway; False: the caller bounds it (asyncio.timeout)
+    keeps_deadline = False
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec

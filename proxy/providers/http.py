@@ -33,7 +33,10 @@ connection handling a gateway needs and nothing else:
 - interim 1xx answers (100 Continue, 103 Early Hints) are skipped: the final one counts;
 - `pool_timeout_s` bounds the wait for a free connection when all `max_connections`
   are busy: that is this gateway's saturation, which the caller must not blame on the
-  provider (PoolTimeout).
+  provider (PoolTimeout);
+- a caller's `deadline` (time.monotonic()) shortens whichever of these waits would run
+  past it, on the same timers, and then ends the wait with DeadlineExceeded: no timer
+  or context manager of its own per request.
 No redirects, cookies or HTTP/2: an LLM API needs none of them.
 """
 
@@ -87,6 +90,10 @@ class ReadTimeout(HttpError):
 
 class PoolTimeout(HttpError):
     pass
+
+
+class DeadlineExceeded(HttpError):
+    """The caller's deadline passed before the answer (or the wait for a connection) was done."""
 
 
 class ConnectionClosed(HttpError):
@@ -162,17 +169,19 @@ class HttpPool:
         return self._closed
 
     async def request(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b""
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b"",
+        deadline: float | None = None,
     ) -> HttpResponse:
-        """Send one request; return once the answer's head is in (the body follows)."""
+        """Send one request; return once the answer's head is in (the body follows). With a
+        `deadline`, no wait runs past it (then DeadlineExceeded)."""
         if self._origin:  # an http origin through a proxy: the absolute-form target
             target = self._origin + target
         head = _request_head(method, target, self._head_fields, headers, len(body))
         payload = head + body
         while True:
-            connection, reused = await self._acquire()
+            connection, reused = await self._acquire(deadline)
             try:
-                return await connection.exchange(payload, self.read_timeout_s)
+                return await connection.exchange(payload, self.read_timeout_s, deadline)
             except _StaleConnection:
                 self._discard(connection)
                 if not reused:  # a fresh connection closed on us: that is the server's answer
@@ -195,7 +204,7 @@ class HttpPool:
 
     # --- the pool: first come, first served once it is full
 
-    async def _acquire(self) -> tuple[_Connection, bool]:
+    async def _acquire(self, deadline: float | None = None) -> tuple[_Connection, bool]:
         if self._closed:
             raise ConnectionClosed("the connection pool was closed")
         if not self._waiting:  # nobody queued before us
@@ -204,11 +213,11 @@ class HttpPool:
                 return connection, True
             if self._open < self.max_connections:
                 self._open += 1
-                return await self._open_new(), False
-        handed = await self._wait_in_line()
+                return await self._open_new(deadline), False
+        handed = await self._wait_in_line(deadline)
         if handed is not None:
             return handed, True
-        return await self._open_new(), False  # our place was counted when it was handed over
+        return await self._open_new(deadline), False  # our place was counted when it was handed over
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
@@ -221,24 +230,27 @@ class HttpPool:
             self._open -= 1
         return None
 
-    async def _open_new(self) -> _Connection:
+    async def _open_new(self, deadline: float | None = None) -> _Connection:
         try:
-            return await self._connect()
+            return await self._connect(deadline)
         except BaseException:
             self._open -= 1
             self._pass_room()
             raise
 
-    async def _wait_in_line(self) -> _Connection | None:
+    async def _wait_in_line(self, deadline: float | None = None) -> _Connection | None:
         """Wait to be handed a connection, or (None) room to open one."""
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
+        wait_s, deadline_binds = _bounded(self.pool_timeout_s, deadline)
         try:
-            return await asyncio.wait_for(waiter, self.pool_timeout_s)
+            return await asyncio.wait_for(waiter, wait_s)
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._give_back(waiter.result())  # handed over, but we are leaving (cancelled)
             if isinstance(exc, asyncio.TimeoutError):
+                if deadline_binds:
+                    raise DeadlineExceeded("the deadline passed waiting for a free connection") from None
                 raise PoolTimeout(f"no free connection within {self.pool_timeout_s:g} s") from None
             raise
         finally:
@@ -267,10 +279,13 @@ class HttpPool:
             if not self._hand_over(None):
                 self._open -= 1
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float | None = None) -> _Connection:
+        wait_s, deadline_binds = _bounded(self.connect_timeout_s, deadline)
         try:
-            return await asyncio.wait_for(self._open_connection(), self.connect_timeout_s)
+            return await asyncio.wait_for(self._open_connection(), wait_s)
         except TimeoutError:
+            if deadline_binds:
+                raise DeadlineExceeded("the deadline passed while connecting") from None
             via = f" through the proxy {self.proxy}" if self.proxy is not None else ""
             raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s{via}") from None
         except ssl.SSLError as exc:
@@ -456,7 +471,7 @@ class _Connection(asyncio.Protocol):
 
     # --- used by the pool and the response
 
-    async def exchange(self, payload: bytes, read_timeout_s: float) -> HttpResponse:
+    async def exchange(self, payload: bytes, read_timeout_s: float, deadline: float | None = None) -> HttpResponse:
         if self.lost or self.transport is None:
             raise self._tls_error or _StaleConnection()
         loop = asyncio.get_running_loop()
@@ -465,7 +480,8 @@ class _Connection(asyncio.Protocol):
         self._received_any = False
         self._written_at = time.monotonic()
         self.transport.write(payload)
-        timer = loop.call_later(read_timeout_s, _expire, waiter, "waiting for the answer")
+        wait_s, deadline_binds = _bounded(read_timeout_s, deadline)
+        timer = loop.call_later(wait_s, _expire, waiter, "waiting for the answer", deadline_binds)
         try:
             response = await waiter
         finally:
@@ -498,9 +514,18 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _expire(waiter: asyncio.Future, what: str) -> None:  # type: ignore[type-arg]
+def _expire(waiter: asyncio.Future, what: str, deadline: bool = False) -> None:  # type: ignore[type-arg]
     if not waiter.done():
-        waiter.set_exception(ReadTimeout(f"timed out {what}"))
+        waiter.set_exception(DeadlineExceeded(f"the deadline passed {what}") if deadline
+                             else ReadTimeout(f"timed out {what}"))
+
+
+def _bounded(timeout_s: float, deadline: float | None) -> tuple[float, bool]:
+    """How long a wait may last, and whether the deadline (rather than `timeout_s`) ends it."""
+    if deadline is None:
+        return timeout_s, False
+    left = deadline - time.monotonic()
+    return (max(left, 0.0), True) if left < timeout_s else (timeout_s, False)
 
 
 class HttpResponse:
@@ -518,6 +543,7 @@ class HttpResponse:
         self.until_close = False
         self.complete = False
         self.read_timeout_s = 60.0
+        self.deadline: float | None = None  # set by a caller that bounds the whole body (time.monotonic())
         self._connection: _Connection | None = connection
         self._pieces: deque[bytes] = deque()
         self._buffered = 0
@@ -626,10 +652,11 @@ class HttpResponse:
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self.read_timeout_s, _expire, waiter, "waiting for data")
+        wait_s, deadline_binds = _bounded(self.read_timeout_s, self.deadline)
+        timer = loop.call_later(wait_s, _expire, waiter, "waiting for data", deadline_binds)
         try:
             await waiter
-        except ReadTimeout as exc:
+        except (ReadTimeout, DeadlineExceeded) as exc:
             self.fail(exc)
             self.close()
             raise

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from proxy.errors import (
+    DeadlinePassed,
     GatewayBusy,
     InvalidResponse,
     ProxyError,
@@ -30,6 +31,7 @@ from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.http import (
     ConnectError,
     ConnectTimeout,
+    DeadlineExceeded,
     HttpError,
     HttpPool,
     HttpResponse,
@@ -45,6 +47,8 @@ from proxy.telemetry.logs import Throttled, redact
 
 
 class OpenAIAdapter(Adapter):
+    keeps_deadline = True  # its HttpPool's timers end any wait at the request's deadline
+
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
         assert spec.base_url, "openai providers always have a base_url"
@@ -90,9 +94,10 @@ class OpenAIAdapter(Adapter):
         if pool is not None:
             await pool.aclose()
 
-    async def _post(self, target: str, headers: dict[str, str], payload: bytes) -> HttpResponse:
+    async def _post(self, target: str, headers: dict[str, str], payload: bytes,
+                    deadline: float | None = None) -> HttpResponse:
         try:
-            return await self._pool().request("POST", target, headers.items(), payload)
+            return await self._pool().request("POST", target, headers.items(), payload, deadline)
         except HttpError as exc:
             raise upstream_error(self.spec.name, exc, "unreachable") from None
 
@@ -103,7 +108,8 @@ class OpenAIAdapter(Adapter):
         return headers
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        response = await self._post(self._target(request), self._headers(request), orjson.dumps(request.body))
+        response = await self._post(self._target(request), self._headers(request), orjson.dumps(request.body),
+                                    request.deadline)
         ok = 200 <= response.status < 300
         if request.stream and ok:
             if not _is_event_stream(response):  # a captive portal's page, say: not an answer
@@ -113,6 +119,7 @@ class OpenAIAdapter(Adapter):
             return UpstreamResponse(
                 response.status, response.headers, chunks=self._chunks(response), close=closer(response)
             )
+        response.deadline = request.deadline  # a JSON answer is in whole by the deadline; a stream only begins
         body = await self._read(response)
         if response.status in (401, 403):
             raise credentials_refused(self.spec, response.status, body)
@@ -165,6 +172,8 @@ def upstream_error(provider: str, exc: HttpError, doing: str, kind: str | None =
     """Our 502/504 for a transport failure: timeouts say which wait ran out."""
     if isinstance(exc, ConnectTimeout):
         return UpstreamTimeout(f"provider {provider} timed out connecting")
+    if isinstance(exc, DeadlineExceeded):
+        return DeadlinePassed()
     if isinstance(exc, PoolTimeout):
         return GatewayBusy(f"the gateway's connections to provider {provider} are all busy ({exc}); "
                            "retry shortly")
