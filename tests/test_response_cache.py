@@ -156,6 +156,30 @@ def test_request_policy(backend, route_enabled, route_ttl, header, lookup, store
     assert (policy.lookup, policy.store, policy.max_age, policy.ttl_s) == (lookup, store, max_age, ttl)
 
 
+async def test_a_memory_hit_is_decoded_once_and_a_replaced_value_never_served_stale(monkeypatch):
+    cache = cache_module.ResponseCache(CacheConfig(backend="memory"), MemoryBackend(100))
+    decoded = []
+    real = cache_module.decode_entry
+    monkeypatch.setattr(cache_module, "decode_entry", lambda value: decoded.append(value) or real(value))
+    first = Entry("p/m", time.time(), None, b'{"n":1}', "a")
+    await cache.store("k", first, 60)
+    assert [await cache.lookup("k", None) for _ in range(5)] == [first] * 5
+    assert len(decoded) == 1  # the stored object was recognised on the next four hits
+    second = Entry("p/m", time.time(), None, b'{"n":2}', "b")
+    await cache.store("k", second, 60)
+    assert await cache.lookup("k", None) == second and len(decoded) == 2
+
+
+async def test_values_read_off_a_socket_are_decoded_every_time(monkeypatch):
+    backend = MemoryBackend(100)
+    monkeypatch.setattr(backend, "keeps_objects", False)  # as RedisBackend: a new bytes object per get
+    cache = cache_module.ResponseCache(CacheConfig(backend="memory"), backend)
+    assert cache._decoded is None
+    entry = Entry("p/m", time.time(), None, b'{"n":1}', "a")
+    await cache.store("k", entry, 60)
+    assert await cache.lookup("k", None) == entry
+
+
 # ---------------------------------------------------------------- streams
 
 

@@ -16,6 +16,7 @@ The next identical request misses ("invalidated" in the ledger) and stores a new
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger("switchyard.cache")
 
 COMPRESS_OVER = 2048
 HITS_EVERY_S = 0.1  # hits are gathered in-process and counted in one backend call this often
+DECODED_KEEP = 256  # decoded entries kept for a backend that keeps objects (values it holds anyway)
 MAX_PENDING_HITS = 10_000  # distinct entries gathered at most; hits on others wait for the next batch
 _PLAIN, _ZLIB, _TOMBSTONE = b"j", b"z", b"x"
 
@@ -163,6 +165,8 @@ def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: 
     """Combine the config, the route's override and the client's Cache-Control header."""
     if settings.backend == "off" or not route_enabled:
         return BYPASS
+    if cache_control is None:  # nearly every request
+        return _plain_policy(route_ttl or settings.ttl_s)
     lookup, store, max_age = True, True, None
     for directive in (cache_control or "").lower().split(","):
         name, _, value = directive.strip().partition("=")
@@ -175,28 +179,49 @@ def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: 
     return CachePolicy(lookup, store, max_age, route_ttl or settings.ttl_s)
 
 
+@functools.lru_cache(maxsize=64)
+def _plain_policy(ttl_s: int) -> CachePolicy:
+    return CachePolicy(True, True, None, ttl_s)
+
+
 class ResponseCache:
     def __init__(self, settings: CacheConfig, backend: Backend) -> None:
         self.settings = settings
         self.backend = backend
         self._hits: dict[tuple[str, str], tuple[int, float]] = {}  # (key, entry id) -> (hits, saved USD)
+        # decoded entries by the identity of the stored value (a backend that keeps objects):
+        # a hot entry is decoded once, not on every hit
+        self._decoded: dict[int, tuple[bytes, Entry]] | None = {} if backend.keeps_objects else None
 
     def key(self, *, team: str, target: str, endpoint: str, body: Mapping[str, Any]) -> str:
         # "team=" keeps a team that happens to be called "shared" out of the shared scope
         scope = f"team={team}" if self.settings.scope == "team" else "shared"
-        return cache_key(scope=scope, target=target, endpoint=endpoint, body=dict(body),
-                         prefix=self.settings.key_prefix)
+        return cache_key(scope=scope, target=target, endpoint=endpoint, body=body, prefix=self.settings.key_prefix)
 
     async def lookup(self, key: str, max_age: float | None) -> Entry | Tombstone | None:
         """The entry to answer with; its tombstone when feedback invalidated it; else None."""
         value = await self.backend.get(key)
         if value is None:
             return None
-        entry = decode_entry(value)
+        entry = self._decode(value)
         if entry is None:
             return decode_tombstone(value)
         if max_age is not None and entry.age() > max_age:
             return None
+        return entry
+
+    def _decode(self, value: bytes) -> Entry | None:
+        memo = self._decoded
+        if memo is None:
+            return decode_entry(value)
+        seen = memo.get(id(value))
+        if seen is not None and seen[0] is value:  # held here, so its id cannot have been reused
+            return seen[1]
+        entry = decode_entry(value)
+        if entry is not None:
+            if len(memo) >= DECODED_KEEP:
+                memo.clear()
+            memo[id(value)] = (value, entry)
         return entry
 
     async def store(self, key: str, entry: Entry, ttl_s: int) -> None:

@@ -66,6 +66,9 @@ class Tallied:
 
 class Backend(ABC):
     name: str
+    # `get` returns the very bytes object stored (not a copy read off a socket): a value
+    # seen before can be recognised by identity, and its decoded entry reused
+    keeps_objects = False
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...
@@ -114,6 +117,7 @@ class Backend(ABC):
 
 class MemoryBackend(Backend):
     name = "memory"
+    keeps_objects = True
 
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries

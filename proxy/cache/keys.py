@@ -7,7 +7,9 @@ answer. Fields that only change delivery or bookkeeping are left out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -18,7 +20,7 @@ IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metada
 PREFIX = "sy:"  # cache.key_prefix's default; cache keys then start with sy:c:
 
 
-def cache_key(*, scope: str, target: str, endpoint: str, body: dict[str, Any], prefix: str = PREFIX) -> str:
+def cache_key(*, scope: str, target: str, endpoint: str, body: Mapping[str, Any], prefix: str = PREFIX) -> str:
     """`<prefix>c:<scope>:<target>:<sha256>`; scope and target in clear so purges can match them."""
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     digest = hashlib.sha256(
@@ -43,6 +45,7 @@ def purge_pattern(*, scope: str | None, model: str | None, prefix: str = PREFIX)
     return f"{_glob_escape(prefix)}c:{scope_part}:{target_part}:*"
 
 
+@functools.lru_cache(maxsize=1024)  # a few scopes and targets, on every cached request
 def _safe(text: str) -> str:
     # ':' separates key parts; model names may contain it (llama3:8b)
     return text.replace("%", "%25").replace(":", "%3A")
