@@ -352,6 +352,36 @@ async def test_ledger_writes_in_batches_and_on_close(tmp_path):
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(ledger_module.MIGRATIONS)
 
 
+@pytest.mark.parametrize("rows", [0, 1, 99, 100, 101, 250, 500])
+async def test_sqlite_store_writes_every_row_exactly_whatever_the_batch_size(tmp_path, rows):
+    # whole groups of ROWS_PER_INSERT go in one statement each, the rest row by row
+    path = tmp_path / "ledger.db"
+    store = ledger_module.SqliteStore(str(path))
+    written = [row(i, team=f"t{i % 3}", cost=i / 1000) for i in range(rows)]
+    await store.write(written, [])
+    await store.close()
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
+    with sqlite3.connect(path) as db:
+        got = db.execute(f"SELECT {columns} FROM requests ORDER BY ts").fetchall()
+    assert got == written
+
+
+async def test_a_failed_group_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    # the second group fails: the first group's rows must not stay (the writer retries them all)
+    path = tmp_path / "ledger.db"
+    store = ledger_module.SqliteStore(str(path))
+    written = [row(i) for i in range(250)]
+    written[150] = (None, *written[150][1:])  # id is NOT NULL: the second group's statement fails
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.write(written, [])
+    await store.reset()
+    assert count(path) == 0
+    written[150] = row(150)
+    await store.write(written, [])
+    await store.close()
+    assert count(path) == 250
+
+
 async def test_ledger_unwritable_then_recovers_without_losing_rows(tmp_path):
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the ledger's directory should be")
