@@ -68,11 +68,12 @@ class UsageStripper:
     terminates is never passed on (an SSE client would discard it too).
     """
 
-    __slots__ = ("_splitter", "_cut")
+    __slots__ = ("_splitter", "_cut", "_tap")
 
-    def __init__(self) -> None:
+    def __init__(self, tap: UsageTap | None = None) -> None:
         self._splitter = sse.EventSplitter()
         self._cut = False  # the last event passed on was replaced, and its separator may go on
+        self._tap = tap  # told the usage it takes out (so nothing else need look for it)
 
     def __call__(self, chunk: bytes) -> bytes:
         done = self._splitter.feed_raw(chunk)
@@ -90,10 +91,13 @@ class UsageStripper:
         pieces: list[bytes] = []
         last = 0
         for start, stop, end in _usage_events(done):  # only those events are rewritten
-            replacement = _without_usage(done[start:stop])
-            if replacement is not None:
-                pieces += (done[last:start], replacement)
-                last = end
+            parsed = _usage_chunk(done[start:stop])
+            if parsed is None:
+                continue
+            if self._tap is not None:
+                self._tap.usage = parsed["usage"]
+            pieces += (done[last:start], _without_usage(parsed))
+            last = end
         pieces.append(done[last:])
         self._cut = last == len(done)  # the last event was replaced (dropped or nulled)
         return b"".join(pieces)
@@ -125,11 +129,8 @@ def _usage_chunk(event: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _without_usage(event: bytes) -> bytes | None:
-    """What replaces an event with usage (None: keep it as it is)."""
-    chunk = _usage_chunk(event)
-    if chunk is None:
-        return None
+def _without_usage(chunk: dict[str, Any]) -> bytes:
+    """What replaces the event of a chunk with usage."""
     if not chunk.get("choices"):
         return b""  # the usage-only chunk OpenAI sends last: drop it
     chunk["usage"] = None  # usage riding on a content chunk: keep the content

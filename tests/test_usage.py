@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.dialects.chat import CHAT
 from proxy.usage import UsageStripper, UsageTap, tokens
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
@@ -35,11 +36,15 @@ STREAM = b"".join(WORDS) + USAGE_ONLY + DONE
 STRIPPED = b"".join(WORDS) + DONE
 
 
-def feed_all(chunks: list[bytes]) -> tuple[bytes, dict | None]:
-    tap, strip = UsageTap(), UsageStripper()
+def feed_all(chunks: list[bytes], shared: bool = False) -> tuple[bytes, dict | None]:
+    """The client's bytes and the usage found: by a tap beside the stripper, or (`shared`)
+    by the stripper itself, reporting into a tap nobody feeds (one pass, as the relay does)."""
+    tap = UsageTap()
+    strip = UsageStripper(tap) if shared else UsageStripper()
     out = []
     for chunk in chunks:
-        tap.feed(chunk)
+        if not shared:
+            tap.feed(chunk)
         out.append(strip(chunk))
     return b"".join(out), tap.usage
 
@@ -81,19 +86,31 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["tap beside", "stripper reads it"])
 @pytest.mark.parametrize("chunks, client, usage", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_tap_and_stripper(chunks: list[bytes], client: bytes, usage: dict | None) -> None:
-    got, found = feed_all(chunks)
+def test_tap_and_stripper(chunks: list[bytes], client: bytes, usage: dict | None, shared: bool) -> None:
+    got, found = feed_all(chunks, shared)
     assert got == client
     assert found == usage
+
+
+def test_a_chat_observer_handing_its_usage_to_the_stripper_stops_looking_itself() -> None:
+    observer = CHAT.stream_observer(capture=False)
+    strip = CHAT.strip_usage(observer)
+    for chunk in [*WORDS, USAGE_ONLY, DONE, WORDS[0][:5]]:  # ends with the start of an event
+        observer.feed(chunk)
+        strip(chunk)
+    assert observer.usage == USAGE
+    assert observer._tap._splitter.pending == b""  # its own splitter never saw a byte
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
 def test_any_chunking_gives_the_same_answer(cuts: list[int]) -> None:
-    got, found = feed_all(split_at(STREAM, cuts))
-    assert got == STRIPPED
-    assert found == USAGE
+    for shared in (False, True):
+        got, found = feed_all(split_at(STREAM, cuts), shared)
+        assert got == STRIPPED
+        assert found == USAGE
 
 
 # ---------------------------------------------------------------- random streams, any line ends, any chunking

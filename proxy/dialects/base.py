@@ -78,8 +78,9 @@ class Dialect(ABC):
         the client did not ask for it and the stream must be given back without it."""
         return False
 
-    def strip_usage(self) -> Any:
-        """A stream rewriter removing what `request_usage` added (None: nothing to remove)."""
+    def strip_usage(self, observer: StreamObserver) -> Any:
+        """A stream rewriter removing what `request_usage` added (None: nothing to remove). It
+        may read the usage for `observer` as it takes it out (one pass over the stream, not two)."""
         return None
 
     @abstractmethod

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy import sse
-from proxy.dialects.base import Dialect, Inbound, Usage
+from proxy.dialects.base import Dialect, Inbound, StreamObserver, Usage
 from proxy.dialects.chat_stream import (
     StreamCapture,
     choices_identical,
@@ -51,8 +51,8 @@ class ChatDialect(Dialect):
         body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         return True
 
-    def strip_usage(self) -> UsageStripper:
-        return UsageStripper()
+    def strip_usage(self, observer: StreamObserver) -> UsageStripper:
+        return UsageStripper(observer.hand_over_usage() if isinstance(observer, ChatObserver) else None)
 
     def usage(self, answer: Mapping[str, Any]) -> Usage | None:
         usage = answer.get("usage")
@@ -73,20 +73,28 @@ class ChatDialect(Dialect):
 class ChatObserver:
     """Usage from the usage chunk; with capture, the answer rebuilt from every chunk."""
 
-    __slots__ = ("_tap", "_capture")
+    __slots__ = ("_tap", "_capture", "_tapping")
 
     def __init__(self, capture: bool) -> None:
         self._tap = UsageTap()
         self._capture = StreamCapture() if capture else None
+        self._tapping = True
 
     @property
     def usage(self) -> Usage | None:
         return self._tap.usage
 
     def feed(self, chunk: bytes) -> None:
-        self._tap.feed(chunk)
+        if self._tapping:
+            self._tap.feed(chunk)
         if self._capture is not None:
             self._capture.feed(chunk)
+
+    def hand_over_usage(self) -> UsageTap:
+        """For the usage stripper, which finds the usage chunk anyway: this observer stops
+        looking for it and reads what the stripper puts in the returned tap."""
+        self._tapping = False
+        return self._tap
 
     def answer(self) -> dict[str, Any] | None:
         return None if self._capture is None else self._capture.assembler.completion()

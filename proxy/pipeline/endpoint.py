@@ -438,7 +438,7 @@ class ProxyEndpoint:
             if remembers:
                 self._remember(call, answer)
 
-        rewrite = self.dialect.strip_usage() if call.strip else None
+        rewrite = self.dialect.strip_usage(observer) if call.strip else None
         return StreamRelay(upstream, call.out + upstream_headers(upstream), finished, observer.feed, rewrite,
                            call.watch.hand_over(), stream_error=self.dialect.stream_error)
 
