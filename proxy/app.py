@@ -65,6 +65,8 @@ def create_app(
             watcher.start()
         install_sighup(holder)
         await runtime.redis.probe_all()  # /readyz tells what was seen, from the start
+        if runtime.accounting is not None:
+            runtime.accounting.start_soon()  # today's spend is read back while the first requests come in
         # everything built so far (modules, config, clients) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise stall requests
         gc.collect()

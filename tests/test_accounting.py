@@ -21,9 +21,11 @@ from proxy.accounting.budgets import Budgets
 from proxy.accounting.ledger import COLUMNS, LedgerWriter, migrate, open_db
 from proxy.accounting.limits import Check, LocalLimiter, duration, gcra
 from proxy.accounting.reports import projection
+from proxy.accounting.service import Accounting
 from proxy.accounting.spend import SpendCounters, periods_at
 from proxy.config import BudgetConfig
 from proxy.errors import BudgetExceeded
+from proxy.snapshot import snapshot_from_file
 from proxy.tasks import drain
 from support import FakeUpstream, chat_body, dead_port, eventually
 
@@ -749,3 +751,52 @@ async def test_redis_down_budgets_and_limits_enforced_locally(app_client):
         r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat_body(text=f"d{i}"), headers=AUTH), 5)
         statuses.append(r.status_code)
     assert statuses[:2] == [200, 200] and statuses[-1] == 429
+
+
+async def test_a_request_that_leaves_while_accounting_starts_does_not_stop_the_start(tmp_path, monkeypatch):
+    # the first budgeted request starts the ledger and seeds today's spend; its client leaving
+    # (its task cancelled) must not leave every later request failing, or budgets unseeded
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(budget="budget: {daily_usd: 5}"))
+    ledger = tmp_path / "ledger.db"
+    writer = LedgerWriter(str(ledger), batch_size=10, flush_interval_s=60)
+    await writer.start()
+    spent = dict.fromkeys(COLUMNS)
+    spent.update(id="earlier", ts=datetime.now(UTC_TZ).timestamp(), team="search", status=200, stream=0,
+                 cache="miss", cost_usd=1.25)
+    writer.append(tuple(spent[c] for c in COLUMNS))
+    await writer.close()
+    accounting = Accounting(snapshot_from_file(str(path)))
+    seeding, go_on = asyncio.Event(), asyncio.Event()
+    seed = accounting._seed
+
+    async def slow_seed() -> None:
+        seeding.set()
+        await go_on.wait()
+        await seed()
+
+    monkeypatch.setattr(accounting, "_seed", slow_seed)
+    first = asyncio.ensure_future(accounting.ready())
+    await seeding.wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, 5)
+    second = asyncio.ensure_future(accounting.ready())
+    go_on.set()
+    await asyncio.wait_for(second, 5)
+    assert accounting.counters.spent("search", accounting.periods().day) == pytest.approx(1.25)
+    await accounting.aclose()
+
+
+async def test_closing_while_accounting_still_starts_is_quick(tmp_path, monkeypatch):
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(budget="budget: {daily_usd: 5}"))
+    accounting = Accounting(snapshot_from_file(str(path)))
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(accounting, "_seed", never)
+    accounting.start_soon()
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(accounting.aclose(), 5)

@@ -94,25 +94,26 @@ class Accounting:
             self.alerts.shared = self.counters
         self.budgets = Budgets(self.counters, self.alerts.raise_alert, self._claim_alert)
         self._claimed: set[tuple[str, str, str, float]] = set()
-        self._started: asyncio.Future[None] | None = None
+        self._started: asyncio.Task[None] | None = None
+        self._ready = False  # started, and the counters seeded
         self._periods: tuple[Periods, float, float, str] | None = None
         self.snapshot = snapshot
 
     # --- lifecycle (lazy, so in-process apps without a lifespan work too)
 
-    async def ready(self) -> None:
+    def start_soon(self) -> None:
+        """Begin opening the ledger and seeding the counters, without waiting for it."""
         if self._started is None:
-            self._started = asyncio.get_running_loop().create_future()
-            try:
-                await self._start()
-            except asyncio.CancelledError:
-                self._started.cancel()
-                raise
-            except BaseException as exc:
-                self._started.set_exception(exc)
-                raise
-            self._started.set_result(None)
-        await self._started
+            # a task of its own: the request that happened to start it may be cancelled (its
+            # client left) without cancelling the start every other request is waiting for
+            self._started = asyncio.get_running_loop().create_task(self._start())
+
+    async def ready(self) -> None:
+        if self._ready:
+            return
+        self.start_soon()
+        assert self._started is not None
+        await asyncio.shield(self._started)
 
     async def _start(self) -> None:
         if self.writer is not None:
@@ -122,6 +123,7 @@ class Accounting:
         await self._seed()
         await self.counters.start()
         self._check_alerts()
+        self._ready = True
 
     async def _open_ledger(self, store: LedgerStore) -> None:
         """Create or migrate the schema before the first read. A store that does not answer
@@ -161,6 +163,9 @@ class Accounting:
     async def aclose(self) -> None:
         if self._started is None:
             return
+        if not self._started.done():  # still seeding: what it opens is closed below
+            self._started.cancel()
+            await asyncio.gather(self._started, return_exceptions=True)
         # the ledger first: its rows are the record of what was spent, and nothing that
         # talks to Redis (bounded below) may stand between them and the disk
         if self.writer is not None:
@@ -178,8 +183,7 @@ class Accounting:
         self.snapshot = snapshot
         if isinstance(self.counters, RedisSpendCounters):
             self.counters.watch_all(snapshot.teams, self.periods())
-        if self._started is not None and self._started.done() and not self._started.cancelled() \
-                and self._started.exception() is None:
+        if self._ready:
             self._check_alerts()  # before that, _start() checks once the counters are seeded
 
     def _check_alerts(self) -> None:
@@ -209,7 +213,7 @@ class Accounting:
         team = snapshot.config.teams.get(record.team or "")
         if team is None or (team.limits is None and team.budget is None):
             return []
-        if self._started is None or not self._started.done():
+        if not self._ready:
             await self.ready()
         assert record.team is not None
         headers = await self.limiter.admit(record.team, record.user, team.limits)
@@ -256,8 +260,7 @@ class Accounting:
         if baseline and record.usage is not None:
             record.baseline_usd = snapshot.prices.cost(baseline, record.usage)
         if self.writer is not None:
-            if self._started is None:
-                asyncio.get_running_loop().create_task(self.ready())
+            self.start_soon()
             self.writer.append(ledger_row(record))
         if team is None:
             return
