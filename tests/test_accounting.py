@@ -19,11 +19,11 @@ import pytest
 from proxy.accounting import ledger as ledger_module
 from proxy.accounting.budgets import Budgets
 from proxy.accounting.ledger import COLUMNS, LedgerWriter, migrate, open_db
-from proxy.accounting.limits import Check, LocalLimiter, duration, gcra
+from proxy.accounting.limits import Check, LocalLimiter, checks_for, duration, gcra
 from proxy.accounting.reports import projection
 from proxy.accounting.service import Accounting
 from proxy.accounting.spend import SpendCounters, periods_at
-from proxy.config import BudgetConfig
+from proxy.config import BudgetConfig, LimitsConfig
 from proxy.errors import BudgetExceeded
 from proxy.snapshot import snapshot_from_file
 from proxy.tasks import drain
@@ -800,3 +800,14 @@ async def test_closing_while_accounting_still_starts_is_quick(tmp_path, monkeypa
     accounting.start_soon()
     await asyncio.sleep(0.05)
     await asyncio.wait_for(accounting.aclose(), 5)
+
+
+def test_remembered_checks_follow_a_reloaded_teams_limits():
+    before = LimitsConfig(rpm=10, tpm=100)
+    assert [c.limit for c in checks_for("team", None, before)] == [10, 100]
+    assert checks_for("team", None, before) is checks_for("team", None, before)  # remembered
+    after = LimitsConfig(rpm=20, user_rpm=2)  # a reload: a new limits object
+    assert [(c.key, c.limit) for c in checks_for("team", "u", after)] == [("team:r", 20), ("team:u:u:r", 2)]
+    assert [c.limit for c in checks_for("team", None, after)] == [20]
+    del before  # its id may now be reused by another object: never mistaken for it
+    assert [c.limit for c in checks_for("team", None, LimitsConfig(rpm=30))] == [30]

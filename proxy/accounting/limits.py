@@ -18,7 +18,6 @@ limiter decides meanwhile.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
@@ -73,8 +72,26 @@ def gcra(tat: float | None, now: float, limit: int, cost: float) -> tuple[Outcom
     return Outcome(True, remaining, new_tat - now, 0.0), new_tat
 
 
-@functools.lru_cache(maxsize=4096)  # the same few (team, user, limits) over and over; bounded for user floods
+_CHECKS: dict[tuple[str, str | None, int], tuple[LimitsConfig, tuple[Check, ...]]] = {}
+MAX_CACHED_CHECKS = 4096  # the same few (team, user, limits) over and over; bounded for user floods
+
+
 def checks_for(team: str, user: str | None, limits: LimitsConfig) -> tuple[Check, ...]:
+    """The checks of a request, remembered by the identity of its team's limits (a pydantic
+    model hashes and compares field by field, twice per request with lru_cache); the entry
+    holds the limits, so their id cannot be reused while it is there."""
+    key = (team, user, id(limits))
+    held = _CHECKS.get(key)
+    if held is not None and held[0] is limits:
+        return held[1]
+    checks = _checks(team, user, limits)
+    if len(_CHECKS) >= MAX_CACHED_CHECKS:
+        _CHECKS.clear()
+    _CHECKS[key] = (limits, checks)
+    return checks
+
+
+def _checks(team: str, user: str | None, limits: LimitsConfig) -> tuple[Check, ...]:
     out = []
     if limits.rpm:
         out.append(Check(f"{team}:r", limits.rpm, 1, "requests", "team"))
@@ -95,16 +112,14 @@ class LocalLimiter:
         self._tat: dict[str, float] = {}
 
     def take(self, checks: tuple[Check, ...], now: float) -> list[Outcome]:
-        results = []
-        new: dict[str, float] = {}
-        for check in checks:
-            outcome, tat = gcra(self._tat.get(check.key), now, check.limit, check.cost)
-            results.append(outcome)
-            new[check.key] = tat
-        if all(o.allowed for o in results):  # all or nothing, like the Redis script
-            self._tat.update(new)
-        if len(self._tat) > MAX_LOCAL_KEYS:
-            self._expire(now)
+        tats = self._tat
+        taken = [gcra(tats.get(check.key), now, check.limit, check.cost) for check in checks]
+        results = [outcome for outcome, _ in taken]
+        if all(outcome.allowed for outcome in results):  # all or nothing, like the Redis script
+            for check, (_, tat) in zip(checks, taken, strict=True):
+                tats[check.key] = tat
+            if len(tats) > MAX_LOCAL_KEYS:
+                self._expire(now)
         return results
 
     def charge(self, key: str, limit: int, tokens: int, now: float) -> None:
