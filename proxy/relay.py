@@ -72,8 +72,8 @@ class BytesResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         extensions = scope.get("extensions")
         joined = extensions.get(JOIN_KEY) if extensions else None
-        if joined is not None:  # the server sends head and body in one write (proxy/server.py)
-            joined.join_next()
+        if joined is not None and scope.get("method") != "HEAD":  # uvicorn writes no body for HEAD
+            joined.join_next()  # the server sends head and body in one write (proxy/server.py)
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})
 

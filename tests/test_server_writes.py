@@ -19,11 +19,14 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.written_before_close: int | None = None
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
 
     def close(self) -> None:
+        if not self.closed:
+            self.written_before_close = len(self.writes)
         self.closed = True
 
     def is_closing(self) -> bool:
@@ -98,6 +101,17 @@ async def test_a_complete_response_is_one_write_on_the_wire():
     head, body = transport.writes[0].split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 11" in head and b"x-request-id: req_1" in head
     assert body == b'{"ok":true}'
+
+
+async def test_a_head_request_gets_its_head_though_no_body_is_written():
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, b'{"ok":true}', [])(scope, receive, send)
+
+    transport = await serve_one(app, b"HEAD /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+    assert transport.writes[0].endswith(b"\r\n\r\n")
+    assert transport.written_before_close == 1  # sent when answered, not held until the connection closed
 
 
 async def test_a_stream_head_is_not_held_back():
