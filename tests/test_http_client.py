@@ -111,6 +111,31 @@ def serving(response: bytes | Callable[[int], bytes], *, close_after: bool = Fal
     return handler
 
 
+def silent(seconds: float) -> Handler:
+    """Read each connection's first request and answer nothing for `seconds`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(seconds)
+
+    return handler
+
+
+def dripping(pieces: int) -> Handler:
+    """Answer with a chunked body of `pieces` one-digit pieces, 50 ms apart."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(pieces):
+            writer.write(b"1\r\n%d\r\n" % (i % 10))
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await asyncio.sleep(1)
+
+    return handler
+
+
 async def get(pool: HttpPool, target: str = "/v1/chat/completions", body: bytes = b"{}") -> tuple[int, bytes]:
     response = await pool.request("POST", target, [("content-type", "application/json")], body)
     try:
@@ -330,17 +355,20 @@ async def test_waiting_for_a_free_connection_times_out() -> None:
         await pool.aclose()
 
 
-async def test_the_wait_for_a_free_connection_has_its_own_timeout() -> None:
-    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        await asyncio.sleep(30)
-
-    async with Server(stall) as server:
-        pool = HttpPool(server.url(), max_connections=1, read_timeout_s=30, pool_timeout_s=0.1)
+@pytest.mark.parametrize(("pool_timeout_s", "deadline_s", "error", "words"), [
+    (0.1, None, PoolTimeout, "0.1 s"),  # its own timeout, not the 30 s read timeout
+    (30, 0.1, DeadlineExceeded, "free connection"),  # not a PoolTimeout: the caller's deadline ended it
+])
+async def test_the_wait_for_a_free_connection_ends_at_its_own_timeout_or_the_deadline(
+    pool_timeout_s: float, deadline_s: float | None, error: type[Exception], words: str
+) -> None:
+    async with Server(silent(30)) as server:
+        pool = HttpPool(server.url(), max_connections=1, read_timeout_s=30, pool_timeout_s=pool_timeout_s)
         first = asyncio.ensure_future(get(pool))  # takes the only connection and waits on it
         await eventually(lambda: pool.open_connections == 1, what="the first request to take the connection")
-        with pytest.raises(PoolTimeout, match="0.1 s"):  # not the 30 s read timeout
-            await asyncio.wait_for(get(pool), 5)
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        with pytest.raises(error, match=words):
+            await asyncio.wait_for(pool.request("POST", "/v1/x", [], b"", deadline), 5)
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
         await pool.aclose()
@@ -423,11 +451,7 @@ async def test_connect_timeout() -> None:
 
 
 async def test_read_timeout_waiting_for_the_head() -> None:
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        await asyncio.sleep(5)
-
-    async with Server(hang) as server:
+    async with Server(silent(5)) as server:
         pool = HttpPool(server.url(), read_timeout_s=0.2)
         with pytest.raises(ReadTimeout):
             await get(pool)
@@ -436,17 +460,7 @@ async def test_read_timeout_waiting_for_the_head() -> None:
 
 
 async def test_read_timeout_is_per_wait_not_for_the_whole_body() -> None:
-    # 10 pieces 50 ms apart: 0.5 s in all, never 0.2 s of silence
-    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for i in range(10):
-            writer.write(b"1\r\n%d\r\n" % i)
-            await asyncio.sleep(0.05)
-        writer.write(b"0\r\n\r\n")
-        await asyncio.sleep(1)
-
-    async with Server(drip) as server:
+    async with Server(dripping(10)) as server:  # 0.5 s in all, never 0.2 s of silence
         pool = HttpPool(server.url(), read_timeout_s=0.2)
         assert await get(pool) == (200, b"0123456789")
         await pool.aclose()
@@ -644,11 +658,7 @@ async def test_an_address_that_never_answers_does_not_hold_up_the_next() -> None
 
 
 async def test_a_deadline_shorter_than_the_read_timeout_ends_the_wait_for_the_head() -> None:
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        await asyncio.sleep(5)
-
-    async with Server(hang) as server:
+    async with Server(silent(5)) as server:
         pool = HttpPool(server.url(), read_timeout_s=30)
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="waiting for the answer"):
@@ -659,11 +669,7 @@ async def test_a_deadline_shorter_than_the_read_timeout_ends_the_wait_for_the_he
 
 
 async def test_a_read_timeout_shorter_than_the_deadline_is_still_a_read_timeout() -> None:
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        await asyncio.sleep(5)
-
-    async with Server(hang) as server:
+    async with Server(silent(5)) as server:
         pool = HttpPool(server.url(), read_timeout_s=0.2)
         with pytest.raises(ReadTimeout):
             await pool.request("POST", "/v1/x", [], b"", deadline=time.monotonic() + 30)
@@ -672,16 +678,7 @@ async def test_a_read_timeout_shorter_than_the_deadline_is_still_a_read_timeout(
 
 async def test_a_deadline_bounds_the_whole_body_when_the_caller_sets_it() -> None:
     # a piece every 50 ms never trips the per-wait read timeout, but the body takes 1 s
-    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for i in range(20):
-            writer.write(b"1\r\n%d\r\n" % (i % 10))
-            await asyncio.sleep(0.05)
-        writer.write(b"0\r\n\r\n")
-        await asyncio.sleep(1)
-
-    async with Server(drip) as server:
+    async with Server(dripping(20)) as server:
         pool = HttpPool(server.url(), read_timeout_s=0.2)
         started = time.monotonic()
         response = await pool.request("POST", "/v1/x", [], b"", deadline=started + 0.3)
@@ -690,22 +687,6 @@ async def test_a_deadline_bounds_the_whole_body_when_the_caller_sets_it() -> Non
             await response.read()
         assert time.monotonic() - started < 0.9
         assert pool.open_connections == 0  # the half-read connection is not pooled
-        await pool.aclose()
-
-
-async def test_a_deadline_ends_the_wait_for_a_free_connection() -> None:
-    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        await asyncio.sleep(30)
-
-    async with Server(stall) as server:
-        pool = HttpPool(server.url(), max_connections=1, read_timeout_s=30, pool_timeout_s=30)
-        first = asyncio.ensure_future(get(pool))
-        await eventually(lambda: pool.open_connections == 1, what="the first request to take the connection")
-        with pytest.raises(DeadlineExceeded, match="free connection"):  # not a PoolTimeout: the deadline ended it
-            await asyncio.wait_for(pool.request("POST", "/v1/x", [], b"", deadline=time.monotonic() + 0.1), 5)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
         await pool.aclose()
 
 
