@@ -51,7 +51,6 @@ class Check:
         object.__setattr__(self, "limit_text", str(self.limit).encode())
 
 
-
 class Outcome(NamedTuple):  # one per check per request: a tuple is the cheapest to make
     allowed: bool
     remaining: int

@@ -168,7 +168,7 @@ def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: 
     if cache_control is None:  # nearly every request
         return _plain_policy(route_ttl or settings.ttl_s)
     lookup, store, max_age = True, True, None
-    for directive in (cache_control or "").lower().split(","):
+    for directive in cache_control.lower().split(","):
         name, _, value = directive.strip().partition("=")
         if name == "no-store":
             return BYPASS
