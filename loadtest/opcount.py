@@ -1,0 +1,190 @@
+"""Python bytecode instructions per proxied request, by function: a measure of the
+gateway's own work that does not move with the machine's load.
+
+CPU µs per request on a shared VM moves by a fifth between runs, so a change of 2% cannot
+be seen in `make bench`; the number of bytecode instructions the interpreter runs per
+request does not move at all. This drives the ASGI app in-process (no sockets on the
+client side; the upstream is the real mock over HTTP, so the client pool is counted),
+warms it up, then counts every instruction with `sys.settrace` opcode events. C code
+(orjson, httptools, uvloop, the kernel) is not counted: pair it with `make bench`.
+
+    python loadtest/opcount.py --scenario non-stream --top 30
+    python loadtest/opcount.py --scenario cache-hit
+    python loadtest/opcount.py --scenario limits --requests 500
+
+Scenarios: non-stream, stream (the mock's 20-chunk SSE), cache-hit (memory backend),
+limits (cache hits with a budget and rate limits: the accounting's own cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from proxy.app import create_app  # noqa: E402
+from proxy.server import DISCONNECT_KEY, JOIN_KEY, DisconnectHook, JoinedWrites  # noqa: E402
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: 18080, watch: false}}
+ledger: {{path: {ledger}}}
+providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{port}/v1", api_key: sk-up}}
+pricing:
+  up/mock-gpt: {{input: 2.5, output: 10}}
+{cache}
+teams:
+  bench: {{keys: [sk-bench]{limits}}}
+routes:
+  - {{name: bench, match: {{model: "*"}}, to: "up/{{model}}"}}
+"""
+LIMITS = (", budget: {daily_usd: 100000, monthly_usd: 1000000}, "
+          "limits: {rpm: 100000000, tpm: 100000000000, user_rpm: 100000000}")
+SCENARIOS = {  # name: (cache section, team limits, stream)
+    "non-stream": ("", "", False),
+    "stream": ("", "", True),
+    "cache-hit": ("cache: {backend: memory}", "", False),
+    "limits": ("cache: {backend: memory}", LIMITS, False),
+}
+# the wrk script's request (loadtest/chat.lua)
+BODY = (b'{"model":"mock-gpt","messages":[{"role":"system","content":"You are a helpful assistant."},'
+        b'{"role":"user","content":"Say hello and tell me a short fact about the ocean."}],'
+        b'"max_tokens":64,"temperature":0.2%s}')
+
+
+class _Discard:
+    """The client's socket: what is written goes nowhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class Counter:
+    """Opcode events per (file, function) while installed as the trace function."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_function: dict[tuple[str, str], int] = {}
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            self.total += 1
+            code = frame.f_code
+            key = (Path(code.co_filename).name, code.co_qualname)
+            self.by_function[key] = self.by_function.get(key, 0) + 1
+        return self
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_mock(port: int) -> subprocess.Popen[bytes]:
+    mock = subprocess.Popen([sys.executable, str(HERE / "mock_upstream.py"), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return mock
+        except OSError:
+            time.sleep(0.1)
+    mock.kill()
+    raise SystemExit("the mock upstream did not start")
+
+
+async def count(app: Any, stream: bool, requests: int) -> Counter:
+    lifespan = app.app.router.lifespan_context(app.app)
+    state = await lifespan.__aenter__() or {}
+    body = BODY % (b',"stream":true' if stream else b"")
+    headers = [(b"host", b"gateway"), (b"content-type", b"application/json"),
+               (b"authorization", b"Bearer sk-bench"), (b"content-length", str(len(body)).encode())]
+
+    async def one() -> int:
+        sent = [False]
+
+        async def receive() -> dict[str, Any]:
+            if not sent[0]:
+                sent[0] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Future()  # the client stays: nothing more arrives
+            raise AssertionError
+
+        status: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers,
+                 "query_string": b"", "state": dict(state), "http_version": "1.1", "scheme": "http",
+                 "extensions": {DISCONNECT_KEY: DisconnectHook(), JOIN_KEY: JoinedWrites(_Discard())}}  # type: ignore[arg-type]
+        await app(scope, receive, send)
+        return status[0]
+
+    await asyncio.sleep(0.3)  # the accounting's start (today's spend read back)
+    for _ in range(300):  # warm: memos filled, connections pooled, the cache entry stored
+        status = await one()
+    if status != 200:
+        raise SystemExit(f"the gateway answered {status}")
+    counter = Counter()
+    sys.settrace(counter)
+    for _ in range(requests):
+        await one()
+    sys.settrace(None)
+    await lifespan.__aexit__(None, None, None)
+    return counter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="non-stream")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--top", type=int, default=25, help="functions to list, most instructions first")
+    args = parser.parse_args()
+    cache, limits, stream = SCENARIOS[args.scenario]
+    os.environ.setdefault("SWITCHYARD_MANAGE_LOGGING", "1")  # the served process's buffered access log
+    port = free_port()
+    mock = start_mock(port)
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            config = Path(directory) / "proxy.yaml"
+            config.write_text(CONFIG.format(ledger=Path(directory) / "ledger.db", port=port, cache=cache,
+                                            limits=limits))
+            stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115
+            try:  # the access log's lines (the logging set up here writes to this stderr) go nowhere
+                app = create_app(str(config), watch=False)
+            finally:
+                sys.stderr = stderr
+            counter = uvloop.run(count(app, stream, args.requests))
+    finally:
+        mock.kill()
+    n = args.requests
+    print(f"{args.scenario}: {counter.total / n:,.0f} bytecode instructions per request")
+    for (file, function), ops in sorted(counter.by_function.items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"{ops / n:8.1f}  {file}:{function}")
+
+
+if __name__ == "__main__":
+    main()
