@@ -6,13 +6,14 @@ Each failure names the offending field in `param`, as OpenAI does.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from proxy.errors import InvalidRequest, shown
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_CONTENT = (str, list, type(None))  # a message's content: text, parts, or none (tool calls)
 
 # a name a client chooses (model, user) travels into response headers, log lines, metric
 # labels, Redis keys and error messages: printable, and of a sane length
@@ -55,6 +56,19 @@ def check_chat(body: dict[str, Any]) -> None:
         raise InvalidRequest(f"'messages' must be an array, not {_kind(messages)}.", param="messages")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for message in messages:  # every message checked at once; named only when one is wrong
+        if not (isinstance(message, dict) and isinstance(role := message.get("role"), str) and role in _ROLES
+                and isinstance(message.get("content"), _CONTENT)):
+            _refuse_message(messages)
+    _check_generation(body)
+    for field in ("max_tokens", "max_completion_tokens", "n"):
+        _check_int(body, field, 1)
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
+def _refuse_message(messages: list[Any]) -> NoReturn:
+    """The error for the first message that is not a chat message."""
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -70,11 +84,7 @@ def check_chat(body: dict[str, Any]) -> None:
                 f"'{where}.content' must be a string or an array of parts, not {_kind(content)}.",
                 param=f"{where}.content",
             )
-    _check_generation(body)
-    for field in ("max_tokens", "max_completion_tokens", "n"):
-        _check_int(body, field, 1)
-    if body.get("stream_options") is not None and body.get("stream") is not True:
-        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    raise AssertionError("no wrong message")  # check_chat found one
 
 
 def check_embeddings(body: dict[str, Any]) -> None:
