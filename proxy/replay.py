@@ -74,7 +74,7 @@ def route_row(snapshot: Snapshot, row: Mapping[str, Any]) -> Outcome:
         decision = decide(snapshot, request)
     except ProxyError as exc:
         return Outcome(None, None, exc.code or exc.type)
-    return Outcome(decision.route, str(decision.target))
+    return Outcome(decision.route, decision.target.name)
 
 
 def replay(current: Snapshot, candidate: Snapshot, rows: Sequence[Mapping[str, Any]], *, since: float,

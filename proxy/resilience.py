@@ -266,7 +266,7 @@ async def attempt_upstream(
     last: ProxyError | None = None
     last_response: tuple[Target, UpstreamResponse] | None = None
     for target in candidates:
-        name = str(target)
+        name = target.name
         for attempt in range(settings.retries + 1):
             if not health.admit(name, circuit):
                 attempts.append(Attempt(target, "circuit_open"))

@@ -41,9 +41,13 @@ class RouteRequest:
 class Target:
     provider: str
     model: str
+    name: str = field(init=False, repr=False, compare=False)  # "provider/model", made once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{self.provider}/{self.model}")
 
     def __str__(self) -> str:
-        return f"{self.provider}/{self.model}"
+        return self.name
 
 
 @dataclass(frozen=True, slots=True)

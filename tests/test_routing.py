@@ -598,3 +598,11 @@ def test_looking_only_at_the_rules_a_name_can_match_decides_as_walking_every_rul
                 outcomes.append((type(exc), exc.message))
         assert outcomes[0] == outcomes[1], req
     assert len(snapshot.model_routes) <= len(names)
+
+
+def test_a_targets_name_is_made_once_and_not_compared() -> None:
+    target = Target("openai", "gpt-4o")
+    assert target.name == str(target) == "openai/gpt-4o"
+    assert target == Target("openai", "gpt-4o") and hash(target) == hash(Target("openai", "gpt-4o"))
+    assert target != Target("openai", "gpt-4o-mini")
+    assert "name" not in repr(target)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.dialects.chat import CHAT
+from proxy.pipeline.record import RequestRecord, ms
 from proxy.usage import UsageStripper, UsageTap, tokens
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
@@ -267,3 +268,29 @@ def test_reference_end_reads_the_spec(stream: bytes, end: int) -> None:
 )
 def test_tokens(usage: object, expected: tuple[int, int]) -> None:
     assert tokens(usage) == expected
+
+
+# ---------------------------------------------------------------- a request's tokens, counted once
+
+def test_a_records_tokens_follow_its_usage_object() -> None:
+    record = RequestRecord("req", "chat")
+    assert record.tokens() == (0, 0)
+    record.usage = {"prompt_tokens": 12, "completion_tokens": 5}
+    assert record.tokens() == (12, 5)
+    record.usage = {"prompt_tokens": 7, "completion_tokens": True}  # a new answer: counted again
+    assert record.tokens() == (7, 0)
+    record.usage = None
+    assert record.tokens() == (0, 0)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.0001234, 0.0004995, 0.001, 0.0123456789, 0.5, 1.0, 2.0000004,
+                                     59.999999, 3600.1234567])
+def test_milliseconds_for_log_lines_and_ledger_rows(seconds: float) -> None:
+    assert repr(ms(seconds)) == repr(round(seconds * 1000, 3))
+
+
+@given(st.floats(min_value=0, max_value=86_400, allow_nan=False))
+def test_milliseconds_never_show_more_than_three_decimals(seconds: float) -> None:
+    text = repr(ms(seconds))
+    assert "e" in text or len(text.partition(".")[2]) <= 3
+    assert abs(ms(seconds) - seconds * 1000) <= 0.0005 + 1e-9 * seconds * 1000

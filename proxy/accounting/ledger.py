@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -230,7 +231,7 @@ class SqliteStore:
         # (and the GIL it holds while binding) about a quarter less per row than executemany
         whole = len(rows) - len(rows) % ROWS_PER_INSERT
         for start in range(0, whole, ROWS_PER_INSERT):
-            await db.execute(_INSERT_GROUP, [value for row in rows[start:start + ROWS_PER_INSERT] for value in row])
+            await db.execute(_INSERT_GROUP, list(chain.from_iterable(rows[start:start + ROWS_PER_INSERT])))
         if whole < len(rows):
             await db.executemany(_INSERT, rows[whole:])
         for kind, row in events:

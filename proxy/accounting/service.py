@@ -27,11 +27,10 @@ from proxy.accounting.ledger import LedgerReader, LedgerSchemaError, LedgerStore
 from proxy.accounting.limits import RateLimiter
 from proxy.accounting.spend import DAY, MONTH, Periods, RedisSpendCounters, SpendCounters, periods_at
 from proxy.config import BudgetConfig
-from proxy.pipeline.record import RequestRecord
+from proxy.pipeline.record import RequestRecord, ms
 from proxy.redis_guard import RedisGuards, redacted_url
 from proxy.snapshot import Snapshot
 from proxy.tasks import spawn
-from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.accounting")
 
@@ -267,7 +266,7 @@ class Accounting:
         if record.cost_usd:
             self.budgets.spend(record.team, record.cost_usd, team.budget, self.periods(), settled=settled)
         if team.limits is not None and record.usage is not None:
-            self.limiter.charge(record.team, record.user, team.limits, sum(tokens(record.usage)))
+            self.limiter.charge(record.team, record.user, team.limits, sum(record.tokens()))
 
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.snapshot.config.accounting.timezone)
@@ -296,7 +295,7 @@ class Accounting:
 
 
 def ledger_row(record: RequestRecord) -> tuple[Any, ...]:
-    input_tokens, output_tokens = tokens(record.usage)
+    input_tokens, output_tokens = record.tokens()
     ttft = record.ttft()
     has_usage = record.usage is not None
     return (
@@ -304,7 +303,7 @@ def ledger_row(record: RequestRecord) -> tuple[Any, ...]:
         record.provider, record.model, record.status, record.error_kind, int(record.stream), record.cache,
         input_tokens if has_usage else None, output_tokens if has_usage else None,
         record.cost_usd, record.saved_usd, record.baseline_usd,
-        round(record.duration() * 1000, 3), None if ttft is None else round(ttft * 1000, 3),
+        ms(record.duration()), None if ttft is None else ms(ttft),
         record.experiment, record.variant, record.prompt_id, record.prompt_version, record.cache_entry,
     )
 

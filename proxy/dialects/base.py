@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from proxy.errors import ProxyError
 
 Usage = dict[str, Any]  # normalised: prompt_tokens, completion_tokens, total_tokens[, prompt_tokens_details]
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+class Inbound(NamedTuple):  # one per request: a tuple is the cheapest to make
     """What the pipeline needs to know of a checked request body."""
 
     model: str | None  # as the client sent it; None: the team's default

@@ -62,6 +62,7 @@ from proxy.validation import check_name, parse_json_object
 log = logging.getLogger("switchyard.proxy")
 
 Response = BytesResponse | StreamRelay
+NOTHING_READ = Inbound(None, False, None)  # a call's body until it is read
 _RNG = random.Random()
 
 
@@ -84,7 +85,7 @@ class Call:
         self.team: Team | None = None
         self.raw = b""
         self.body: dict[str, Any] = {}
-        self.inbound = Inbound(None, False, None)
+        self.inbound = NOTHING_READ
         self.decision: Decision | None = None
         self.policy: CachePolicy = BYPASS
         self.key = ""
@@ -211,7 +212,7 @@ class ProxyEndpoint:
             record.experiment, record.variant = decision.experiment, decision.variant
             call.out.append((b"x-switchyard-experiment", f"{decision.experiment}:{decision.variant}".encode()))
         record.provider, record.model = target.provider, target.model
-        record.known_model = str(target) in snapshot.known_targets
+        record.known_model = target.name in snapshot.known_targets
         call.out += [
             (b"x-switchyard-route", decision.route.encode()),
             (b"x-switchyard-provider", target.provider.encode()),
@@ -254,7 +255,7 @@ class ProxyEndpoint:
             return
         estimate = 0.0
         if call.snapshot.config.teams[team.name].budget is not None:
-            estimate = call.snapshot.prices.estimate(str(decision.target), len(call.raw), call.inbound.output_cap)
+            estimate = call.snapshot.prices.estimate(decision.target.name, len(call.raw), call.inbound.output_cap)
         call.out += await accounting.admit(call.record, call.snapshot, estimate)
 
     # --- look up: the cache
@@ -267,7 +268,7 @@ class ProxyEndpoint:
             call.policy = request_policy(cache.settings, route.cache_ttl_s, route.cache_enabled,
                                          call.headers.get("cache-control"))
         if cache is not None and call.policy.used:
-            call.key = cache.key(team=team.name, target=str(decision.target), endpoint=self.dialect.endpoint,
+            call.key = cache.key(team=team.name, target=decision.target.name, endpoint=self.dialect.endpoint,
                                  body=call.body)
             if call.policy.lookup:
                 found = await cache.lookup(call.key, call.policy.max_age)
@@ -365,7 +366,7 @@ class ProxyEndpoint:
     async def _relay(self, call: Call, target: Target, upstream: UpstreamResponse) -> Response:
         record, snapshot, decision = call.record, call.snapshot, call.decision
         assert decision is not None
-        target_name = str(target)
+        target_name = target.name
         dropped = call.translator.dropped(call.body) if call.translator is not None else None
         if dropped:
             call.out.append((b"x-switchyard-dropped-fields", ", ".join(dropped).encode()))
@@ -501,9 +502,11 @@ def _json_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _name_target(out: Headers, record: RequestRecord, target: Target, snapshot: Snapshot) -> None:
     """Point the record and the x-switchyard-provider/-model headers at this target."""
+    if record.provider == target.provider and record.model == target.model:
+        return  # already: the first attempt goes where routing pointed
     record.provider = target.provider
     record.model = target.model
-    record.known_model = str(target) in snapshot.known_targets
+    record.known_model = target.name in snapshot.known_targets
     for i, (name, _) in enumerate(out):
         if name == b"x-switchyard-provider":
             out[i] = (name, target.provider.encode())

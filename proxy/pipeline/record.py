@@ -9,6 +9,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from proxy.usage import tokens
+
+
+def ms(seconds: float) -> float:
+    """Seconds as milliseconds to the microsecond, for log lines and ledger rows: what
+    round(seconds * 1000, 3) gives, at a third of its cost (five times on every request)."""
+    return round(seconds * 1e6) / 1000
+
 
 class RequestRecord:
     __slots__ = (
@@ -17,7 +25,7 @@ class RequestRecord:
         "error_message", "usage", "cost_usd", "saved_usd", "upstream_started", "upstream_answered",
         "response_started", "first_token_at", "finished", "outcome", "span", "attempt_span",
         "prompt", "completion", "budget_held", "reservation", "baseline_usd", "experiment", "variant", "attempts",
-        "known_targets", "endpoint", "prompt_id", "prompt_version", "cache_entry",
+        "known_targets", "endpoint", "prompt_id", "prompt_version", "cache_entry", "_counted",
     )
 
     def __init__(self, request_id: str, operation: str) -> None:
@@ -61,6 +69,15 @@ class RequestRecord:
         self.prompt_id: str | None = None  # a registered prompt the request named (proxy/prompts.py)
         self.prompt_version: str | None = None
         self.cache_entry: str | None = None  # the cache entry its answer was stored as or served from
+        self._counted: tuple[Any, tuple[int, int]] = (None, (0, 0))  # usage object -> its token counts
+
+    def tokens(self) -> tuple[int, int]:
+        """(input, output) tokens of `usage`, counted once for the ledger, metrics, log and limits."""
+        usage, counts = self._counted
+        if usage is not self.usage:
+            counts = tokens(self.usage)
+            self._counted = (self.usage, counts)
+        return counts
 
     def duration(self) -> float:
         end = self.finished if self.finished is not None else time.perf_counter()

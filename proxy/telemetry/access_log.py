@@ -14,9 +14,8 @@ from typing import Any
 
 import orjson
 
-from proxy.pipeline.record import RequestRecord, tries
+from proxy.pipeline.record import RequestRecord, ms, tries
 from proxy.telemetry.logs import money
-from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.access")
 
@@ -27,7 +26,7 @@ _HEAD = ("ts", "level", "logger")  # a JSON line's first keys; the logging forma
 def fields(record: RequestRecord, ts: str = "") -> dict[str, Any]:
     """The line as one dict, built once (it is on every request's path): the JSON line's
     `ts`, `level` and `logger` first; `write` takes those out for the logging formatter."""
-    input_tokens, output_tokens = tokens(record.usage)
+    input_tokens, output_tokens = record.tokens()
     ttft = record.ttft()
     return {
         "ts": ts,
@@ -55,9 +54,9 @@ def fields(record: RequestRecord, ts: str = "") -> dict[str, Any]:
         "output_tokens": output_tokens if record.usage is not None else None,
         "cost_usd": money(record.cost_usd),
         "saved_usd": money(record.saved_usd),
-        "latency_ms": round(record.duration() * 1000, 3),
-        "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
-        "overhead_ms": round(record.overhead() * 1000, 3),
+        "latency_ms": ms(record.duration()),
+        "ttft_ms": None if ttft is None else ms(ttft),
+        "overhead_ms": ms(record.overhead()),
     }
 
 

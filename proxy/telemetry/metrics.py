@@ -25,7 +25,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.pipeline.record import RequestRecord
-from proxy.usage import tokens
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
 
@@ -258,7 +257,7 @@ class Metrics:
             self.ttft.get(provider, model).observe(ttft)
         if record.error_kind is not None and record.error_kind not in NOT_PROVIDER_ERRORS:
             self.provider_errors.get(provider, model, record.error_kind).inc()
-        input_tokens, output_tokens = tokens(record.usage)
+        input_tokens, output_tokens = record.tokens()
         if input_tokens:
             self.tokens.get(team, provider, model, "input").inc(input_tokens)
         if output_tokens:
@@ -329,7 +328,7 @@ CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def _label(record: RequestRecord, target: Any) -> str:
-    return target.model if str(target) in record.known_targets else OTHER
+    return target.model if target.name in record.known_targets else OTHER
 
 
 def _model_label(record: RequestRecord) -> str:

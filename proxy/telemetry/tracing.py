@@ -27,7 +27,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from proxy.config import TelemetryConfig
 from proxy.pipeline.record import RequestRecord, tries
 from proxy.telemetry.trace_context import SHUTDOWN_TIMEOUT_S
-from proxy.usage import tokens
 
 log = logging.getLogger("switchyard.telemetry")
 
@@ -104,7 +103,7 @@ class Tracing:
         _put(attributes, "switchyard.saved_usd", record.saved_usd)
         _put(attributes, "switchyard.time_to_first_token_s", record.ttft())
         if record.usage is not None:
-            input_tokens, output_tokens = tokens(record.usage)
+            input_tokens, output_tokens = record.tokens()
             attributes["gen_ai.usage.input_tokens"] = input_tokens
             attributes["gen_ai.usage.output_tokens"] = output_tokens
         if self.capture_content:
