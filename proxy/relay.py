@@ -162,7 +162,7 @@ class StreamRelay:
         """The pump in the request's own task; a lost connection cancels it (no extra tasks)."""
         if self.disconnected is not None:
             self.disconnected.cancel()
-        task = asyncio.current_task()
+        task = asyncio.current_task(hook.loop)
         lost = False
 
         def on_lost() -> None:
@@ -235,8 +235,8 @@ class DisconnectWatch:
         self._hook: Any = None
 
     def start(self, receive: Receive, scope: Scope) -> None:
-        self._task = asyncio.current_task()
         hook = _hook_of(scope)
+        self._task = asyncio.current_task(hook.loop if hook is not None else None)
         if hook is not None:
             self._hook = hook
             hook.callback = self._lost

@@ -49,10 +49,13 @@ class DisconnectHook:
     """Tells a request the moment its connection is lost, without a task per request
     waiting on `receive()` for `http.disconnect` (the ASGI way, and ~20 µs a request)."""
 
-    __slots__ = ("callback",)
+    __slots__ = ("callback", "loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.callback: Callable[[], None] | None = None
+        # the connection's loop, for asyncio.current_task(loop): without it, Python 3.11
+        # looks the running loop up with a getpid() system call
+        self.loop = loop
 
     def fire(self) -> None:
         callback, self.callback = self.callback, None
@@ -161,7 +164,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if size > self._limits.max_bytes:
             self._refusal = (431, self._too_large(), "request_header_fields_too_large")
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
-        self._hook = DisconnectHook()
+        self._hook = DisconnectHook(self.loop)
         # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours is an object)
         self.scope["extensions"] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}  # type: ignore[dict-item]
         super().on_headers_complete()

@@ -388,6 +388,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: HttpPool) -> None:
         self.pool = pool
+        # asked once: Python 3.11's get_running_loop() makes a getpid() system call each time
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.counted = True  # holds one of the pool's max_connections
@@ -474,7 +476,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, payload: bytes, read_timeout_s: float, deadline: float | None = None) -> HttpResponse:
         if self.lost or self.transport is None:
             raise self._tls_error or _StaleConnection()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         waiter: asyncio.Future[HttpResponse] = loop.create_future()
         self._head_waiter = waiter
         self._received_any = False
@@ -650,7 +652,7 @@ class HttpResponse:
             connection.finished(self)
 
     async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._connection.loop if self._connection is not None else asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         wait_s, deadline_binds = _bounded(self.read_timeout_s, self.deadline)
         timer = loop.call_later(wait_s, _expire, waiter, "waiting for data", deadline_binds)
