@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import socket
 import ssl
 import subprocess
@@ -28,6 +29,7 @@ from proxy.providers.http import (
     HttpPool,
     PoolTimeout,
     ReadTimeout,
+    _request_head,
 )
 from support import UnansweredPort, dead_port, eventually
 
@@ -696,3 +698,36 @@ async def test_a_deadline_ends_the_wait_for_a_connection() -> None:
         with pytest.raises(DeadlineExceeded, match="connecting"):
             await asyncio.wait_for(pool.request("POST", "/v1/x", [], b"", deadline=time.monotonic() + 0.2), 5)
         assert pool.open_connections == 0
+
+
+# ---------------------------------------------------------------- the request head
+
+HEAD_CASES = [
+    ("no headers", [], b"POST /v1/x HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\n"),
+    ("two", [("content-type", "application/json"), ("authorization", "Bearer k")],
+     b"POST /v1/x HTTP/1.1\r\nhost: up\r\ncontent-type: application/json\r\nauthorization: Bearer k\r\n"
+     b"content-length: 2\r\n\r\n"),
+    ("a value with colons", [("user-agent", "a:b:c")],
+     b"POST /v1/x HTTP/1.1\r\nhost: up\r\nuser-agent: a:b:c\r\ncontent-length: 2\r\n\r\n"),
+    ("not latin-1: replaced", [("x-title", "caf\u00e9 \u2603")],
+     b"POST /v1/x HTTP/1.1\r\nhost: up\r\nx-title: caf\xe9 ?\r\ncontent-length: 2\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("headers", "head"), [pytest.param(h, b, id=i) for i, h, b in HEAD_CASES])
+def test_request_head(headers: list[tuple[str, str]], head: bytes) -> None:
+    assert _request_head("POST", "/v1/x", b"host: up\r\n", headers, 2) == head
+    assert _request_head("POST", "/v1/x", b"host: up\r\n", iter(headers), 2) == head  # any iterable
+
+
+@pytest.mark.parametrize(("headers", "named"), [
+    ([("x-a", "1\r\nx-injected: yes")], "x-a"),
+    ([("ok", "1"), ("x-b", "1\nx-injected: yes")], "x-b"),
+    ([("x-c", "carriage\rreturn")], "x-c"),
+    ([("x-d", "1"), ("x-e", "2\r\n")], "x-e"),  # as many line breaks as headers, in the wrong places
+    ([("x-f: injected", "1")], "x-f: injected"),
+    ([("x-g\r\nx-injected", "1")], "x-g\\r\\nx-injected"),
+])
+def test_request_head_refuses_a_header_that_would_write_another(headers: list[tuple[str, str]], named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"header '{named}'")):
+        _request_head("POST", "/v1/x", b"host: up\r\n", headers, 2)

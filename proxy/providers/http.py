@@ -678,14 +678,29 @@ def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:
     return None
 
 
+_CLEAN_NAMES: set[str] = set()  # header names seen to hold no colon or line break
+MAX_CLEAN_NAMES = 4096
+
+
 def _request_head(method: str, target: str, fields: bytes, headers: Iterable[tuple[str, str]], length: int) -> bytes:
-    lines = [b"%s %s HTTP/1.1\r\n%s" % (method.encode(), target.encode("latin-1"), fields)]
-    for name, value in headers:
+    """The request line and header lines. A line break in a header (or a colon in its name)
+    would write headers of its own into the request: ValueError naming it. The lines are
+    made as one text and checked once (an SDK's request forwards a dozen headers)."""
+    pairs = headers if isinstance(headers, list) else list(headers)
+    text = "".join([f"{name}: {value}\r\n" for name, value in pairs])
+    if (text.count("\n") != len(pairs) or text.count("\r") != len(pairs)
+            or not _CLEAN_NAMES.issuperset([name for name, _ in pairs])):
+        _check_headers(pairs)
+    return b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n" % (
+        method.encode(), target.encode("latin-1"), fields, text.encode("latin-1", "replace"), length)
+
+
+def _check_headers(pairs: list[tuple[str, str]]) -> None:
+    for name, value in pairs:
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"header {name!r} has a line break or colon in it")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1", "replace")))
-    lines.append(b"content-length: %d\r\n\r\n" % length)
-    return b"".join(lines)
+    if len(_CLEAN_NAMES) < MAX_CLEAN_NAMES:
+        _CLEAN_NAMES.update(name for name, _ in pairs)
 
 
 # ---------------------------------------------------------------- egress: proxies
