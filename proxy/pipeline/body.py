@@ -36,7 +36,7 @@ async def read_body(headers: Mapping[str, str], receive: Receive, limit: int,
     (`setting` names what sets the limit, for the message); unless `json_only` is False,
     a declared Content-Type other than JSON is a 415."""
     content_type = headers.get("content-type")
-    if content_type is not None and json_only:
+    if content_type is not None and json_only and content_type != "application/json":  # (what SDKs send)
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaType(
