@@ -3,10 +3,11 @@ gateway's own work that does not move with the machine's load.
 
 CPU µs per request on a shared VM moves by a fifth between runs, so a change of 2% cannot
 be seen in `make bench`; the number of bytecode instructions the interpreter runs per
-request does not move at all. This drives the ASGI app in-process (no sockets on the
-client side; the upstream is the real mock over HTTP, so the client pool is counted),
-warms it up, then counts every instruction with `sys.settrace` opcode events. C code
-(orjson, httptools, uvloop, the kernel) is not counted: pair it with `make bench`.
+request does not move at all. This feeds requests to uvicorn's protocol as `switchyard
+serve` runs it (one keep-alive connection, the client's socket in memory; the upstream is
+the real mock over HTTP, so the client pool is counted too), warms up, then counts every
+instruction with `sys.settrace` opcode events. C code (orjson, httptools, uvloop, the
+kernel) is not counted: pair it with `make bench`.
 
     python loadtest/opcount.py --scenario non-stream --top 30
     python loadtest/opcount.py --scenario cache-hit
@@ -30,13 +31,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import uvicorn
 import uvloop
+from uvicorn.server import ServerState
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from proxy.app import create_app  # noqa: E402
-from proxy.server import DISCONNECT_KEY, JOIN_KEY, DisconnectHook, JoinedWrites  # noqa: E402
+from proxy.server import GuardedHttpToolsProtocol  # noqa: E402
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 18080, watch: false}}
@@ -65,17 +68,53 @@ BODY = (b'{"model":"mock-gpt","messages":[{"role":"system","content":"You are a 
         b'"max_tokens":64,"temperature":0.2%s}')
 
 
-class _Discard:
-    """The client's socket: what is written goes nowhere."""
+class _Socket:
+    """The client's connection as the server's protocol sees it: what is written is kept
+    until the response is whole."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.answered: asyncio.Future[None] | None = None
+        self.expected = -1  # the response's length, once its head is in
 
     def write(self, data: bytes) -> None:
-        pass
+        self.data += data
+        if self.expected < 0:
+            head, sep, _ = bytes(self.data).partition(b"\r\n\r\n")
+            if not sep:
+                return
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            chunked = length is None
+            self.expected = len(head) + 4 + (length or 0) if not chunked else 0
+        if (self.expected and len(self.data) >= self.expected) or (
+                not self.expected and self.data.endswith(b"0\r\n\r\n")):
+            if self.answered is not None and not self.answered.done():
+                self.answered.set_result(None)
+
+    def next_response(self) -> asyncio.Future[None]:
+        self.data.clear()
+        self.expected = -1
+        self.answered = asyncio.get_running_loop().create_future()
+        return self.answered
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 18080), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
 
     def close(self) -> None:
         pass
 
-    def is_closing(self) -> bool:
-        return False
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        pass
 
 
 class Counter:
@@ -115,44 +154,38 @@ def start_mock(port: int) -> subprocess.Popen[bytes]:
 
 
 async def count(app: Any, stream: bool, requests: int) -> Counter:
+    """Requests through uvicorn's protocol as `switchyard serve` runs it (its parsing, the
+    ASGI cycle, the head guards, the joined writes), over one keep-alive connection."""
     lifespan = app.app.router.lifespan_context(app.app)
     state = await lifespan.__aenter__() or {}
     body = BODY % (b',"stream":true' if stream else b"")
-    headers = [(b"host", b"gateway"), (b"content-type", b"application/json"),
-               (b"authorization", b"Bearer sk-bench"), (b"content-length", str(len(body)).encode())]
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n"
+               b"Authorization: Bearer sk-bench\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    config = uvicorn.Config(app, http=GuardedHttpToolsProtocol, access_log=False, proxy_headers=False,
+                            log_config=None, lifespan="off")
+    config.load()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state=state)
+    client = _Socket()
+    protocol.connection_made(client)  # type: ignore[arg-type]
 
-    async def one() -> int:
-        sent = [False]
-
-        async def receive() -> dict[str, Any]:
-            if not sent[0]:
-                sent[0] = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Future()  # the client stays: nothing more arrives
-            raise AssertionError
-
-        status: list[int] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers,
-                 "query_string": b"", "state": dict(state), "http_version": "1.1", "scheme": "http",
-                 "extensions": {DISCONNECT_KEY: DisconnectHook(), JOIN_KEY: JoinedWrites(_Discard())}}  # type: ignore[arg-type]
-        await app(scope, receive, send)
-        return status[0]
+    async def one() -> bytes:
+        answered = client.next_response()
+        protocol.data_received(request)
+        await answered
+        return bytes(client.data)
 
     await asyncio.sleep(0.3)  # the accounting's start (today's spend read back)
     for _ in range(300):  # warm: memos filled, connections pooled, the cache entry stored
-        status = await one()
-    if status != 200:
-        raise SystemExit(f"the gateway answered {status}")
+        answer = await one()
+    if not answer.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"the gateway answered {answer[:200]!r}")
     counter = Counter()
     sys.settrace(counter)
     for _ in range(requests):
         await one()
     sys.settrace(None)
+    protocol.connection_lost(None)
     await lifespan.__aexit__(None, None, None)
     return counter
 

@@ -18,7 +18,7 @@ from typing import Any
 from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
-from proxy.server import DISCONNECT_KEY, JOIN_KEY
+from proxy.server import CYCLE_KEY, DISCONNECT_KEY, JOIN_KEY
 
 log = logging.getLogger("switchyard.relay")
 
@@ -70,10 +70,13 @@ class BytesResponse:
         self.headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        extensions = scope.get("extensions")
-        joined = extensions.get(JOIN_KEY) if extensions else None
-        if joined is not None and scope.get("method") != "HEAD":  # uvicorn writes no body for HEAD
-            joined.join_next()  # the server sends head and body in one write (proxy/server.py)
+        extensions = scope.get("extensions") or {}
+        joined = extensions.get(JOIN_KEY)
+        if joined is not None:  # Switchyard's own HTTP protocol (proxy/server.py)
+            if await joined.respond(extensions.get(CYCLE_KEY), self.status, self.headers, self.body):
+                return
+            if scope.get("method") != "HEAD":  # uvicorn writes no body for HEAD
+                joined.join_next()  # the server sends head and body in one write
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})
 

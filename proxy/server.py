@@ -22,17 +22,19 @@ other error of the gateway.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from proxy.errors import error_body
 
 LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a LimitsRef
 DISCONNECT_KEY = "switchyard.disconnect"  # in a request scope's extensions: its DisconnectHook
-JOIN_KEY = "switchyard.join"  # ... and its connection's JoinedWrites
+JOIN_KEY = "switchyard.join"  # ... its connection's JoinedWrites
+CYCLE_KEY = "switchyard.cycle"  # ... and uvicorn's request cycle answering it
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class HeadLimits:
 
 
 DEFAULT_LIMITS = HeadLimits()
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # what no header may hold (CR and LF are counted)
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -89,6 +92,38 @@ class JoinedWrites:
             data, self._head = self._head + data, None
         self._transport.write(data)
 
+    async def respond(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Write a whole response (head, then `body` of the content-length in `headers`) for
+        `cycle` in one write, and leave the cycle as its two sends would have: uvicorn checks
+        every header against two regular expressions (about 50 instructions a header, a
+        dozen headers); this checks the rendered head once. False, with nothing written,
+        when the response must go through the ASGI sends instead: a HEAD request, a status
+        uvicorn has no line for, a head with a control character (uvicorn refuses it)."""
+        if cycle is None or cycle.response_started or status not in STATUS_LINE or cycle.scope["method"] == "HEAD":
+            return False
+        lines = [b"%s: %s\r\n" % header for header in cycle.default_headers]
+        lines += [b"%s: %s\r\n" % header for header in headers]
+        head = b"".join(lines)
+        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or _CONTROL.search(head):
+            return False
+        if b"connection: " in head and _asks_close(headers):  # an error that ends the connection (413)
+            cycle.keep_alive = False
+        elif not cycle.keep_alive:  # the client asked it closed, or spoke HTTP/1.0
+            head += b"connection: close\r\n"
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected:
+            return True  # as uvicorn's send: nobody to write to
+        cycle.response_started = cycle.response_complete = True
+        cycle.waiting_for_100_continue = False
+        cycle.chunked_encoding, cycle.expected_content_length = False, 0
+        self._transport.write(b"%s%s\r\n%s" % (STATUS_LINE[status], head, body))
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.close()
+        cycle.on_response()
+        return True
+
     def close(self) -> None:
         self._joining = False
         if self._head is not None:  # a body that never came: the head goes out as before
@@ -101,6 +136,11 @@ class JoinedWrites:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]
+               for name, value in headers)
 
 
 class _Refused(Exception):
@@ -159,17 +199,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
-        # the head's exact size (what arrived may include body bytes): target and header lines
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self._limits.max_bytes:
+        # the head's exact size (what arrived may include body bytes): target and header lines;
+        # never more than what arrived, so only counted when that passed the limit
+        if self._head_bytes > self._limits.max_bytes and self._head_size() > self._limits.max_bytes:
             self._refusal = (431, self._too_large(), "request_header_fields_too_large")
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
         self._hook = DisconnectHook(self.loop)
-        # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours is an object)
-        self.scope["extensions"] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}  # type: ignore[dict-item]
+        # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours are objects)
+        extensions: dict[str, Any] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}
+        self.scope["extensions"] = extensions
         super().on_headers_complete()
         if self.cycle is not None and self._joined is not None:
             self.cycle.transport = self._joined  # type: ignore[assignment]
+            extensions[CYCLE_KEY] = self.cycle  # this request's, even while an earlier one is answered
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -125,3 +125,121 @@ async def test_a_stream_head_is_not_held_back():
     transport = await serve_one(app, REQUEST)
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK") and transport.writes[0].endswith(b"\r\n\r\n")
     assert b"data: 1" in transport.writes[1]
+
+
+# ---------------------------------------------------------------- a whole response written by the protocol itself
+
+HEADERS = [(b"x-request-id", b"req_1"), (b"x-switchyard-route", b"default"), (b"retry-after", b"3")]
+
+
+def _undated(data: bytes) -> bytes:
+    """The response without uvicorn's date header (it may turn over between two answers)."""
+    return b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"date: "))
+
+
+async def _through_sends(scope, receive, send, status: int, headers, body: bytes) -> None:
+    """The same response as uvicorn's own sends render it."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("request_bytes", [
+    REQUEST,
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+    b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+], ids=["keep-alive", "connection-close", "http-1.0"])
+@pytest.mark.parametrize(("status", "body", "headers"), [
+    (200, b'{"ok":true}', HEADERS),
+    (429, b'{"error":{}}', HEADERS),
+    (200, b"", HEADERS),
+    (413, b'{"error":{}}', [*HEADERS, (b"connection", b"close")]),  # an error that ends the connection
+    (400, b"{}", [(b"connection", b"keep-alive, Close")]),
+    (200, b"{}", [(b"x-note", b"connection: close")]),  # only a value that looks like it
+])
+async def test_the_protocols_own_write_is_what_uvicorns_sends_would_write(request_bytes, status, body, headers):
+    async def fast(scope, receive, send):
+        await receive()
+        await BytesResponse(status, body, headers)(scope, receive, send)
+
+    async def uvicorns(scope, receive, send):
+        await receive()
+        await _through_sends(scope, receive, send, status, headers, body)
+
+    ours, theirs = await serve_one(fast, request_bytes), await serve_one(uvicorns, request_bytes)
+    assert len(ours.writes) == 1
+    assert _undated(ours.writes[0]) == _undated(b"".join(theirs.writes))
+    assert ours.closed == theirs.closed
+    if request_bytes != REQUEST or b"connection" in dict(headers):  # asked closed: it is, once the answer is out
+        assert ours.written_before_close == 1 and b"connection: " in ours.writes[0]
+
+
+async def test_pipelined_requests_are_each_answered_in_turn():
+    answered = []
+
+    async def app(scope, receive, send):
+        body = (await receive())["body"]
+        await asyncio.sleep(0.01 if body == b"{}" else 0)  # the first answers last unless the cycles wait in line
+        answered.append(body)
+        await BytesResponse(200, body, [])(scope, receive, send)
+
+    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
+    config.load()
+    state = ServerState()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
+                                        _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    second = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\n[1 ]"
+    protocol.data_received(REQUEST + second)
+    for _ in range(100):
+        await asyncio.sleep(0.005)
+        if state.total_requests == 2:
+            break
+    protocol.connection_lost(None)
+    assert answered == [b"{}", b"[1 ]"]
+    assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [b"{}", b"[1 ]"]
+    assert state.total_requests == 2
+
+
+@pytest.mark.parametrize(("status", "headers"), [
+    (200, [(b"x-bad", b"a\x01b")]),  # a control character: uvicorn's send refuses it
+    (200, [(b"x-bad", b"a\r\nx-injected: 1")]),
+    (999, []),  # no status line uvicorn knows
+])
+async def test_what_the_protocol_will_not_write_goes_through_uvicorns_sends(status, headers):
+    async def app(scope, receive, send):
+        await receive()
+        joined = scope["extensions"]["switchyard.join"]
+        cycle = scope["extensions"]["switchyard.cycle"]
+        assert not await joined.respond(cycle, status, [(b"content-length", b"0"), *headers], b"")
+        assert not cycle.response_started  # untouched: the sends may still answer
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+
+    transport = await serve_one(app, REQUEST)
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_a_response_for_a_client_that_left_is_not_written():
+    gone = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await receive()
+        await gone.wait()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)  # as uvicorn's send: quietly nothing
+        finished.set()
+
+    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
+    config.load()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
+                                        _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(REQUEST)
+    await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    gone.set()
+    await asyncio.wait_for(finished.wait(), 1)
+    assert transport.writes == []
