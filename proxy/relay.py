@@ -143,9 +143,9 @@ class StreamRelay:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hook = _hook_of(scope)
         if hook is not None:
-            await self._relay_in_place(hook, send)
+            await self._relay_in_place(hook, scope, send)
             return
-        pump: asyncio.Future[str] = asyncio.ensure_future(self._pump(send))
+        pump: asyncio.Future[str] = asyncio.ensure_future(self._pump(scope, send))
         watch: asyncio.Future[None] = self.disconnected or asyncio.ensure_future(_wait_for_disconnect(receive))
         outcome = "client_disconnected"
         try:
@@ -161,7 +161,7 @@ class StreamRelay:
             self.outcome = outcome
             self.on_done(outcome)
 
-    async def _relay_in_place(self, hook: Any, send: Send) -> None:
+    async def _relay_in_place(self, hook: Any, scope: Scope, send: Send) -> None:
         """The pump in the request's own task; a lost connection cancels it (no extra tasks)."""
         if self.disconnected is not None:
             self.disconnected.cancel()
@@ -177,7 +177,7 @@ class StreamRelay:
         hook.callback = on_lost
         outcome = "client_disconnected"
         try:
-            outcome = await self._pump(send)
+            outcome = await self._pump(scope, send)
         except asyncio.CancelledError:
             if not lost or task is None:
                 raise
@@ -188,8 +188,12 @@ class StreamRelay:
             self.outcome = outcome
             self.on_done(outcome)
 
-    async def _pump(self, send: Send) -> str:
-        await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
+    async def _pump(self, scope: Scope, send: Send) -> str:
+        extensions = scope.get("extensions") or {}
+        joined = extensions.get(JOIN_KEY)  # Switchyard's own HTTP protocol writes the head itself
+        if joined is None or not await joined.begin_stream(extensions.get(CYCLE_KEY), self.upstream.status,
+                                                           self.headers):
+            await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
         self.started_at = time.perf_counter()
         assert self.upstream.chunks is not None
         outcome = "complete"

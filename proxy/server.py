@@ -99,30 +99,60 @@ class JoinedWrites:
         dozen headers); this checks the rendered head once. False, with nothing written,
         when the response must go through the ASGI sends instead: a HEAD request, a status
         uvicorn has no line for, a head with a control character (uvicorn refuses it)."""
-        if cycle is None or cycle.response_started or status not in STATUS_LINE or cycle.scope["method"] == "HEAD":
+        head = self._head_lines(cycle, status, headers)
+        if head is None or b"transfer-encoding: " in head:
             return False
-        lines = [b"%s: %s\r\n" % header for header in cycle.default_headers]
-        lines += [b"%s: %s\r\n" % header for header in headers]
-        head = b"".join(lines)
-        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or _CONTROL.search(head):
-            return False
-        if b"connection: " in head and _asks_close(headers):  # an error that ends the connection (413)
-            cycle.keep_alive = False
-        elif not cycle.keep_alive:  # the client asked it closed, or spoke HTTP/1.0
-            head += b"connection: close\r\n"
-        if cycle.flow.write_paused and not cycle.disconnected:
-            await cycle.flow.drain()
-        if cycle.disconnected:
+        if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
             return True  # as uvicorn's send: nobody to write to
-        cycle.response_started = cycle.response_complete = True
         cycle.waiting_for_100_continue = False
+        cycle.response_started = cycle.response_complete = True
         cycle.chunked_encoding, cycle.expected_content_length = False, 0
-        self._transport.write(b"%s%s\r\n%s" % (STATUS_LINE[status], head, body))
+        self._transport.write(b"%s\r\n%s" % (head, body))
         cycle.message_event.set()
         if not cycle.keep_alive:
             self.close()
         cycle.on_response()
         return True
+
+    async def begin_stream(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Write a stream's head (chunked: its length is not known) as uvicorn's start message
+        would; the body goes on through the ASGI sends. False when it must go through them
+        too (as for `respond`, and a head that names a length or an encoding itself)."""
+        head = self._head_lines(cycle, status, headers)
+        if head is None or b"content-length: " in head or b"transfer-encoding: " in head or status in (204, 304):
+            return False
+        if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
+            return True
+        cycle.waiting_for_100_continue = False
+        cycle.response_started = True
+        cycle.chunked_encoding, cycle.expected_content_length = True, 0
+        self._transport.write(b"%stransfer-encoding: chunked\r\n\r\n" % head)
+        return True
+
+    @staticmethod
+    def _head_lines(cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The status line and header lines (without the blank line ending them), as uvicorn
+        renders them, or None when uvicorn's own sends must answer."""
+        if cycle is None or cycle.response_started or status not in STATUS_LINE or cycle.scope["method"] == "HEAD":
+            return None
+        lines = [b"%s: %s\r\n" % header for header in cycle.default_headers]
+        lines += [b"%s: %s\r\n" % header for header in headers]
+        head = b"".join(lines)
+        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or _CONTROL.search(head):
+            return None
+        if b"connection: " in head and _asks_close(headers):  # an error that ends the connection (413)
+            cycle.keep_alive = False
+        elif not cycle.keep_alive:  # the client asked it closed, or spoke HTTP/1.0
+            head += b"connection: close\r\n"
+        return STATUS_LINE[status] + head
+
+    @staticmethod
+    async def _writable(cycle: Any) -> bool:
+        """uvicorn's send's first steps: wait while the socket's buffer is full; False when
+        the client is gone."""
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        return not cycle.disconnected
 
     def close(self) -> None:
         self._joining = False

@@ -9,7 +9,8 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from proxy.relay import BytesResponse
+from proxy.providers.base import UpstreamResponse
+from proxy.relay import BytesResponse, StreamRelay, iterate
 from proxy.server import GuardedHttpToolsProtocol, JoinedWrites
 
 
@@ -243,3 +244,28 @@ async def test_a_response_for_a_client_that_left_is_not_written():
     gone.set()
     await asyncio.wait_for(finished.wait(), 1)
     assert transport.writes == []
+
+
+@pytest.mark.parametrize("request_bytes", [
+    REQUEST,
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+], ids=["keep-alive", "connection-close"])
+async def test_a_streams_head_written_by_the_protocol_is_what_uvicorns_start_would_write(request_bytes):
+    events = [b"data: 1\n\n", b"data: [DONE]\n\n"]
+    relay = StreamRelay(UpstreamResponse(200, [], chunks=iterate(events)), HEADERS, lambda outcome: None)
+
+    async def fast(scope, receive, send):
+        await receive()
+        await relay(scope, receive, send)
+
+    async def uvicorns(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": relay.headers})
+        for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    ours, theirs = await serve_one(fast, request_bytes), await serve_one(uvicorns, request_bytes)
+    assert _undated(b"".join(ours.writes)) == _undated(b"".join(theirs.writes))
+    assert b"transfer-encoding: chunked\r\n" in ours.writes[0] and ours.writes[0].endswith(b"\r\n\r\n")
+    assert ours.closed == theirs.closed
