@@ -18,7 +18,7 @@ from typing import Any
 from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
-from proxy.server import CYCLE_KEY, DISCONNECT_KEY, JOIN_KEY
+from proxy.server import DISCONNECT_KEY, JOIN_KEY
 
 log = logging.getLogger("switchyard.relay")
 
@@ -73,7 +73,7 @@ class BytesResponse:
         extensions = scope.get("extensions") or {}
         joined = extensions.get(JOIN_KEY)
         if joined is not None:  # Switchyard's own HTTP protocol (proxy/server.py)
-            if await joined.respond(extensions.get(CYCLE_KEY), self.status, self.headers, self.body):
+            if await joined.respond(scope, self.status, self.headers, self.body):
                 return
             if scope.get("method") != "HEAD":  # uvicorn writes no body for HEAD
                 joined.join_next()  # the server sends head and body in one write
@@ -191,8 +191,7 @@ class StreamRelay:
     async def _pump(self, scope: Scope, send: Send) -> str:
         extensions = scope.get("extensions") or {}
         joined = extensions.get(JOIN_KEY)  # Switchyard's own HTTP protocol writes the head itself
-        if joined is None or not await joined.begin_stream(extensions.get(CYCLE_KEY), self.upstream.status,
-                                                           self.headers):
+        if joined is None or not await joined.begin_stream(scope, self.upstream.status, self.headers):
             await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
         self.started_at = time.perf_counter()
         assert self.upstream.chunks is not None

@@ -33,8 +33,7 @@ from proxy.errors import error_body
 
 LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a LimitsRef
 DISCONNECT_KEY = "switchyard.disconnect"  # in a request scope's extensions: its DisconnectHook
-JOIN_KEY = "switchyard.join"  # ... its connection's JoinedWrites
-CYCLE_KEY = "switchyard.cycle"  # ... and uvicorn's request cycle answering it
+JOIN_KEY = "switchyard.join"  # ... and its connection's JoinedWrites
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +72,16 @@ class JoinedWrites:
     wake-up of the client (about 4 µs a response). Streams never ask: their head goes out
     at once."""
 
-    __slots__ = ("_transport", "_joining", "_head")
+    __slots__ = ("_transport", "_joining", "_head", "cycle")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._joining = False
         self._head: bytes | None = None
+        # uvicorn's cycle whose app runs now (one at a time per connection, pipelined or not);
+        # kept here, not in the scope: the cycle holds the scope, and a reference cycle would
+        # leave every request's objects to the garbage collector
+        self.cycle: Any = None
 
     def join_next(self) -> None:
         self._joining = True
@@ -92,14 +95,15 @@ class JoinedWrites:
             data, self._head = self._head + data, None
         self._transport.write(data)
 
-    async def respond(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    async def respond(self, scope: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """Write a whole response (head, then `body` of the content-length in `headers`) for
-        `cycle` in one write, and leave the cycle as its two sends would have: uvicorn checks
+        the request of `scope` in one write, and leave its cycle as two sends would: uvicorn checks
         every header against two regular expressions (about 50 instructions a header, a
         dozen headers); this checks the rendered head once. False, with nothing written,
         when the response must go through the ASGI sends instead: a HEAD request, a status
         uvicorn has no line for, a head with a control character (uvicorn refuses it)."""
-        head = self._head_lines(cycle, status, headers)
+        cycle = self.cycle
+        head = self._head_lines(cycle, scope, status, headers)
         if head is None or b"transfer-encoding: " in head:
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
@@ -111,14 +115,16 @@ class JoinedWrites:
         cycle.message_event.set()
         if not cycle.keep_alive:
             self.close()
-        cycle.on_response()
+        self.cycle = None
+        cycle.on_response()  # (which may start the next pipelined request's cycle)
         return True
 
-    async def begin_stream(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    async def begin_stream(self, scope: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Write a stream's head (chunked: its length is not known) as uvicorn's start message
         would; the body goes on through the ASGI sends. False when it must go through them
         too (as for `respond`, and a head that names a length or an encoding itself)."""
-        head = self._head_lines(cycle, status, headers)
+        cycle = self.cycle
+        head = self._head_lines(cycle, scope, status, headers)
         if head is None or b"content-length: " in head or b"transfer-encoding: " in head or status in (204, 304):
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
@@ -130,10 +136,11 @@ class JoinedWrites:
         return True
 
     @staticmethod
-    def _head_lines(cycle: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    def _head_lines(cycle: Any, scope: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
         """The status line and header lines (without the blank line ending them), as uvicorn
         renders them, or None when uvicorn's own sends must answer."""
-        if cycle is None or cycle.response_started or status not in STATUS_LINE or cycle.scope["method"] == "HEAD":
+        if (cycle is None or cycle.scope is not scope or cycle.response_started or status not in STATUS_LINE
+                or scope["method"] == "HEAD"):
             return None
         lines = [b"%s: %s\r\n" % header for header in cycle.default_headers]
         lines += [b"%s: %s\r\n" % header for header in headers]
@@ -203,6 +210,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        if self._joined is not None:
+            self._joined.cycle = None
         hook, self._hook = self._hook, None
         if hook is not None and self.cycle is not None and not self.cycle.response_complete:
             hook.fire()
@@ -235,13 +244,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refusal = (431, self._too_large(), "request_header_fields_too_large")
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
         self._hook = DisconnectHook(self.loop)
-        # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours are objects)
-        extensions: dict[str, Any] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}
-        self.scope["extensions"] = extensions
+        # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours is an object)
+        self.scope["extensions"] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}  # type: ignore[dict-item]
         super().on_headers_complete()
         if self.cycle is not None and self._joined is not None:
             self.cycle.transport = self._joined  # type: ignore[assignment]
-            extensions[CYCLE_KEY] = self.cycle  # this request's, even while an earlier one is answered
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """uvicorn starts a request's app (at once, or after the pipelined ones before it)."""
+        if self._joined is not None:
+            self._joined.cycle = cycle
+        super()._start_asgi_task(cycle, app)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)

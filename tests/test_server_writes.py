@@ -4,6 +4,8 @@ one send, head and body together; streams and anything else are written as they 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 from uvicorn.config import Config
@@ -213,9 +215,8 @@ async def test_what_the_protocol_will_not_write_goes_through_uvicorns_sends(stat
     async def app(scope, receive, send):
         await receive()
         joined = scope["extensions"]["switchyard.join"]
-        cycle = scope["extensions"]["switchyard.cycle"]
-        assert not await joined.respond(cycle, status, [(b"content-length", b"0"), *headers], b"")
-        assert not cycle.response_started  # untouched: the sends may still answer
+        assert not await joined.respond(scope, status, [(b"content-length", b"0"), *headers], b"")
+        assert not joined.cycle.response_started  # untouched: the sends may still answer
         await BytesResponse(200, b"{}", [])(scope, receive, send)
 
     transport = await serve_one(app, REQUEST)
@@ -269,3 +270,32 @@ async def test_a_streams_head_written_by_the_protocol_is_what_uvicorns_start_wou
     assert _undated(b"".join(ours.writes)) == _undated(b"".join(theirs.writes))
     assert b"transfer-encoding: chunked\r\n" in ours.writes[0] and ours.writes[0].endswith(b"\r\n\r\n")
     assert ours.closed == theirs.closed
+
+
+async def test_an_answered_requests_objects_are_freed_without_the_garbage_collector():
+    """Nothing the request's scope holds may point back at its cycle: a reference cycle would
+    leave every request's objects (scope, cycle, body, headers) to the collector."""
+    cycles = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+
+    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
+    config.load()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
+                                        _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    gc.disable()
+    try:
+        for _ in range(2):
+            protocol.data_received(REQUEST)
+            cycles.append(weakref.ref(protocol.cycle))
+            for _ in range(20):
+                await asyncio.sleep(0)
+        assert len(transport.writes) == 2
+        assert cycles[0]() is None  # freed when the next request replaced it
+    finally:
+        gc.enable()
+        protocol.connection_lost(None)
