@@ -22,7 +22,6 @@ other error of the gateway.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ class HeadLimits:
 
 
 DEFAULT_LIMITS = HeadLimits()
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # what no header may hold (CR and LF are counted)
+_CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # what no header may hold (CR, LF: counted)
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -142,11 +141,14 @@ class JoinedWrites:
         if (cycle is None or cycle.scope is not scope or cycle.response_started or status not in STATUS_LINE
                 or scope["method"] == "HEAD"):
             return None
-        lines = [b"%s: %s\r\n" % header for header in cycle.default_headers]
-        lines += [b"%s: %s\r\n" % header for header in headers]
-        head = b"".join(lines)
-        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or _CONTROL.search(head):
+        lines = [b": ".join(header) for header in cycle.default_headers]
+        lines += [b": ".join(header) for header in headers]
+        head = b"\r\n".join(lines)
+        breaks = len(lines) - 1  # the joins' own: any other CR or LF is in a name or value
+        if (not lines or head.count(b"\n") != breaks or head.count(b"\r") != breaks
+                or len(head.translate(None, _CONTROL)) != len(head)):
             return None
+        head += b"\r\n"
         if b"connection: " in head and _asks_close(headers):  # an error that ends the connection (413)
             cycle.keep_alive = False
         elif not cycle.keep_alive:  # the client asked it closed, or spoke HTTP/1.0

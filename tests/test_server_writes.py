@@ -208,6 +208,9 @@ async def test_pipelined_requests_are_each_answered_in_turn():
 
 @pytest.mark.parametrize(("status", "headers"), [
     (200, [(b"x-bad", b"a\x01b")]),  # a control character: uvicorn's send refuses it
+    (200, [(b"x-bad", b"a\x7f")]),
+    (200, [(b"x-bad\x00", b"a")]),
+    (200, [(b"x-bad", b"a\rb")]),
     (200, [(b"x-bad", b"a\r\nx-injected: 1")]),
     (999, []),  # no status line uvicorn knows
 ])
