@@ -14,6 +14,10 @@ its socket (and memory) indefinitely without ever showing a key. This subclass a
 - a new connection that sends nothing is closed after `server.keepalive_timeout_s`, as
   an idle keep-alive connection already is.
 
+It also writes the gateway's responses itself (`JoinedWrites`): the bytes uvicorn's sends
+would write, without their per-header checks, which cost a cache hit more than its
+routing does.
+
 The limits are read from the serving config when a head begins, so reloads apply. The
 refusals are JSON in the OpenAI error shape (Anthropic's on `/v1/messages`), like every
 other error of the gateway.
@@ -65,11 +69,12 @@ class DisconnectHook:
 
 
 class JoinedWrites:
-    """The connection's transport as uvicorn's request cycle sees it. A complete response
-    calls `join_next()` before sending its head: the head then waits for the body and both
-    leave in one send. uvicorn writes them apart, which costs a second syscall and a second
-    wake-up of the client (about 4 µs a response). Streams never ask: their head goes out
-    at once."""
+    """The connection's transport as uvicorn's request cycle sees it, and the gateway's own
+    way to answer on it. A complete response is written by `respond` (head and body in one
+    write, the head rendered and checked once), a stream's head by `begin_stream`; what
+    those leave to uvicorn's ASGI sends (HEAD, odd statuses, unsafe headers) calls
+    `join_next()` before its head, which then waits for the body so both leave in one
+    write: uvicorn writes them apart, a second syscall and a second wake-up of the client."""
 
     __slots__ = ("_transport", "_joining", "_head", "cycle")
 
