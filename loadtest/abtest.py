@@ -10,6 +10,7 @@ advantage of going first. It reports each build's CPU µs per request (user and 
     python loadtest/abtest.py --base HEAD~3                  # this checkout against an older commit
     python loadtest/abtest.py --base main --scenario stream --rounds 8
     python loadtest/abtest.py --base-dir ../other-checkout --scenario limits
+    python loadtest/abtest.py --base-dir . --scenario cache-hit --candidate-scenario limits   # what a feature costs
 
 Scenarios as loadtest/opcount.py's: non-stream, stream, cache-hit, limits. Needs wrk
 (`make bench-anchors` installs it) and Linux (taskset, /proc).
@@ -46,12 +47,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 class Build:
     """One checkout of the gateway, served from its own directory."""
 
-    def __init__(self, name: str, directory: Path, workdir: Path) -> None:
-        self.name, self.directory, self.workdir = name, directory, workdir
+    def __init__(self, name: str, directory: Path, workdir: Path, scenario: str) -> None:
+        self.name, self.directory, self.workdir, self.scenario = name, directory, workdir, scenario
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, port: int, upstream_port: int, scenario: str) -> None:
-        cache, limits, _ = SCENARIOS[scenario]
+    def start(self, port: int, upstream_port: int) -> None:
+        cache, limits, _ = SCENARIOS[self.scenario]
         ledger = self.workdir / f"{self.name}.db"
         for stale in self.workdir.glob(f"{self.name}.db*"):  # a fresh ledger each round: a big one costs more per row
             stale.unlink()
@@ -95,7 +96,7 @@ def completed(output: str) -> int:
 def one_round(builds: list[Build], ports: list[int], upstream: int, args: argparse.Namespace) -> list[float]:
     stream = SCENARIOS[args.scenario][2]
     for build, port in zip(builds, ports, strict=True):
-        build.start(port, upstream, args.scenario)
+        build.start(port, upstream)
     try:
         for warm in [wrk(port, 3, args.connections, stream) for port in ports]:
             warm.communicate()
@@ -124,6 +125,9 @@ def main() -> None:
     base.add_argument("--base-dir", type=Path, help="another checkout to compare with")
     parser.add_argument("--candidate-dir", type=Path, default=ROOT, help="default: this checkout")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="non-stream")
+    parser.add_argument("--candidate-scenario", choices=sorted(SCENARIOS),
+                        help="the candidate serves this config instead (same streaming as --scenario): "
+                             "with --base-dir ., what a feature costs")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=25, help="per build (two builds share the core)")
@@ -135,18 +139,25 @@ def main() -> None:
             base_dir = workdir / "base"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_dir), args.base],
                            check=True, capture_output=True)
-        builds = [Build("base", base_dir.resolve(), workdir), Build("candidate", args.candidate_dir.resolve(), workdir)]
+        candidate_scenario = args.candidate_scenario or args.scenario
+        if SCENARIOS[candidate_scenario][2] != SCENARIOS[args.scenario][2]:
+            raise SystemExit("--candidate-scenario must stream as --scenario does: one wrk script serves both")
+        builds = [Build("base", base_dir.resolve(), workdir, args.scenario),
+                  Build("candidate", args.candidate_dir.resolve(), workdir, candidate_scenario)]
         upstream = free_port()
         mock = start_mock(upstream)
-        ratios = []
+        ratios: list[float] = []
+        differences: list[float] = []
         try:
-            print(f"{args.scenario}: base {builds[0].directory}, candidate {builds[1].directory}")
+            print(f"base {builds[0].directory} ({args.scenario}), candidate {builds[1].directory} "
+                  f"({candidate_scenario})")
             for n in range(args.rounds):
                 ports = [free_port(), free_port()]
                 order = builds if n % 2 == 0 else builds[::-1]  # who goes first alternates
                 print(f"round {n + 1}:", end="")
                 figures = dict(zip([b.name for b in order], one_round(order, ports, upstream, args), strict=True))
                 ratios.append(figures["candidate"] / figures["base"])
+                differences.append(figures["candidate"] - figures["base"])
                 print(f"  candidate/base {ratios[-1]:.3f}", flush=True)
         finally:
             mock.kill()
@@ -154,7 +165,8 @@ def main() -> None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)],
                                capture_output=True)
     print(f"candidate/base CPU per request: median {statistics.median(ratios):.3f} "
-          f"(rounds {min(ratios):.3f} to {max(ratios):.3f})")
+          f"(rounds {min(ratios):.3f} to {max(ratios):.3f}); candidate - base: median "
+          f"{statistics.median(differences):+.1f} µs")
 
 
 if __name__ == "__main__":
