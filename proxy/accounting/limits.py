@@ -112,10 +112,14 @@ class LocalLimiter:
 
     def take(self, checks: tuple[Check, ...], now: float) -> list[Outcome]:
         tats = self._tat
-        taken = [gcra(tats.get(check.key), now, check.limit, check.cost) for check in checks]
-        results = [outcome for outcome, _ in taken]
-        if all(outcome.allowed for outcome in results):  # all or nothing, like the Redis script
-            for check, (_, tat) in zip(checks, taken, strict=True):
+        results, new_tats, allowed = [], [], True
+        for check in checks:  # one pass: this runs on every request of a limited team
+            outcome, tat = gcra(tats.get(check.key), now, check.limit, check.cost)
+            results.append(outcome)
+            new_tats.append(tat)
+            allowed = allowed and outcome.allowed
+        if allowed:  # all or nothing, like the Redis script
+            for check, tat in zip(checks, new_tats, strict=True):
                 tats[check.key] = tat
             if len(tats) > MAX_LOCAL_KEYS:
                 self._expire(now)
@@ -239,15 +243,18 @@ _HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-rema
 
 def _headers(checks: tuple[Check, ...], outcomes: list[Outcome]) -> list[tuple[bytes, bytes]]:
     """OpenAI-style headers, from the tightest team or user limit of each kind."""
-    tightest: dict[str, tuple[Check, Outcome]] = {}
+    requests: tuple[Check, Outcome] | None = None
+    tokens: tuple[Check, Outcome] | None = None
     for check, outcome in zip(checks, outcomes, strict=True):
-        held = tightest.get(check.kind)
-        if held is None or outcome.remaining < held[1].remaining:
-            tightest[check.kind] = (check, outcome)
+        if check.kind == "requests":
+            if requests is None or outcome.remaining < requests[1].remaining:
+                requests = (check, outcome)
+        elif tokens is None or outcome.remaining < tokens[1].remaining:
+            tokens = (check, outcome)
     out: list[tuple[bytes, bytes]] = []
-    for kind in ("requests", "tokens"):
-        if kind in tightest:
-            check, outcome = tightest[kind]
+    for kind, tightest in (("requests", requests), ("tokens", tokens)):
+        if tightest is not None:
+            check, outcome = tightest
             limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
             out += [(limit_name, check.limit_text), (remaining_name, str(outcome.remaining).encode()),
                     (reset_name, duration(outcome.reset_s).encode())]
