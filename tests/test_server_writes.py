@@ -302,3 +302,33 @@ async def test_an_answered_requests_objects_are_freed_without_the_garbage_collec
     finally:
         gc.enable()
         protocol.connection_lost(None)
+
+
+@pytest.mark.parametrize("kind", ["whole", "stream"])
+async def test_a_client_that_does_not_read_holds_the_write_until_its_socket_drains(kind):
+    """Back-pressure: with the socket's buffer full (uvicorn paused writing), the protocol's
+    own write waits, as uvicorn's send would, and goes out once the client reads again."""
+    async def app(scope, receive, send):
+        await receive()
+        if kind == "whole":
+            await BytesResponse(200, b"{}", [])(scope, receive, send)
+        else:
+            await StreamRelay(UpstreamResponse(200, [], chunks=iterate([b"data: 1\n\n"])), [],
+                              lambda outcome: None)(scope, receive, send)
+
+    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
+    config.load()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
+                                        _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.pause_writing()  # what the transport says when the client stops reading
+    protocol.data_received(REQUEST)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport.writes == []
+    protocol.resume_writing()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+    protocol.connection_lost(None)
