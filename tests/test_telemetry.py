@@ -629,3 +629,66 @@ def test_plain_number_metrics_expose_exactly_what_prometheus_client_would():
     reference.started()
     assert generate_latest(local.registry).decode().splitlines() == \
         generate_latest(reference.registry).decode().splitlines()
+
+
+def _request(n: int, draw, **fields):
+    from proxy.pipeline.record import RequestRecord
+
+    record = RequestRecord(f"r{n}", "chat")
+    record.team, record.route = draw.choice(["a", "b", None]), draw.choice(["fast", "cheap"])
+    record.provider, record.model = "mock", draw.choice(["m1", "m2", "unknown-model"])
+    record.known_model = record.model != "unknown-model"
+    record.status = draw.choice([200, 200, 429, 502])
+    record.cache = draw.choice(["hit", "miss", "bypass", "invalidated"])
+    record.usage = draw.choice([None, {"prompt_tokens": n, "completion_tokens": 0}, {"prompt_tokens": 3, "completion_tokens": n}])
+    record.cost_usd = draw.choice([None, 0.0, n / 1e6])
+    record.upstream_started = record.started
+    record.upstream_answered = record.started + 0.001
+    record.finished = record.started + 0.002
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
+
+
+def test_per_request_series_found_once_per_kind_of_request_count_as_if_looked_up_each_time(monkeypatch):
+    """finished() remembers the series of each kind of request (team, route, target, status,
+    cache result); remembering only a few at a time must count exactly the same."""
+    import random as rand
+
+    from prometheus_client.exposition import generate_latest
+
+    from proxy.telemetry import metrics as metrics_module
+
+    def exposition(bound: int) -> list[str]:
+        monkeypatch.setattr(metrics_module, "MAX_KINDS", bound)
+        metrics, draw = metrics_module.Metrics(local=True), rand.Random(11)
+        for n in range(500):
+            metrics.started()
+            metrics.finished(_request(n, draw))
+        return generate_latest(metrics.registry).decode().splitlines()
+
+    assert exposition(2) == exposition(4096)
+
+
+def test_a_cache_hit_makes_no_upstream_series_and_a_miss_of_the_same_kind_of_request_does():
+    import random as rand
+
+    from prometheus_client.exposition import generate_latest
+
+    from proxy.telemetry.metrics import Metrics
+
+    metrics, draw = Metrics(local=True), rand.Random(1)
+    common = {"team": "a", "route": "fast", "model": "m1", "known_model": True, "status": 200,
+              "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "cost_usd": 0.5}
+    metrics.finished(_request(1, draw, cache="hit", **common))
+    text = generate_latest(metrics.registry).decode()
+    assert 'llm_requests_total{cache="hit",model="m1",provider="mock",route="fast",status="200",team="a"} 1.0' in text
+    assert "llm_request_duration_seconds_count{" not in text and "llm_tokens_total{" not in text
+    assert "llm_cost_usd_total{" not in text
+    metrics.finished(_request(2, draw, cache="miss", **common))
+    metrics.finished(_request(3, draw, cache="miss", **common))
+    text = generate_latest(metrics.registry).decode()
+    assert 'llm_request_duration_seconds_count{model="m1",provider="mock"} 2.0' in text
+    assert 'llm_tokens_total{model="m1",provider="mock",team="a",type="input"} 10.0' in text
+    assert 'llm_tokens_total{model="m1",provider="mock",team="a",type="output"} 14.0' in text
+    assert 'llm_cost_usd_total{model="m1",provider="mock",team="a"} 1.0' in text

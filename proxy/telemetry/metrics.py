@@ -95,6 +95,25 @@ class _Buckets:
         self.sum += value
 
 
+MAX_KINDS = 4096  # kinds of request (team, route, target, status, cache result) remembered
+
+
+class _Kind:
+    """The series one kind of request updates (its team, route, target, status and cache
+    result decide them): found with one lookup per request instead of one per metric."""
+
+    __slots__ = ("labels", "requests", "cache", "duration", "input", "output", "cost")
+
+    def __init__(self, labels: tuple[str, str, str], requests: Any, cache: Any) -> None:
+        self.labels = labels  # team, provider, model as the upstream's series name them
+        self.requests = requests
+        self.cache = cache
+        self.duration: Any = None
+        self.input: Any = None
+        self.output: Any = None
+        self.cost: Any = None
+
+
 class _Local:
     """A metric of plain numbers, exported through the registry at scrape time. Updated
     and collected on the event loop's thread only (the per-request series), so no lock."""
@@ -229,6 +248,7 @@ class Metrics:
             "llm_experiment_requests", "Requests per experiment variant.", ["experiment", "variant", "status"],
             registry=r))
         self._digest: str | None = None
+        self._kinds: dict[tuple[Any, ...], _Kind] = {}
 
     # --- updates
 
@@ -237,12 +257,13 @@ class Metrics:
 
     def finished(self, record: RequestRecord) -> None:
         self.inflight.dec()
-        team = record.team or NONE
-        provider = record.provider or NONE
-        model = _model_label(record)
-        cache = "miss" if record.cache == "invalidated" else record.cache  # as its header says; the ledger tells
-        self.requests.get(team, record.route or NONE, provider, model, str(record.status), cache).inc()
-        self.cache.get(cache).inc()
+        key = (record.team, record.route, record.provider, record.model, record.known_model, record.status,
+               record.cache)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kind(record, key)
+        kind.requests.inc()
+        kind.cache.inc()
         if record.experiment is not None:
             self.experiment_requests.get(record.experiment, record.variant or NONE, str(record.status)).inc()
         self.overhead.observe(record.overhead())
@@ -251,7 +272,11 @@ class Metrics:
             self.attempts.get(target.provider, _label(record, target), attempt.outcome).inc()
         if record.cache == "hit" or record.upstream_started is None:
             return  # no upstream call: nothing below describes one
-        self.duration.get(provider, model).observe(record.duration())
+        team, provider, model = kind.labels
+        duration = kind.duration
+        if duration is None:  # each series is made on its first update, as _Children.get makes it
+            duration = kind.duration = self.duration.get(provider, model)
+        duration.observe(record.duration())
         ttft = record.ttft()
         if ttft is not None:
             self.ttft.get(provider, model).observe(ttft)
@@ -259,11 +284,28 @@ class Metrics:
             self.provider_errors.get(provider, model, record.error_kind).inc()
         input_tokens, output_tokens = record.tokens()
         if input_tokens:
-            self.tokens.get(team, provider, model, "input").inc(input_tokens)
+            if kind.input is None:
+                kind.input = self.tokens.get(team, provider, model, "input")
+            kind.input.inc(input_tokens)
         if output_tokens:
-            self.tokens.get(team, provider, model, "output").inc(output_tokens)
+            if kind.output is None:
+                kind.output = self.tokens.get(team, provider, model, "output")
+            kind.output.inc(output_tokens)
         if record.cost_usd:
-            self.cost.get(team, provider, model).inc(record.cost_usd)
+            if kind.cost is None:
+                kind.cost = self.cost.get(team, provider, model)
+            kind.cost.inc(record.cost_usd)
+
+    def _kind(self, record: RequestRecord, key: tuple[Any, ...]) -> _Kind:
+        team, provider, model = record.team or NONE, record.provider or NONE, _model_label(record)
+        cache = "miss" if record.cache == "invalidated" else record.cache  # as its header says; the ledger tells
+        kind = _Kind((team, provider, model),
+                     self.requests.get(team, record.route or NONE, provider, model, str(record.status), cache),
+                     self.cache.get(cache))
+        if len(self._kinds) >= MAX_KINDS:  # templated routes can name any model: keep it bounded
+            self._kinds.clear()
+        self._kinds[key] = kind
+        return kind
 
     def config_loaded(self, generation: int, digest: str) -> None:
         self.generation.set(generation)
