@@ -70,8 +70,7 @@ class BytesResponse:
         self.headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        extensions = scope.get("extensions") or {}
-        joined = extensions.get(JOIN_KEY)
+        joined = _extension(scope, JOIN_KEY)
         if joined is not None:  # Switchyard's own HTTP protocol (proxy/server.py)
             if await joined.respond(scope, self.status, self.headers, self.body):
                 return
@@ -141,7 +140,7 @@ class StreamRelay:
         self.stream_error = stream_error or _chat_stream_error  # how the surface ends a broken stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hook = _hook_of(scope)
+        hook = _extension(scope, DISCONNECT_KEY)
         if hook is not None:
             await self._relay_in_place(hook, scope, send)
             return
@@ -189,8 +188,7 @@ class StreamRelay:
             self.on_done(outcome)
 
     async def _pump(self, scope: Scope, send: Send) -> str:
-        extensions = scope.get("extensions") or {}
-        joined = extensions.get(JOIN_KEY)  # Switchyard's own HTTP protocol writes the head itself
+        joined = _extension(scope, JOIN_KEY)  # Switchyard's own HTTP protocol writes the head itself
         if joined is None or not await joined.begin_stream(scope, self.upstream.status, self.headers):
             await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
         self.started_at = time.perf_counter()
@@ -241,7 +239,7 @@ class DisconnectWatch:
         self._hook: Any = None
 
     def start(self, receive: Receive, scope: Scope) -> None:
-        hook = _hook_of(scope)
+        hook = _extension(scope, DISCONNECT_KEY)
         self._task = asyncio.current_task(hook.loop if hook is not None else None)
         if hook is not None:
             self._hook = hook
@@ -290,9 +288,11 @@ def _chat_stream_error(exc: ProxyError) -> bytes:
     return sse.encode(error_event(exc))
 
 
-def _hook_of(scope: Scope) -> Any:
+def _extension(scope: Scope, key: str) -> Any:
+    """What Switchyard's own HTTP protocol (proxy/server.py) put in the scope; None under
+    another server."""
     extensions = scope.get("extensions")
-    return extensions.get(DISCONNECT_KEY) if extensions else None
+    return extensions.get(key) if extensions else None
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

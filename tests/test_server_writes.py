@@ -75,13 +75,19 @@ def test_other_attributes_are_the_transports():
     assert JoinedWrites(transport).get_extra_info("peername") == ("127.0.0.1", 5555)  # type: ignore[arg-type]
 
 
-async def serve_one(app, request: bytes) -> RecordingTransport:
+def connected(app, state: ServerState | None = None) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+    """The server's protocol for `app`, with a connection made to it."""
     config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
     config.load()
-    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=state or ServerState(), app_state={},
                                         _loop=asyncio.get_running_loop())
     transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+async def serve_one(app, request: bytes) -> RecordingTransport:
+    protocol, transport = connected(app)
     protocol.data_received(request)
     for _ in range(50):
         await asyncio.sleep(0)
@@ -187,13 +193,8 @@ async def test_pipelined_requests_are_each_answered_in_turn():
         answered.append(body)
         await BytesResponse(200, body, [])(scope, receive, send)
 
-    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
-    config.load()
     state = ServerState()
-    protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
-                                        _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(app, state)
     second = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\n[1 ]"
     protocol.data_received(REQUEST + second)
     for _ in range(100):
@@ -236,12 +237,7 @@ async def test_a_response_for_a_client_that_left_is_not_written():
         await BytesResponse(200, b"{}", [])(scope, receive, send)  # as uvicorn's send: quietly nothing
         finished.set()
 
-    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
-    config.load()
-    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                        _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(app)
     protocol.data_received(REQUEST)
     await asyncio.sleep(0)
     protocol.connection_lost(None)
@@ -284,12 +280,7 @@ async def test_an_answered_requests_objects_are_freed_without_the_garbage_collec
         await receive()
         await BytesResponse(200, b"{}", [])(scope, receive, send)
 
-    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
-    config.load()
-    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                        _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(app)
     gc.disable()
     try:
         for _ in range(2):
@@ -316,12 +307,7 @@ async def test_a_client_that_does_not_read_holds_the_write_until_its_socket_drai
             await StreamRelay(UpstreamResponse(200, [], chunks=iterate([b"data: 1\n\n"])), [],
                               lambda outcome: None)(scope, receive, send)
 
-    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
-    config.load()
-    protocol = GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                        _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(app)
     protocol.pause_writing()  # what the transport says when the client stops reading
     protocol.data_received(REQUEST)
     for _ in range(20):
