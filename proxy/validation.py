@@ -62,8 +62,7 @@ def check_chat(body: dict[str, Any]) -> None:
             _refuse_message(messages)
     _check_generation(body)
     for field in ("max_tokens", "max_completion_tokens", "n"):
-        if field in body:
-            _check_int(body, field, 1)
+        _check_int(body, field, 1)
     if body.get("stream_options") is not None and body.get("stream") is not True:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
 
@@ -106,10 +105,8 @@ def _check_generation(body: dict[str, Any]) -> None:
     _check_type(body, "stream", bool, "a boolean")
     _check_type(body, "stream_options", dict, "an object")
     check_name(body.get("user"), "user")
-    if "temperature" in body:
-        _check_number(body, "temperature", 0, 2)
-    if "top_p" in body:
-        _check_number(body, "top_p", 0, 1)
+    _check_number(body, "temperature", 0, 2)
+    _check_number(body, "top_p", 0, 1)
 
 
 def _texts_or_tokens(value: Any, *, empty_token_lists: bool) -> bool:
