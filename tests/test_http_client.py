@@ -27,6 +27,7 @@ from proxy.providers.http import (
     ConnectTimeout,
     DeadlineExceeded,
     HttpPool,
+    HttpResponse,
     PoolTimeout,
     ReadTimeout,
     _request_head,
@@ -541,6 +542,44 @@ async def test_pieces_arrive_as_they_are_sent() -> None:
         assert [piece async for piece in stream] == [b"data: 2"]
         assert response.at_eof
         assert pool.open_connections == 1  # read to the end: pooled
+        await pool.aclose()
+
+
+async def test_chunks_parsed_from_one_read_come_as_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [b"data: %d\n\n" % i for i in range(20)]
+    fed: list[bytes] = []
+    feed = HttpResponse.feed
+    monkeypatch.setattr(HttpResponse, "feed", lambda self, data: (fed.append(data), feed(self, data))[1])
+
+    async def all_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(*events))
+
+    async with Server(all_at_once) as server:
+        pool = HttpPool(server.url())
+        response = await pool.request("POST", "/v1/x", [], b"")
+        pieces = [piece async for piece in response.chunks()]
+        assert b"".join(pieces) == b"".join(events)  # in order, nothing lost
+        assert len(fed) < len(events)  # httptools' 20 on_body calls are one hand-over per read
+        assert pool.open_connections == 1
+        await pool.aclose()
+
+
+async def test_a_malformed_chunk_after_good_ones_keeps_what_came_before() -> None:
+    async def then_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"7\r\ndata: 1\r\n7\r\ndata: 2\r\nZZ not a size\r\n")
+
+    async with Server(then_garbage) as server:
+        pool = HttpPool(server.url())
+        response = await pool.request("POST", "/v1/x", [], b"")
+        got = b""
+        with pytest.raises(ConnectionClosed, match="malformed"):
+            async for piece in response.chunks():
+                got += piece
+        assert got == b"data: 1data: 2"
+        await eventually(lambda: pool.open_connections == 0, what="the broken connection to go")
         await pool.aclose()
 
 

@@ -52,7 +52,7 @@ import ssl
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -391,13 +391,19 @@ class _Connection(asyncio.Protocol):
         # asked once: Python 3.11's get_running_loop() makes a getpid() system call each time
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.counted = True  # holds one of the pool's max_connections
         self.idle_since = 0.0
         self.lost = False
         self.response: HttpResponse | None = None
         self._head_waiter: asyncio.Future[HttpResponse] | None = None
         self._headers: list[tuple[str, str]] = []
+        # body pieces of the current read: httptools calls on_body once per chunk of a chunked
+        # answer (20 for a 20-event stream in one read); the response is fed them once
+        self._body: list[bytes] = []
+        # httptools' on_body callback, looked up once when the parser is made: the list's own
+        # append, so a piece costs no Python call at all
+        self.on_body: Callable[[bytes], None] = self._body.append
+        self.parser = httptools.HttpResponseParser(self)
         self._received_any = False
         self._written_at = 0.0
         self._tls_error: TlsError | None = None  # a TLS alert closed it (a client certificate refused)
@@ -416,8 +422,12 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._deliver()  # what came before the malformed part is still the answer's
             self._fail(ConnectionClosed(f"malformed answer: {exc}"))
             self.close()
+            return
+        if self._body:
+            self._deliver()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -462,11 +472,9 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
 
-    def on_body(self, body: bytes) -> None:
-        if self.response is not None:
-            self.response.feed(body)
-
     def on_message_complete(self) -> None:
+        if self._body:
+            self._deliver()
         if self.response is not None:
             self.response.keep_alive = self.parser.should_keep_alive()
             self.response.finish()
@@ -503,6 +511,16 @@ class _Connection(asyncio.Protocol):
             self.pool._release(self)
         else:
             self.pool._discard(self)
+
+    def _deliver(self) -> None:
+        """The body pieces parsed from one read, to the response as one piece."""
+        pieces = self._body
+        if not pieces:
+            return
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        if self.response is not None:
+            self.response.feed(data)
 
     def _fail(self, error: Exception) -> None:
         if self.response is not None:
