@@ -188,9 +188,11 @@ class StreamRelay:
             self.on_done(outcome)
 
     async def _pump(self, scope: Scope, send: Send) -> str:
-        joined = _extension(scope, JOIN_KEY)  # Switchyard's own HTTP protocol writes the head itself
+        joined = _extension(scope, JOIN_KEY)  # Switchyard's own HTTP protocol writes the stream itself
         if joined is None or not await joined.begin_stream(scope, self.upstream.status, self.headers):
+            joined = None
             await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
+        write = joined.stream_chunk if joined is not None else _body_sender(send)
         self.started_at = time.perf_counter()
         assert self.upstream.chunks is not None
         outcome = "complete"
@@ -202,18 +204,28 @@ class StreamRelay:
                 if rewrite is not None:
                     chunk = rewrite(chunk)
                 if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await write(chunk)
                     if self.first_chunk_at is None:
                         self.first_chunk_at = time.perf_counter()
         except ProxyError as exc:
             log.warning("stream broken: %s", exc.message)
             self.error = exc
-            await send({"type": "http.response.body", "body": self.stream_error(exc), "more_body": True})
+            await write(self.stream_error(exc))
             outcome = "upstream_failed"
         except OSError:  # the client went away while we were writing
             return "client_disconnected"
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if joined is not None:
+            joined.end_stream()
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         return outcome
+
+
+def _body_sender(send: Send) -> Callable[[bytes], Awaitable[None]]:
+    """A stream's pieces through the ASGI send (under another server)."""
+    async def write(body: bytes) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+    return write
 
 
 async def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:

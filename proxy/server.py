@@ -71,17 +71,25 @@ class DisconnectHook:
 class JoinedWrites:
     """The connection's transport as uvicorn's request cycle sees it, and the gateway's own
     way to answer on it. A complete response is written by `respond` (head and body in one
-    write, the head rendered and checked once), a stream's head by `begin_stream`; what
-    those leave to uvicorn's ASGI sends (HEAD, odd statuses, unsafe headers) calls
-    `join_next()` before its head, which then waits for the body so both leave in one
-    write: uvicorn writes them apart, a second syscall and a second wake-up of the client."""
+    write, the head rendered and checked once), a stream by `begin_stream`, `stream_chunk`
+    and `end_stream`; what those leave to uvicorn's ASGI sends (HEAD, odd statuses, unsafe
+    headers) calls `join_next()` before its head, which then waits for the body so both
+    leave in one write: uvicorn writes them apart, a second syscall and a second wake-up of
+    the client.
 
-    __slots__ = ("_transport", "_joining", "_head", "cycle")
+    A stream's head, and what the stream writes after it in the same turn of the event
+    loop, leave as one write at the end of that turn (`_flush`): a stream whose upstream
+    answered in one read costs one write, not three (head, events, last chunk). Nothing
+    waits for more than the rest of the turn, and later events are written as they come."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    __slots__ = ("_transport", "_loop", "_joining", "_head", "_batch", "cycle")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._transport = transport
+        self._loop = loop
         self._joining = False
         self._head: bytes | None = None
+        self._batch: list[bytes] | None = None  # a stream's writes of this turn of the loop
         # uvicorn's cycle whose app runs now (one at a time per connection, pipelined or not);
         # kept here, not in the scope: the cycle holds the scope, and a reference cycle would
         # leave every request's objects to the garbage collector
@@ -91,6 +99,9 @@ class JoinedWrites:
         self._joining = True
 
     def write(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(data)
+            return
         if self._joining:
             self._joining = False
             self._head = data
@@ -115,13 +126,17 @@ class JoinedWrites:
         cycle.waiting_for_100_continue = False
         cycle.response_started = cycle.response_complete = True
         cycle.chunked_encoding, cycle.expected_content_length = False, 0
-        self._transport.write(b"%s\r\n%s" % (head, body))
+        self.write(b"%s\r\n%s" % (head, body))
+        self._complete(cycle)
+        return True
+
+    def _complete(self, cycle: Any) -> None:
+        """The response is all written: leave the cycle as uvicorn's last send would."""
         cycle.message_event.set()
         if not cycle.keep_alive:
             self.close()
         self.cycle = None
         cycle.on_response()  # (which may start the next pipelined request's cycle)
-        return True
 
     async def begin_stream(self, scope: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Write a stream's head (chunked: its length is not known) as uvicorn's start message
@@ -136,8 +151,36 @@ class JoinedWrites:
         cycle.waiting_for_100_continue = False
         cycle.response_started = True
         cycle.chunked_encoding, cycle.expected_content_length = True, 0
-        self._transport.write(b"%stransfer-encoding: chunked\r\n\r\n" % head)
+        self._hold()
+        self.write(b"%stransfer-encoding: chunked\r\n\r\n" % head)
         return True
+
+    async def stream_chunk(self, body: bytes) -> None:
+        """A piece of the stream begun by `begin_stream` (not empty), as uvicorn's send
+        would write it; nothing once the client is gone."""
+        cycle = self.cycle
+        if cycle is None or ((cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle)):
+            return
+        self.write(b"%x\r\n%s\r\n" % (len(body), body))
+
+    def end_stream(self) -> None:
+        """The last chunk of the stream begun by `begin_stream`."""
+        cycle = self.cycle
+        if cycle is None or cycle.disconnected:
+            return
+        cycle.response_complete = True
+        self.write(b"0\r\n\r\n")
+        self._complete(cycle)
+
+    def _hold(self) -> None:
+        if self._batch is None and self._loop is not None:
+            self._batch = []
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and not self._transport.is_closing():
+            self._transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     @staticmethod
     def _head_lines(cycle: Any, scope: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -169,6 +212,7 @@ class JoinedWrites:
         return not cycle.disconnected
 
     def close(self) -> None:
+        self._flush()
         self._joining = False
         if self._head is not None:  # a body that never came: the head goes out as before
             head, self._head = self._head, None
@@ -209,7 +253,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._joined = JoinedWrites(transport)
+        self._joined = JoinedWrites(transport, self.loop)
         # uvicorn arms its idle timer only after a response; a connection that never
         # speaks would otherwise stay open for ever
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)

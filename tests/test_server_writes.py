@@ -93,6 +93,7 @@ async def serve_one(app, request: bytes) -> RecordingTransport:
         await asyncio.sleep(0)
         if protocol.cycle is not None and protocol.cycle.response_complete:
             break
+    await asyncio.sleep(0)  # a stream's writes leave at the end of the loop's turn
     protocol.connection_lost(None)
     return transport
 
@@ -267,8 +268,67 @@ async def test_a_streams_head_written_by_the_protocol_is_what_uvicorns_start_wou
 
     ours, theirs = await serve_one(fast, request_bytes), await serve_one(uvicorns, request_bytes)
     assert _undated(b"".join(ours.writes)) == _undated(b"".join(theirs.writes))
-    assert b"transfer-encoding: chunked\r\n" in ours.writes[0] and ours.writes[0].endswith(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked\r\n" in ours.writes[0] and ours.writes[0].endswith(b"0\r\n\r\n")
+    assert len(ours.writes) == 1  # head, events and last chunk: all there at once, so one write
     assert ours.closed == theirs.closed
+    assert ours.written_before_close in (None, 1)  # a connection that closes does so after the write
+
+
+async def test_a_streams_head_and_events_leave_by_the_end_of_the_turn_they_were_written_in():
+    """Gathering a stream's writes never holds one back for the next event: the head goes out
+    while the upstream has nothing more, and each event as it comes."""
+    more = asyncio.Event()
+
+    async def slow_upstream():
+        yield b"data: 1\n\n"
+        await more.wait()
+        yield b"data: 2\n\n"
+
+    relay = StreamRelay(UpstreamResponse(200, [], chunks=slow_upstream()), HEADERS, lambda outcome: None)
+
+    async def app(scope, receive, send):
+        await receive()
+        await relay(scope, receive, send)
+
+    protocol, transport = connected(app)
+    protocol.data_received(REQUEST)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(transport.writes) == 1  # head and first event, while the second is not there yet
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK") and transport.writes[0].endswith(b"data: 1\n\n\r\n")
+    more.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport.writes[1:] == [b"9\r\ndata: 2\n\n\r\n", b"0\r\n\r\n"]  # later events: as they come
+    assert protocol.cycle is None or protocol.cycle.response_complete
+    protocol.connection_lost(None)
+
+
+async def test_a_stream_whose_client_left_writes_nothing_more():
+    more = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def slow_upstream():
+        yield b"data: 1\n\n"
+        await more.wait()
+        yield b"data: 2\n\n"
+
+    relay = StreamRelay(UpstreamResponse(200, [], chunks=slow_upstream()), HEADERS, outcomes.append)
+
+    async def app(scope, receive, send):
+        await receive()
+        await relay(scope, receive, send)
+
+    protocol, transport = connected(app)
+    protocol.data_received(REQUEST)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    written = list(transport.writes)
+    protocol.connection_lost(None)  # the client hung up between two events
+    more.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport.writes == written and outcomes == ["client_disconnected"]
 
 
 async def test_an_answered_requests_objects_are_freed_without_the_garbage_collector():
