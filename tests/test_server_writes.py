@@ -274,23 +274,27 @@ async def test_a_streams_head_written_by_the_protocol_is_what_uvicorns_start_wou
     assert ours.written_before_close in (None, 1)  # a connection that closes does so after the write
 
 
-async def test_a_streams_head_and_events_leave_by_the_end_of_the_turn_they_were_written_in():
-    """Gathering a stream's writes never holds one back for the next event: the head goes out
-    while the upstream has nothing more, and each event as it comes."""
-    more = asyncio.Event()
-
+def two_event_stream(more: asyncio.Event, outcomes: list[str]):
+    """An app relaying a stream whose second event comes once `more` is set."""
     async def slow_upstream():
         yield b"data: 1\n\n"
         await more.wait()
         yield b"data: 2\n\n"
 
-    relay = StreamRelay(UpstreamResponse(200, [], chunks=slow_upstream()), HEADERS, lambda outcome: None)
+    relay = StreamRelay(UpstreamResponse(200, [], chunks=slow_upstream()), HEADERS, outcomes.append)
 
     async def app(scope, receive, send):
         await receive()
         await relay(scope, receive, send)
 
-    protocol, transport = connected(app)
+    return app
+
+
+async def test_a_streams_head_and_events_leave_by_the_end_of_the_turn_they_were_written_in():
+    """Gathering a stream's writes never holds one back for the next event: the head goes out
+    while the upstream has nothing more, and each event as it comes."""
+    more = asyncio.Event()
+    protocol, transport = connected(two_event_stream(more, []))
     protocol.data_received(REQUEST)
     for _ in range(20):
         await asyncio.sleep(0)
@@ -307,19 +311,7 @@ async def test_a_streams_head_and_events_leave_by_the_end_of_the_turn_they_were_
 async def test_a_stream_whose_client_left_writes_nothing_more():
     more = asyncio.Event()
     outcomes: list[str] = []
-
-    async def slow_upstream():
-        yield b"data: 1\n\n"
-        await more.wait()
-        yield b"data: 2\n\n"
-
-    relay = StreamRelay(UpstreamResponse(200, [], chunks=slow_upstream()), HEADERS, outcomes.append)
-
-    async def app(scope, receive, send):
-        await receive()
-        await relay(scope, receive, send)
-
-    protocol, transport = connected(app)
+    protocol, transport = connected(two_event_stream(more, outcomes))
     protocol.data_received(REQUEST)
     for _ in range(20):
         await asyncio.sleep(0)

@@ -422,7 +422,8 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._deliver()  # what came before the malformed part is still the answer's
+            if self._body:
+                self._deliver()  # what came before the malformed part is still the answer's
             self._fail(ConnectionClosed(f"malformed answer: {exc}"))
             self.close()
             return
@@ -513,10 +514,9 @@ class _Connection(asyncio.Protocol):
             self.pool._discard(self)
 
     def _deliver(self) -> None:
-        """The body pieces parsed from one read, to the response as one piece."""
+        """The body pieces parsed from one read (callers check there are some), to the
+        response as one piece."""
         pieces = self._body
-        if not pieces:
-            return
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
         if self.response is not None:
