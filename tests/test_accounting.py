@@ -486,6 +486,96 @@ async def test_migrations_are_idempotent_and_refuse_a_newer_schema(tmp_path):
     await db.close()
 
 
+def schema_version(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def writable(path: Path) -> bool:
+    """Whether another connection can take the file's write lock at once (nothing holds it)."""
+    db = sqlite3.connect(path, timeout=0)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
+async def test_processes_opening_one_fresh_ledger_together_migrate_it_once(tmp_path):
+    path = tmp_path / "l.db"
+    dbs = await asyncio.gather(*(open_db(str(path)) for _ in range(4)))
+    for db in dbs:
+        await db.close()
+    assert schema_version(path) == len(ledger_module.MIGRATIONS) and writable(path)
+
+
+async def test_a_migration_failing_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    path = tmp_path / "l.db"
+    db = await open_db(str(path))  # the shipped schema
+    await db.close()
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", (*ledger_module.MIGRATIONS,
+                        "CREATE TABLE extra (x INTEGER); CREATE INDEX broken ON missing (x);"))
+    with pytest.raises(sqlite3.OperationalError, match="missing"):
+        await open_db(str(path))
+    assert schema_version(path) == len(ledger_module.MIGRATIONS) - 1 and writable(path)
+    with sqlite3.connect(path) as plain:
+        assert not plain.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchall()
+
+
+async def test_a_cancelled_open_is_finished_once_and_never_doubled(tmp_path, monkeypatch):
+    """Shutdown cancels the start, or a write's timeout cuts the open short, while the file
+    is being migrated: the opening still runs to its end, the next write uses that same
+    connection, and nothing is left holding the file's lock."""
+    path = tmp_path / "l.db"
+    real_open = ledger_module.open_db
+    opened: list[str] = []
+
+    async def slow_open(p: str):
+        opened.append(p)
+        await asyncio.sleep(0.05)
+        return await real_open(p)
+
+    monkeypatch.setattr(ledger_module, "open_db", slow_open)
+    store = ledger_module.SqliteStore(str(path))
+    first = asyncio.create_task(store.open())
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await store.write([row(i) for i in range(3)], [])
+    assert len(opened) == 1 and count(path) == 3
+    await store.close()
+    assert writable(path)
+
+
+async def test_a_store_closed_while_opening_closes_what_it_opened(tmp_path):
+    path = tmp_path / "l.db"
+    store = ledger_module.SqliteStore(str(path))
+    opening = asyncio.create_task(store.open())
+    await asyncio.sleep(0)
+    await store.close()  # waits for the opening, then closes its connection
+    await opening
+    assert writable(path)
+    await store.write([row(1)], [])  # a later write opens anew
+    await store.close()
+    assert count(path) == 1
+
+
+@pytest.mark.parametrize(("script", "statements"), [
+    ("", []),
+    ("  \n ;; ", []),
+    ("CREATE TABLE a (x)", ["CREATE TABLE a (x);"]),
+    ("CREATE TABLE a (x); CREATE INDEX i ON a (x);", ["CREATE TABLE a (x);", "CREATE INDEX i ON a (x);"]),
+    ("INSERT INTO a VALUES ('x;y'); SELECT 1;", ["INSERT INTO a VALUES ('x;y');", "SELECT 1;"]),
+    ("\n    ALTER TABLE r ADD COLUMN p TEXT;\n    ALTER TABLE r ADD COLUMN q TEXT;\n",
+     ["ALTER TABLE r ADD COLUMN p TEXT;", "ALTER TABLE r ADD COLUMN q TEXT;"]),
+])
+def test_sql_statements_split_a_script(script, statements):
+    assert ledger_module.sql_statements(script) == statements
+
+
 # ---------------------------------------------------------------- the app
 
 

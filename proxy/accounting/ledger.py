@@ -26,11 +26,11 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import aiosqlite
@@ -189,16 +189,98 @@ async def open_db(path: str) -> aiosqlite.Connection:
 
 
 async def migrate(db: aiosqlite.Connection) -> int:
+    """Forward to the newest schema in one transaction that holds the file's write lock, so
+    that processes starting together on a fresh file migrate it once, and a migration that
+    fails half-way leaves nothing behind (no partial schema, no transaction left open)."""
+    if await _schema_version(db) == len(MIGRATIONS):
+        return len(MIGRATIONS)
+    await db.execute("BEGIN IMMEDIATE")  # waits (busy timeout) while another process migrates
+    try:
+        version = await _schema_version(db)  # read again under the lock: it may be done now
+        for target in range(version, len(MIGRATIONS)):
+            # one statement at a time: executescript() would commit the transaction first
+            for statement in sql_statements(MIGRATIONS[target]):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {target + 1}")
+            log.info("ledger schema migrated to version %d", target + 1)
+        await db.commit()
+    except BaseException:
+        await db.rollback()
+        raise
+    return len(MIGRATIONS)
+
+
+async def _schema_version(db: aiosqlite.Connection) -> int:
     async with db.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
         raise LedgerSchemaError(f"ledger schema version {version} is newer than this Switchyard knows "
                                 f"({len(MIGRATIONS)}): upgrade Switchyard, or point it at another ledger")
-    for target in range(version, len(MIGRATIONS)):
-        await db.executescript(f"BEGIN; {MIGRATIONS[target]} PRAGMA user_version = {target + 1}; COMMIT;")
-        log.info("ledger schema migrated to version %d", target + 1)
-    return len(MIGRATIONS)
+    return version
+
+
+def sql_statements(script: str) -> list[str]:
+    """The statements of a `;`-separated script (a `;` inside a literal does not split)."""
+    statements: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\n;"):
+                statements.append(current.strip())
+            current = ""
+    return statements
+
+
+Conn = TypeVar("Conn")
+
+
+class SharedOpening(Generic[Conn]):
+    """A store's writer connection, opened by a task of its own that every caller awaits.
+
+    A caller cancelled while it waits (a write cut off by its timeout, a start cancelled at
+    shutdown) only stops waiting: the opening runs to its end, so it is never abandoned
+    half-way (a migration's transaction left holding the file's write lock) and no second
+    connection is opened beside it. `take()` hands the connection over for closing, an
+    opening still under way included."""
+
+    def __init__(self, opener: Callable[[], Awaitable[Conn]], *,
+                 alive: Callable[[Conn], bool] = lambda conn: True) -> None:
+        self._opener = opener
+        self._alive = alive
+        self._task: asyncio.Task[Conn] | None = None
+
+    async def get(self) -> Conn:
+        task = self._task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None
+                                              or not self._alive(task.result()))):
+            task = self._task = asyncio.get_running_loop().create_task(self._open())
+            task.add_done_callback(_seen)  # its callers may all have left: no "never retrieved"
+        return await asyncio.shield(task)
+
+    async def _open(self) -> Conn:
+        return await self._opener()
+
+    async def take(self, timeout_s: float = 10.0) -> Conn | None:
+        """Forget the connection (the next `get` opens another) and return it, waiting up to
+        `timeout_s` for an opening under way (then cancelling it: it cleans up after itself)."""
+        task, self._task = self._task, None
+        if task is None:
+            return None
+        if not task.done():
+            await asyncio.wait((task,), timeout=timeout_s)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))
+        if task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+
+def _seen(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class SqliteStore:
@@ -213,17 +295,13 @@ class SqliteStore:
         self.path = path
         self.name = path
         self.retention_days = retention_days
-        self._db: aiosqlite.Connection | None = None
-        self._opening = asyncio.Lock()
+        self._db = SharedOpening(lambda: open_db(self.path))
 
     async def open(self) -> None:
         await self._connection()
 
     async def _connection(self) -> aiosqlite.Connection:
-        async with self._opening:
-            if self._db is None:
-                self._db = await open_db(self.path)
-            return self._db
+        return await self._db.get()
 
     async def write(self, rows: Sequence[Row], events: Sequence[Event]) -> None:
         db = await self._connection()
@@ -289,7 +367,7 @@ class SqliteStore:
         return "other"
 
     async def reset(self) -> None:
-        db, self._db = self._db, None
+        db = await self._db.take()
         if db is not None:
             try:
                 await db.close()

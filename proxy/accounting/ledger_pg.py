@@ -43,6 +43,7 @@ from proxy.accounting.ledger import (
     Event,
     LedgerSchemaError,
     Row,
+    SharedOpening,
 )
 from proxy.redis_guard import redacted_url
 
@@ -194,8 +195,8 @@ class PostgresStore:
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self.pool_size = pool_size
-        self._conn: asyncpg.Connection | None = None
-        self._opening = asyncio.Lock()
+        self._conn: SharedOpening[asyncpg.Connection] = SharedOpening(
+            self._open_writer, alive=lambda conn: not conn.is_closed())
         self._pool: asyncpg.Pool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
 
@@ -205,18 +206,18 @@ class PostgresStore:
         await self._connection()
 
     async def _connection(self) -> asyncpg.Connection:
-        async with self._opening:
-            if self._conn is None or self._conn.is_closed():
-                conn = await self._connect()
-                try:
-                    await self.migrate(conn)
-                    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS requests_stage "
-                                       "(LIKE requests) ON COMMIT DELETE ROWS")
-                except BaseException:
-                    conn.terminate()
-                    raise
-                self._conn = conn
-            return self._conn
+        return await self._conn.get()
+
+    async def _open_writer(self) -> asyncpg.Connection:
+        conn = await self._connect()
+        try:
+            await self.migrate(conn)
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS requests_stage "
+                               "(LIKE requests) ON COMMIT DELETE ROWS")
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url, timeout=self.connect_timeout_s,
@@ -352,12 +353,12 @@ class PostgresStore:
         return "other"
 
     async def reset(self) -> None:
-        conn, self._conn = self._conn, None
+        conn = await self._conn.take()
         if conn is not None:
             conn.terminate()  # no goodbye over a connection that just failed: it may hang
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn = await self._conn.take()
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.close(), 5)
