@@ -26,7 +26,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain
@@ -245,7 +245,7 @@ class SharedOpening(Generic[Conn]):
     connection is opened beside it. `take()` hands the connection over for closing, an
     opening still under way included."""
 
-    def __init__(self, opener: Callable[[], Awaitable[Conn]], *,
+    def __init__(self, opener: Callable[[], Coroutine[Any, Any, Conn]], *,
                  alive: Callable[[Conn], bool] = lambda conn: True) -> None:
         self._opener = opener
         self._alive = alive
@@ -255,12 +255,9 @@ class SharedOpening(Generic[Conn]):
         task = self._task
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None
                                               or not self._alive(task.result()))):
-            task = self._task = asyncio.get_running_loop().create_task(self._open())
+            task = self._task = asyncio.get_running_loop().create_task(self._opener())
             task.add_done_callback(_seen)  # its callers may all have left: no "never retrieved"
         return await asyncio.shield(task)
-
-    async def _open(self) -> Conn:
-        return await self._opener()
 
     async def take(self, timeout_s: float = 10.0) -> Conn | None:
         """Forget the connection (the next `get` opens another) and return it, waiting up to
