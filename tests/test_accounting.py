@@ -901,3 +901,34 @@ def test_remembered_checks_follow_a_reloaded_teams_limits():
     assert [c.limit for c in checks_for("team", None, after)] == [20]
     del before  # its id may now be reused by another object: never mistaken for it
     assert [c.limit for c in checks_for("team", None, LimitsConfig(rpm=30))] == [30]
+
+
+class _LockedAtFirst:
+    """A connection whose journal-mode switch fails `times` times with `error`, as SQLite's
+    can on a fresh file several processes open at once."""
+
+    def __init__(self, times: int, error: str = "database is locked") -> None:
+        self.left, self.error, self.calls = times, error, 0
+
+    async def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise sqlite3.OperationalError(self.error)
+
+
+async def test_switching_to_wal_waits_out_a_lock_sqlite_reports_at_once():
+    db = _LockedAtFirst(3)
+    await ledger_module._wal(db)
+    assert db.calls == 4
+
+
+@pytest.mark.parametrize(("times", "error", "calls"), [
+    (1, "disk I/O error", 1),  # another failure is not waited out
+    (10, "database is locked", 5),  # a lock that stays is reported
+])
+async def test_switching_to_wal_gives_up(times, error, calls):
+    db = _LockedAtFirst(times, error)
+    with pytest.raises(sqlite3.OperationalError, match=error):
+        await ledger_module._wal(db, tries=5)
+    assert db.calls == calls

@@ -179,13 +179,27 @@ async def open_db(path: str) -> aiosqlite.Connection:
     os.makedirs(directory, exist_ok=True)
     db = await aiosqlite.connect(path, timeout=5)
     try:
-        await db.execute("PRAGMA journal_mode=WAL")
+        await _wal(db)
         await db.execute("PRAGMA synchronous=NORMAL")
         await migrate(db)
     except BaseException:
         await db.close()
         raise
     return db
+
+
+async def _wal(db: aiosqlite.Connection, tries: int = 100) -> None:
+    """Switch a file to WAL. On a fresh file opened by several processes at once, SQLite can
+    refuse the switch with "database is locked" at once, without waiting its busy timeout:
+    try again shortly (at most about two seconds)."""
+    for attempt in range(tries):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.02)
 
 
 async def migrate(db: aiosqlite.Connection) -> int:
