@@ -858,14 +858,15 @@ async def test_a_request_that_leaves_while_accounting_starts_does_not_stop_the_s
     await writer.close()
     accounting = Accounting(snapshot_from_file(str(path)))
     seeding, go_on = asyncio.Event(), asyncio.Event()
-    seed = accounting._seed
+    reader = accounting.reader
+    read = reader.spend_by_team_since
 
-    async def slow_seed() -> None:
+    async def slow_read(since: float) -> dict[str, float]:  # the ledger a cold disk gives back slowly
         seeding.set()
         await go_on.wait()
-        await seed()
+        return await read(since)
 
-    monkeypatch.setattr(accounting, "_seed", slow_seed)
+    monkeypatch.setattr(reader, "spend_by_team_since", slow_read)
     first = asyncio.ensure_future(accounting.ready())
     await seeding.wait()
     first.cancel()
@@ -883,10 +884,11 @@ async def test_closing_while_accounting_still_starts_is_quick(tmp_path, monkeypa
     path.write_text(config(budget="budget: {daily_usd: 5}"))
     accounting = Accounting(snapshot_from_file(str(path)))
 
-    async def never() -> None:
+    async def never(since: float) -> dict[str, float]:
         await asyncio.Event().wait()
+        return {}
 
-    monkeypatch.setattr(accounting, "_seed", never)
+    monkeypatch.setattr(accounting.reader, "spend_by_team_since", never)
     accounting.start_soon()
     await asyncio.sleep(0.05)
     await asyncio.wait_for(accounting.aclose(), 5)

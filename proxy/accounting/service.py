@@ -141,11 +141,14 @@ class Accounting:
             return
         periods = self.periods()
         try:
-            day, month, raised = await asyncio.wait_for(asyncio.gather(
-                self.reader.spend_by_team_since(periods.day_start),
-                self.reader.spend_by_team_since(periods.month_start),
-                self.reader.alerts_since(periods.month_start),
-            ), 10)
+            # awaited directly, not through wait_for: a start cancelled at shutdown then takes the
+            # gather's cancellation itself (wait_for leaves it unretrieved, logged as an error)
+            async with asyncio.timeout(10):
+                day, month, raised = await asyncio.gather(
+                    self.reader.spend_by_team_since(periods.day_start),
+                    self.reader.spend_by_team_since(periods.month_start),
+                    self.reader.alerts_since(periods.month_start),
+                )
         except Exception as exc:  # noqa: BLE001 - an unreadable ledger must not stop serving
             log.error("cannot read the ledger to restore today's spend (%s); counting from zero", exc)
             return
