@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast check lint clean redis postgres tools bench bench-suites bench-anchors
+.PHONY: install native clean-native run test test-fast check lint clean redis postgres tools bench bench-suites bench-anchors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+# The request path's modules (pyproject.toml's [tool.switchyard.native]) compiled to C with
+# mypyc, beside their sources (proxy/native.py); rebuilt when any source changes. Importing
+# proxy refuses a compiled module older than its source; `make clean-native` runs from source.
+NATIVE := proxy/native.json
+$(NATIVE): $(STAMP) pyproject.toml $(shell find proxy -name '*.py')
+	@find proxy -name '*.so' -delete; rm -f $(NATIVE)
+	$(BIN)/python -c 'from proxy.native import main; main()'
+
+native: $(NATIVE)
+
+clean-native:
+	find proxy -name '*.so' -delete; rm -f $(NATIVE)
+
+run: install native
 	$(BIN)/switchyard serve --config proxy.yaml
 
 # Programs the tests need besides Python packages (Prometheus, redis-server): installed
@@ -49,26 +62,28 @@ test-fast: check
 # Switchyard's own stack, and nginx: installed here as root, else its column is skipped) and
 # (after `make bench-anchors`) LiteLLM and Portkey side by side in one run, with each one's
 # CPU µs per request; `make bench-suites` has the cache and telemetry detail.
-bench: install
+bench: install native
 	$(BIN)/pip install --quiet -e '.[bench]'
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx >/dev/null; } \
 	  || echo "nginx is not installed (apt-get install -y nginx): the nginx column is skipped"
 	$(BIN)/python loadtest/compare.py --scenarios steady,spike,stress,surfaces
 
-bench-suites: install redis
+bench-suites: install native redis
 	for suite in core cache telemetry; do $(BIN)/python loadtest/bench.py --suite $$suite || exit 1; done
 
 bench-anchors:
 	bash loadtest/install_anchors.sh
 
 # the linters and the type checker (configured in pyproject.toml), then the shipped config
+# (through the compiled build, as it is served)
 lint: install
 	$(BIN)/ruff check proxy tests loadtest
 	$(BIN)/mypy
 
-check: lint
+check: lint native
 	$(BIN)/switchyard check proxy.yaml > /dev/null
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache *.egg-info build proxy/native.json
+	find proxy -name '*.so' -delete

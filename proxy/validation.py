@@ -147,7 +147,7 @@ def _check_type(body: dict[str, Any], field: str, kind: type, name: str) -> None
         raise InvalidRequest(f"'{field}' must be {name}, not {_kind(value)}.", param=field)
 
 
-def _check_number(body: dict[str, Any], field: str, low: float, high: float) -> None:
+def _check_number(body: dict[str, Any], field: str, low: int, high: int) -> None:
     value = body.get(field)
     if value is None:
         return
