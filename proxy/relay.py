@@ -228,9 +228,26 @@ def _body_sender(send: Send) -> Callable[[bytes], Awaitable[None]]:
     return write
 
 
-async def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
+def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """`chunks` as a stream's pieces (a cached answer replayed)."""
+    return _Replay(chunks)
+
+
+class _Replay:
+    """An iterator class rather than an async generator, which mypyc cannot compile."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        for chunk in self._chunks:
+            return chunk
+        raise StopAsyncIteration
 
 
 class DisconnectWatch:

@@ -626,19 +626,9 @@ class HttpResponse:
 
     # --- the consumer's side
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """The body in pieces as they arrive (everything buffered at once)."""
-        while True:
-            if self._pieces:
-                yield self._take()
-                continue
-            if self._error is not None:
-                self.close()
-                raise self._error
-            if self.complete:
-                self._done()
-                return
-            await self._wait()
+        return _Pieces(self)
 
     async def read(self) -> bytes:
         pieces = []
@@ -683,6 +673,32 @@ class HttpResponse:
         finally:
             timer.cancel()
             self._waiter = None
+
+
+class _Pieces:
+    """`HttpResponse.chunks()`: an iterator class rather than an async generator, which mypyc
+    cannot compile (`make native`)."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: HttpResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        response = self._response
+        while True:
+            if response._pieces:
+                return response._take()
+            if response._error is not None:
+                response.close()
+                raise response._error
+            if response.complete:
+                response._done()
+                raise StopAsyncIteration
+            await response._wait()
 
 
 def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:

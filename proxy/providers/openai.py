@@ -137,12 +137,28 @@ class OpenAIAdapter(Adapter):
         finally:
             response.close()
 
-    async def _chunks(self, response: HttpResponse) -> AsyncIterator[bytes]:
+    def _chunks(self, response: HttpResponse) -> AsyncIterator[bytes]:
+        return ProviderChunks(response.chunks(), self.spec.name)
+
+
+class ProviderChunks:
+    """A stream's pieces, the upstream client's failures turned into the gateway's errors (an
+    iterator class rather than an async generator, which mypyc cannot compile)."""
+
+    __slots__ = ("_pieces", "_provider")
+
+    def __init__(self, pieces: AsyncIterator[bytes], provider: str) -> None:
+        self._pieces = pieces
+        self._provider = provider
+
+    def __aiter__(self) -> ProviderChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            async for chunk in response.chunks():
-                yield chunk
+            return await self._pieces.__anext__()
         except HttpError as exc:
-            raise upstream_error(self.spec.name, exc, "broke off the stream", kind="stream_cut") from None
+            raise upstream_error(self._provider, exc, "broke off the stream", kind="stream_cut") from None
 
 
 def closer(response: HttpResponse):  # type: ignore[no-untyped-def]
