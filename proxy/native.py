@@ -112,7 +112,7 @@ def main() -> None:
     missing = missing_toolchain()
     if missing:
         print(f"switchyard: {missing}: nothing compiled, the request path runs from source "
-              "(about a seventh more CPU per request; README, Performance)", file=sys.stderr)
+              "(about a quarter more CPU per request; README, Performance)", file=sys.stderr)
         return
     build(modules, root)
     print(f"compiled {len(modules)} modules with mypyc (proxy/native.json)")
