@@ -109,7 +109,7 @@ def test_gcra_remaining_counts_down():
 
 def test_token_limit_admits_until_overdrawn_then_waits():
     limiter = LocalLimiter()
-    check = [Check("t", 100, 0, "tokens", "team")]
+    check = (Check("t", 100, 0, "tokens", "team"),)
     assert limiter.take(check, 0.0)[0].allowed
     limiter.charge("t", 100, 250, 0.0)  # 2.5 minutes' worth
     refused = limiter.take(check, 1.0)[0]
@@ -120,10 +120,10 @@ def test_token_limit_admits_until_overdrawn_then_waits():
 def test_local_limiter_is_all_or_nothing():
     limiter = LocalLimiter()
     team, user = Check("team", 10, 1, "requests", "team"), Check("user", 1, 1, "requests", "user")
-    assert all(o.allowed for o in limiter.take([team, user], 0.0))
-    assert not all(o.allowed for o in limiter.take([team, user], 0.0))  # user over
+    assert all(o.allowed for o in limiter.take((team, user), 0.0))
+    assert not all(o.allowed for o in limiter.take((team, user), 0.0))  # user over
     # the refused request did not use the team's allowance
-    assert limiter.take([team], 0.0)[0].remaining == 8
+    assert limiter.take((team,), 0.0)[0].remaining == 8
 
 
 @pytest.mark.parametrize("seconds, text", [(0.02, "20ms"), (0.0, "0ms"), (1, "1s"), (1.2, "2s"), (59.5, "1m0s"),
