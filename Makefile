@@ -18,14 +18,16 @@ install: $(STAMP)
 # mypyc, beside their sources (proxy/native.py); rebuilt when any source changes. Importing
 # proxy refuses a compiled module older than its source; `make clean-native` runs from source.
 NATIVE := proxy/native.json
+# removed before each build, outside Python: importing proxy refuses a stale build
+REMOVE_NATIVE := find proxy -name '*.so' -delete; rm -f $(NATIVE)
 $(NATIVE): $(STAMP) pyproject.toml $(shell find proxy -name '*.py')
-	@find proxy -name '*.so' -delete; rm -f $(NATIVE)
+	@$(REMOVE_NATIVE)
 	$(BIN)/python -c 'from proxy.native import main; main()'
 
 native: $(NATIVE)
 
 clean-native:
-	find proxy -name '*.so' -delete; rm -f $(NATIVE)
+	$(REMOVE_NATIVE)
 
 run: install native
 	$(BIN)/switchyard serve --config proxy.yaml
@@ -85,5 +87,5 @@ check: lint native
 	$(BIN)/switchyard check proxy.yaml > /dev/null
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info build proxy/native.json
-	find proxy -name '*.so' -delete
+	rm -rf $(VENV) .pytest_cache *.egg-info build
+	$(REMOVE_NATIVE)

@@ -48,9 +48,8 @@ def stale_sources(package: Path = PACKAGE, manifest: Path = MANIFEST) -> list[st
 
 
 def check(package: Path = PACKAGE, manifest: Path = MANIFEST) -> None:
-    """Raise StaleNative when a compiled module does not match its source."""
-    if not manifest.exists() and not any(package.rglob("*.so")):
-        return  # nothing compiled: the sources run as they are
+    """Raise StaleNative when a compiled module does not match its source (nothing compiled
+    and no manifest: the sources run as they are)."""
     stale = stale_sources(package, manifest)
     if stale:
         raise StaleNative(
@@ -65,9 +64,9 @@ def missing_toolchain() -> str | None:
     import shutil
     import sysconfig
 
-    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    if shutil.which(compiler.split()[0]) is None:
-        return f"no C compiler ({compiler.split()[0]})"
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler})"
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
         return "no Python headers (Python.h; Debian: python3-dev)"
     if importlib.util.find_spec("mypyc") is None:
@@ -77,7 +76,9 @@ def missing_toolchain() -> str | None:
 
 def build(modules: list[str], root: Path) -> None:
     """Compile `modules` (paths under `root`, e.g. proxy/validation.py) in place, then record
-    their digests. Needs mypy (mypyc), setuptools and a C compiler."""
+    their digests, in a tree holding no earlier build (`make native` removes it first: a
+    stale one stops `proxy` from importing at all). Needs mypy (mypyc), setuptools and a C
+    compiler."""
     import os
     import sys
 
@@ -85,9 +86,6 @@ def build(modules: list[str], root: Path) -> None:
     from setuptools import Distribution
 
     os.chdir(root)
-    for old in (root / "proxy").rglob("*.so"):
-        old.unlink()  # a module taken off the list must not stay compiled
-    MANIFEST.unlink(missing_ok=True)
     extensions = mypycify(modules, opt_level="3", group_name="proxy._native")
     dist = Distribution({"name": "switchyard-native", "ext_modules": extensions})
     dist.script_args = ["build_ext", "--inplace", "--parallel", str(os.cpu_count() or 1)]
