@@ -12,7 +12,6 @@ provider using it is disabled with a reason that `switchyard check` and startup 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from proxy.forwarding import refused_reason
+from proxy.key_hash import hash_key
 from proxy.prompts import prompt_problems, prompt_reference_problems
 
 COMPLEXITY_LEVELS = ("simple", "medium", "complex")
@@ -782,11 +782,6 @@ def _reason(error: ErrorDetails) -> str:
 
 
 # ---------------------------------------------------------------- keys
-
-
-def hash_key(key: str) -> str:
-    """The SHA-256 (hex) by which a presented key is looked up."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def stored_key_hash(key: str) -> str:

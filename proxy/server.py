@@ -289,6 +289,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- parser callbacks
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """A header line as uvicorn's protocol keeps it, compiled here: it runs once per line,
+        and an SDK's request has about fifteen. Names lowercased; the trailing blanks that
+        llhttp leaves are not part of a value (RFC 9110, 5.5)."""
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()

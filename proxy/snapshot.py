@@ -25,12 +25,12 @@ from proxy.config import (
     ProviderConfig,
     RouteCacheConfig,
     RouteConfig,
-    hash_key,
     load_file,
     load_text,
     stored_key_hash,
 )
 from proxy.forwarding import FORWARDED, allowed_names
+from proxy.key_hash import hash_key
 from proxy.prompts import EMPTY, Registry, compile_prompts
 
 # ---------------------------------------------------------------- globs

@@ -9,42 +9,10 @@ raised as `UpstreamError` / `UpstreamTimeout`, before or during a stream.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
+from proxy.providers.wire import Endpoint, UpstreamRequest, UpstreamResponse
 from proxy.snapshot import ProviderSpec
 from proxy.tasks import spawn
-
-Endpoint = str  # "chat/completions" | "embeddings"
-
-
-@dataclass(slots=True)
-class UpstreamRequest:
-    endpoint: Endpoint
-    body: dict[str, Any]
-    stream: bool
-    request_id: str
-    headers: list[tuple[str, str]] = field(default_factory=list)  # client headers safe to forward
-    deadline: float | None = None  # time.monotonic() by which the answer (a stream's head) must be in
-
-
-async def _nothing() -> None:
-    return None
-
-
-@dataclass(slots=True)
-class UpstreamResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    chunks: AsyncIterator[bytes] | None = None  # set for a successful stream
-    close: Callable[[], Awaitable[None]] = _nothing
-    answer: dict[str, Any] | None = None  # a 2xx JSON answer, parsed once by the adapter that checked it
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
 
 class Adapter(ABC):
@@ -85,3 +53,6 @@ class Adapter(ABC):
         # and its own release closes it again.
         if self.inflight == 0:
             await self.aclose()
+
+
+__all__ = ["Adapter", "Endpoint", "UpstreamRequest", "UpstreamResponse"]
