@@ -1,4 +1,4 @@
-"""Presented keys are hashed with CPython's own SHA-256: same digests as hashlib's."""
+"""Keys and short cache-key inputs are hashed with CPython's own SHA-256: same digests as hashlib's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from proxy import key_hash
-from proxy.key_hash import hash_key
+from proxy.key_hash import SHORT_INPUT, hash_key, sha256_hex
 
 
 @pytest.mark.parametrize("key", [
@@ -25,4 +25,10 @@ def test_known_vector() -> None:  # FIPS 180-2's "abc"
 
 @pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's own hash modules")
 def test_uses_cpythons_own_sha256_not_openssls() -> None:
-    assert type(key_hash._sha256(b"")).__module__ in ("_sha2", "_sha256")
+    assert type(key_hash._short(b"")).__module__ in ("_sha2", "_sha256")
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 64, SHORT_INPUT - 1, SHORT_INPUT, SHORT_INPUT + 1, 20_000])
+def test_any_length_hashes_as_hashlib_does(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    assert sha256_hex(data) == hashlib.sha256(data).hexdigest()

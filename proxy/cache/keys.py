@@ -8,11 +8,12 @@ answer. Fields that only change delivery or bookkeeping are left out.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from proxy.key_hash import sha256_hex
 
 # fields that never change the answer: how it is delivered, and who is billed or tagged
 IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
@@ -23,9 +24,7 @@ PREFIX = "sy:"  # cache.key_prefix's default; cache keys then start with sy:c:
 def cache_key(*, scope: str, target: str, endpoint: str, body: Mapping[str, Any], prefix: str = PREFIX) -> str:
     """`<prefix>c:<scope>:<target>:<sha256>`; scope and target in clear so purges can match them."""
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    digest = hashlib.sha256(
-        orjson.dumps([endpoint, target, canonical], option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
+    digest = sha256_hex(orjson.dumps([endpoint, target, canonical], option=orjson.OPT_SORT_KEYS))
     return f"{prefix}c:{_safe(scope)}:{_safe(target)}:{digest}"
 
 
