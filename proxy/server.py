@@ -48,6 +48,8 @@ class HeadLimits:
 
 DEFAULT_LIMITS = HeadLimits()
 _JOIN_HEADER = b": ".join  # (name, value) -> b"name: value"
+# heads are searched with bytes.find, not `in`: CPython's `bytes in bytes` first tries the
+# needle as an integer, and formats and drops a TypeError on every test
 _CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # what no header may hold (CR, LF: counted)
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -121,7 +123,7 @@ class JoinedWrites:
         uvicorn has no line for, a head with a control character (uvicorn refuses it)."""
         cycle = self.cycle
         head = self._head_lines(cycle, scope, status, headers)
-        if head is None or b"transfer-encoding: " in head:
+        if head is None or head.find(b"transfer-encoding: ") >= 0:
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
             return True  # as uvicorn's send: nobody to write to
@@ -146,7 +148,8 @@ class JoinedWrites:
         too (as for `respond`, and a head that names a length or an encoding itself)."""
         cycle = self.cycle
         head = self._head_lines(cycle, scope, status, headers)
-        if head is None or b"content-length: " in head or b"transfer-encoding: " in head or status in (204, 304):
+        if (head is None or head.find(b"content-length: ") >= 0 or head.find(b"transfer-encoding: ") >= 0
+                or status in (204, 304)):
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
             return True
@@ -200,7 +203,7 @@ class JoinedWrites:
                 or len(head.translate(None, _CONTROL)) != len(head)):
             return None
         head += b"\r\n"
-        if b"connection: " in head and _asks_close(headers):  # an error that ends the connection (413)
+        if head.find(b"connection: ") >= 0 and _asks_close(headers):  # an error that ends the connection (413)
             cycle.keep_alive = False
         elif not cycle.keep_alive:  # the client asked it closed, or spoke HTTP/1.0
             head += b"connection: close\r\n"

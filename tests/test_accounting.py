@@ -368,6 +368,22 @@ async def test_sqlite_store_writes_every_row_exactly_whatever_the_batch_size(tmp
     assert got == written
 
 
+async def test_a_rows_none_values_are_stored_as_sql_nulls(tmp_path):
+    # the ledger's adapter for None (it spares sqlite3 a failed lookup per NULL) stores NULL
+    path = tmp_path / "ledger.db"
+    store = ledger_module.SqliteStore(str(path))
+    written = [row(i) for i in range(ledger_module.ROWS_PER_INSERT + 3)]  # a group statement and single rows
+    await store.write(written, [])
+    await store.close()
+    nulls = [c for c, v in zip(COLUMNS, written[0], strict=True) if v is None]
+    assert len(nulls) >= 10
+    with sqlite3.connect(path) as db:
+        kinds = db.execute("SELECT " + ", ".join(f'typeof("{c}")' for c in nulls) + " FROM requests").fetchall()
+        assert len(kinds) == len(written) and {kind for k in kinds for kind in k} == {"null"}
+        assert db.execute('SELECT COUNT(*) FROM requests WHERE "user" IS NULL AND "ttft_ms" IS NULL').fetchone()[0] \
+            == len(written)
+
+
 async def test_a_failed_group_write_leaves_nothing_behind(tmp_path, monkeypatch):
     # the second group fails: the first group's rows must not stay (the writer retries them all)
     path = tmp_path / "ledger.db"
