@@ -214,6 +214,8 @@ async def test_pipelined_requests_are_each_answered_in_turn():
     (200, [(b"x-bad\x00", b"a")]),
     (200, [(b"x-bad", b"a\rb")]),
     (200, [(b"x-bad", b"a\r\nx-injected: 1")]),
+    (200, [(b"x-bad", b"a\nb")]),
+    (200, [(b"x-bad", b"a\n\rb"), (b"x-fine", b"c")]),
     (999, []),  # no status line uvicorn knows
 ])
 async def test_what_the_protocol_will_not_write_goes_through_uvicorns_sends(status, headers):
@@ -226,6 +228,16 @@ async def test_what_the_protocol_will_not_write_goes_through_uvicorns_sends(stat
 
     transport = await serve_one(app, REQUEST)
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_a_tab_in_a_value_is_written_by_the_protocol_as_uvicorn_would():
+    async def app(scope, receive, send):
+        await receive()
+        assert await scope["extensions"]["switchyard.join"].respond(
+            scope, 200, [(b"content-length", b"2"), (b"x-tabbed", b"a\tb")], b"{}")
+
+    transport = await serve_one(app, REQUEST)
+    assert len(transport.writes) == 1 and b"\r\nx-tabbed: a\tb\r\n" in transport.writes[0]
 
 
 async def test_a_response_for_a_client_that_left_is_not_written():
