@@ -19,6 +19,7 @@ import orjson
 from proxy import sse
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_USAGE_KEY = b'"usage"'  # where any match of _USAGE_OBJECT begins
 
 
 def tokens(usage: Any) -> tuple[int, int]:
@@ -43,11 +44,12 @@ class UsageTap:
 
     def feed(self, chunk: bytes) -> None:
         done = self._splitter.feed_raw(chunk)
-        if done and _USAGE_OBJECT.search(done) is not None:
-            self._read(done)
+        first = done.find(_USAGE_KEY)  # (as the stripper looks: the plain search first)
+        if first >= 0 and _USAGE_OBJECT.search(done, first) is not None:
+            self._read(done, first)
 
-    def _read(self, events: bytes) -> None:
-        for start, stop, _ in _usage_events(events):
+    def _read(self, events: bytes, since: int) -> None:
+        for start, stop, _ in _usage_events(events, since):
             chunk = _usage_chunk(events[start:stop])
             if chunk is not None:
                 self.usage = chunk["usage"]
@@ -86,11 +88,14 @@ class UsageStripper:
             if skip == len(done):
                 return b""
             done, self._cut = done[skip:], False
-        if _USAGE_OBJECT.search(done) is None:
+        # where "usage" first appears, by a plain substring search (a regular expression's
+        # scan of a 20-event buffer costs several times more); the pattern only from there
+        first = done.find(_USAGE_KEY)
+        if first < 0 or _USAGE_OBJECT.search(done, first) is None:
             return done
         pieces: list[bytes] = []
         last = 0
-        for start, stop, end in _usage_events(done):  # only those events are rewritten
+        for start, stop, end in _usage_events(done, first):  # only those events are rewritten
             parsed = _usage_chunk(done[start:stop])
             if parsed is None:
                 continue
@@ -103,12 +108,12 @@ class UsageStripper:
         return b"".join(pieces)
 
 
-def _usage_events(events: bytes) -> Iterator[tuple[int, int, int]]:
+def _usage_events(events: bytes, since: int) -> Iterator[tuple[int, int, int]]:
     """(start, stop, end), as `sse.event_spans` gives them, of each event in `events` (whole
-    events, as `feed_raw` returns them) that holds a usage object: found around the matches,
-    without splitting the others."""
+    events, as `feed_raw` returns them) that holds a usage object at or after `since`: found
+    around the matches, without splitting the others."""
     done = 0
-    for match in _USAGE_OBJECT.finditer(events):
+    for match in _USAGE_OBJECT.finditer(events, since):
         if match.start() >= done:  # not a second match inside an event already found
             span = sse.event_at(events, match.start())
             yield span

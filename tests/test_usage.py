@@ -84,6 +84,9 @@ CASES = [
      DONE, USAGE),
     ("usage split from its separator", [STREAM[:-len(DONE) - 1], STREAM[-len(DONE) - 1:]], STRIPPED, USAGE),
     ("unfinished last event held", [WORDS[0], b"data: {\"cho"], WORDS[0], None),
+    ("a null usage and quoted usage before a spaced usage object",
+     [content('say "usage"') + b'data: {"choices": [], "usage" :\t{"prompt_tokens": 12}}\n\n' + DONE],
+     content('say "usage"') + DONE, {"prompt_tokens": 12}),
 ]
 
 
