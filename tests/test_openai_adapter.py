@@ -11,6 +11,7 @@ from aiohttp import web
 
 from proxy.errors import InvalidResponse, UpstreamAuthError, UpstreamError, UpstreamTimeout
 from proxy.providers import ProviderPool, build_adapter
+from proxy.providers import openai as openai_module
 from proxy.providers.base import Adapter, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai import OpenAIAdapter
 from proxy.snapshot import ProviderSpec, snapshot_from_text
@@ -196,6 +197,9 @@ async def test_a_refused_provider_key_is_the_gateways_problem_not_the_callers(ad
     raw = json.dumps({"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}. Find yours at ...",
                                 "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
     upstream.post("/chat/completions").respond(status, content=raw, headers={"content-type": "application/json"})
+    # the line is logged once per provider and status every 30 s: forget what an earlier test
+    # (any with a provider named "up" refused) logged, so this one's line is written
+    openai_module._refusals._seen.clear()
     with caplog.at_level("WARNING", logger="switchyard.providers"):
         with pytest.raises(UpstreamAuthError) as info:
             await adapter.send(chat_request())
