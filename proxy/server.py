@@ -250,6 +250,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str, str] | None = None
         self._limits = HeadLimits()
+        self._idle_deadline: float | None = None  # loop time past which an idle connection closes
         self._hook: DisconnectHook | None = None  # the current request's
         self._joined: JoinedWrites | None = None  # the transport the request cycles write to
         # a refusal is not "Invalid HTTP request"; the duck-typed logger stands in for uvicorn's
@@ -262,11 +263,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._joined = JoinedWrites(transport, self.loop)
         # uvicorn arms its idle timer only after a response; a connection that never
         # speaks would otherwise stay open for ever
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        self._idle_from_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
+        if timer is not None:
+            timer.cancel()
         if self._joined is not None:
             self._joined.cycle = None
         hook, self._hook = self._hook, None
@@ -289,6 +293,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             elif self._head_timer is None:
                 remaining = self._limits.timeout_s - (self.loop.time() - self._head_began)
                 self._head_timer = self.loop.call_later(max(remaining, 0.0), self._head_timed_out)
+
+    # --- keep-alive: a deadline per response, at most one timer per connection
+    #
+    # uvicorn makes a timer at the end of every response and cancels it when the next
+    # request's bytes arrive: a timer made and cancelled per request (about 2% of one). Here
+    # a response's end only moves the connection's idle deadline, and data arriving clears
+    # it; the one timer, when it fires, closes the connection if the deadline has passed,
+    # waits for the rest if it was moved, and lapses while a request is being answered.
+
+    def on_response_complete(self) -> None:
+        """The cycle's response is all written (uvicorn's callback): count it, then start the
+        next pipelined request or begin the idle wait."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_deadline = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_from_now()
+
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn calls this when bytes arrive (and when the connection is lost)."""
+        self._idle_deadline = None
+
+    def _idle_from_now(self) -> None:
+        self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.timeout_keep_alive_task = None
+        deadline = self._idle_deadline
+        if deadline is None:
+            return  # a request is under way: its response's end starts the wait again
+        left = deadline - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._idle_check)
+        else:
+            self.timeout_keep_alive_handler()
 
     # --- parser callbacks
 

@@ -382,3 +382,81 @@ async def test_a_client_that_does_not_read_holds_the_write_until_its_socket_drai
         await asyncio.sleep(0)
     assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
     protocol.connection_lost(None)
+
+
+def keep_alive_for(app, seconds: int) -> tuple[GuardedHttpToolsProtocol, RecordingTransport, ServerState]:
+    config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False, timeout_keep_alive=seconds)
+    config.load()
+    state = ServerState()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
+                                        _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport, state
+
+
+def _answer(app_body: bytes = b"{}"):
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, app_body, [])(scope, receive, send)
+    return app
+
+
+async def _served(protocol: GuardedHttpToolsProtocol, state: ServerState, count: int) -> None:
+    for _ in range(200):
+        if state.total_requests >= count:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("the request was not answered")
+
+
+async def test_an_idle_connection_closes_when_its_keep_alive_runs_out_after_the_last_response():
+    protocol, transport, state = keep_alive_for(_answer(), 1)  # uvicorn takes whole seconds
+    protocol.data_received(REQUEST)
+    await _served(protocol, state, 1)
+    await asyncio.sleep(0.6)
+    protocol.data_received(REQUEST)  # within the first response's keep-alive
+    await _served(protocol, state, 2)
+    await asyncio.sleep(0.6)  # past the first response's deadline, not the second's
+    assert not transport.closed
+    await asyncio.sleep(0.6)
+    assert transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_a_connection_is_not_closed_while_its_request_is_answered():
+    release = asyncio.Event()
+
+    async def slow(scope, receive, send):
+        await receive()
+        await release.wait()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+
+    protocol, transport, state = keep_alive_for(slow, 1)
+    protocol.data_received(REQUEST)
+    await asyncio.sleep(1.5)  # past a keep-alive: the timer lapses, the connection stays
+    assert not transport.closed and protocol.timeout_keep_alive_task is None
+    release.set()
+    await _served(protocol, state, 1)
+    assert not transport.closed and protocol.timeout_keep_alive_task is not None
+    await asyncio.sleep(1.3)
+    assert transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_requests_on_a_connection_make_no_new_keep_alive_timer_each():
+    protocol, transport, state = keep_alive_for(_answer(), 5)
+    first = protocol.timeout_keep_alive_task  # armed when the connection was made
+    for n in range(1, 6):
+        protocol.data_received(REQUEST)
+        await _served(protocol, state, n)
+    assert protocol.timeout_keep_alive_task is first and not transport.closed
+    protocol.connection_lost(None)
+    assert protocol.timeout_keep_alive_task is None and first.cancelled()
+
+
+async def test_a_connection_that_never_speaks_is_closed_after_the_keep_alive():
+    protocol, transport, _ = keep_alive_for(_answer(), 1)
+    await asyncio.sleep(1.3)
+    assert transport.closed
+    protocol.connection_lost(None)
