@@ -39,5 +39,4 @@ def sha256_hex(data: bytes) -> str:
 
 def hash_key(key: str) -> str:
     """The SHA-256 (hex) by which a presented key is looked up."""
-    digest: str = _short(key.encode()).hexdigest()
-    return digest
+    return sha256_hex(key.encode())

@@ -48,8 +48,6 @@ class HeadLimits:
 
 DEFAULT_LIMITS = HeadLimits()
 _JOIN_HEADER = b": ".join  # (name, value) -> b"name: value"
-# heads are searched with bytes.find, not `in`: CPython's `bytes in bytes` first tries the
-# needle as an integer, and formats and drops a TypeError on every test
 _CONTROL = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # what no header may hold (but the joins' CR LF)
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -123,6 +121,8 @@ class JoinedWrites:
         uvicorn has no line for, a head with a control character (uvicorn refuses it)."""
         cycle = self.cycle
         head = self._head_lines(cycle, scope, status, headers)
+        # bytes.find, not `in`, on heads: CPython's `bytes in bytes` first tries the needle
+        # as an integer, and formats and drops a TypeError on every test
         if head is None or head.find(b"transfer-encoding: ") >= 0:
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):

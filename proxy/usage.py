@@ -44,8 +44,8 @@ class UsageTap:
 
     def feed(self, chunk: bytes) -> None:
         done = self._splitter.feed_raw(chunk)
-        first = done.find(_USAGE_KEY)  # (as the stripper looks: the plain search first)
-        if first >= 0 and _USAGE_OBJECT.search(done, first) is not None:
+        first = _first_usage(done)
+        if first >= 0:
             self._read(done, first)
 
     def _read(self, events: bytes, since: int) -> None:
@@ -88,10 +88,8 @@ class UsageStripper:
             if skip == len(done):
                 return b""
             done, self._cut = done[skip:], False
-        # where "usage" first appears, by a plain substring search (a regular expression's
-        # scan of a 20-event buffer costs several times more); the pattern only from there
-        first = done.find(_USAGE_KEY)
-        if first < 0 or _USAGE_OBJECT.search(done, first) is None:
+        first = _first_usage(done)
+        if first < 0:
             return done
         pieces: list[bytes] = []
         last = 0
@@ -106,6 +104,17 @@ class UsageStripper:
         pieces.append(done[last:])
         self._cut = last == len(done)  # the last event was replaced (dropped or nulled)
         return b"".join(pieces)
+
+
+def _first_usage(events: bytes) -> int:
+    """Where the first match of `_USAGE_OBJECT` in `events` begins, or -1. "usage" is found
+    by a plain substring search first (a regular expression's scan of a 20-event buffer
+    costs several times more), and the pattern runs only from there."""
+    first = events.find(_USAGE_KEY)
+    if first < 0:
+        return -1
+    match = _USAGE_OBJECT.search(events, first)
+    return -1 if match is None else match.start()
 
 
 def _usage_events(events: bytes, since: int) -> Iterator[tuple[int, int, int]]:
