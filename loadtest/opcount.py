@@ -14,6 +14,7 @@ kernel) is not counted: pair it with `make bench`.
     python loadtest/opcount.py --scenario limits --requests 500
 
 Scenarios: non-stream, stream (the mock's 20-chunk SSE), cache-hit (memory backend),
+redis-hit (the Redis backend on 127.0.0.1:6379, database 14),
 limits (cache hits with a budget and rate limits: the accounting's own cost).
 """
 
@@ -60,6 +61,8 @@ SCENARIOS = {  # name: (cache section, team limits, stream)
     "non-stream": ("", "", False),
     "stream": ("", "", True),
     "cache-hit": ("cache: {backend: memory}", "", False),
+    # the machine's Redis (database 14, a prefix of its own); every build serving it hits the same entry
+    "redis-hit": ('cache: {backend: redis, url: "redis://127.0.0.1:6379/14", key_prefix: "sybench:"}', "", False),
     "limits": ("cache: {backend: memory}", LIMITS, False),
 }
 # the wrk script's request (loadtest/chat.lua)

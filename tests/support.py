@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -202,23 +203,26 @@ class PrivateRedis:
     (SIGSTOP), thaw, kill and start again on the same port: the machine's shared Redis is
     never stopped by a test."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is needed for these tests (apt-get install redis-server)")
         self.binary = binary
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password  # --requirepass: clients AUTH first
+        auth = f":{quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrivateRedis:
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
         def answers() -> bool:
-            with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
+            with redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2) as probe:
                 return bool(probe.ping())
 
         try:  # blocking: async tests restart it too
@@ -228,7 +232,7 @@ class PrivateRedis:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
+        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1, socket_timeout=2)
 
     def keys(self) -> int:
         with self.client() as c:

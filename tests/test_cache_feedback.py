@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -225,37 +224,38 @@ async def test_invalidation_keeps_the_entrys_remaining_ttl_in_redis():
         await made.aclose()
 
 
-class CountingBackend:
-    """A memory backend that records each batch of hits it is given (wrapping one: the
-    compiled backends take no subclasses from tests)."""
-
-    def __init__(self) -> None:
-        self._backend = MemoryBackend(100)
-        self.batches: list[list[Hits]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    async def count_hits(self, hits: Sequence[Hits]) -> None:
-        self.batches.append(list(hits))
-        await self._backend.count_hits(hits)
+def script_calls() -> int:
+    """EVALSHA calls Redis has run so far (the backends' scripts run that way)."""
+    with redis.Redis.from_url(REDIS_URL) as client:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+@pytest.mark.integration
 async def test_hits_are_gathered_off_the_request_path_and_counted_in_one_call():
-    backend = CountingBackend()
-    cache = ResponseCache(CacheConfig(backend="memory"), backend)
-    entry, other = Entry("up/priced", time.time(), None, b"{}", "e1"), Entry("up/priced", time.time(), None, b"{}", "e9")
-    await cache.store("k", entry, 60)
-    await cache.store("k2", other, 60)
-    for _ in range(1000):
-        cache.count_hit("k", entry, 0.001)
-    cache.count_hit("k2", other, None)
-    assert backend.batches == []  # a hit only adds to the batch
-    await drain()
-    assert [[(h.key, h.entry_id, h.count) for h in batch] for batch in backend.batches] == [
-        [("k", "e1", 1000), ("k2", "e9", 1)]]
-    (most, _) = await backend.top(2)
-    assert most.tally.hits == 1000 and most.tally.saved_usd == pytest.approx(1.0)
+    # Redis counts the calls: the compiled cache takes no stand-in backend from tests
+    require_redis()
+    backend = RedisBackend(REDIS_URL, timeout_ms=2000, failures=3, cooldown_s=1, fallback=MemoryBackend(10),
+                           prefix=fresh_prefix())
+    cache = ResponseCache(CacheConfig(backend="redis"), backend)
+    try:
+        key, other_key = entry_key(1), entry_key(2)
+        entry, other = Entry("up/priced", time.time(), None, b"{}", "e1"), Entry("up/priced", time.time(), None, b"{}", "e9")
+        await cache.store(key, entry, 60)
+        await cache.store(other_key, other, 60)
+        await backend.count_hits([Hits(entry_key(3), "e0", 1, 0.0)])  # Redis has the script (nothing stored there)
+        before = script_calls()
+        for _ in range(1000):
+            cache.count_hit(key, entry, 0.001)
+        cache.count_hit(other_key, other, None)
+        assert script_calls() == before and await backend.top(2) == []  # a hit only adds to the batch
+        await drain()
+        assert script_calls() == before + 1  # one round trip for the whole batch
+        most, least = await backend.top(2)
+        assert (most.key, most.entry_id, most.tally.hits) == (key, "e1", 1000)
+        assert most.tally.saved_usd == pytest.approx(1.0)
+        assert (least.key, least.entry_id, least.tally.hits) == (other_key, "e9", 1)
+    finally:
+        await cache.aclose()
 
 
 async def test_with_redis_away_the_fallback_keeps_tallies_and_tombstones():

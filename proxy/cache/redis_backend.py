@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from proxy.cache.backends import HITS_PER_CALL, INDEX_KEEP, INVALIDATIONS_KEEP, Backend, Hits, Tallied, Tally
 from proxy.cache.keys import PREFIX, hits_index_key, invalidations_key, stats_key
+from proxy.cache.redis_reads import RedisReads
 from proxy.data import text as data_text
 from proxy.redis_guard import RedisGuard
 
@@ -50,6 +52,7 @@ class RedisBackend(Backend):
             retry_on_timeout=False,
             health_check_interval=0,
         )
+        self._reads = RedisReads.for_url(url)  # lookups on a pipelined connection of their own
         self.fallback = fallback
         # shared with the other users of this Redis (proxy/redis_guard.py); a private one in tests
         self.guard = guard or RedisGuard(url, failures=failures, cooldown_s=cooldown_s, clock=clock)
@@ -74,13 +77,27 @@ class RedisBackend(Backend):
     async def get(self, key: str) -> bytes | None:
         if not self.available:
             return await self.fallback.get(key)
+        value: bytes | str | None
         try:
-            value = await asyncio.wait_for(self.client.get(key), self._timeout)
+            if self._reads is not None:
+                value = await self._reads.get(key, self._timeout)
+            else:
+                value = await asyncio.wait_for(self.client.get(key), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
+            if self._reads is not None and isinstance(exc, (RedisConnectionError, OSError)):
+                await self._forget_idle_connections()
             return await self.fallback.get(key)
         self._ok()
         return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    async def _forget_idle_connections(self) -> None:
+        """The lookups' connection was lost: redis-py's idle connections to the same Redis are
+        as dead, and it would find out only by failing the next store after Redis is back."""
+        try:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        except (RedisError, OSError):
+            pass
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         if not self.available:
@@ -227,6 +244,8 @@ class RedisBackend(Backend):
         return True, reply
 
     async def aclose(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
         await self.client.aclose()
 
 

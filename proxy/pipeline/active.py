@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proxy.accounting.service import Accounting
-from proxy.cache import ResponseCache
+from proxy.cache.service import ResponseCache
 from proxy.providers.base import Adapter
 from proxy.responses_store import ResponseStore
 from proxy.snapshot import Snapshot

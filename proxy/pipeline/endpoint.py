@@ -28,7 +28,7 @@ import orjson
 
 from proxy.accounting.pricing import warn_unpriced
 from proxy.auth import authenticate
-from proxy.cache import BYPASS, CachePolicy, Entry, Tombstone, entry_ref, new_entry_id, request_policy
+from proxy.cache.service import BYPASS, CachePolicy, Entry, Tombstone, entry_ref, new_entry_id, request_policy
 from proxy.dialects.base import Dialect, Inbound
 from proxy.errors import ClientDisconnected, InvalidRequest, ProxyError, shown
 from proxy.forwarding import forwarded
