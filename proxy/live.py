@@ -314,17 +314,22 @@ class LiveEndpoint:
     async def _authenticated(self, websocket: WebSocket) -> str | None:
         """The admin key, from the Authorization header or the first message; None once
         the socket is closed with 1008 and the reason."""
+        # refusals are awaited after their except blocks: compiled by mypyc, an await inside
+        # one can raise the caught exception again
+        refusal: str | None = None
         key = presented_key(websocket.headers)
         if key is None:
             try:
                 key = first_message_key(await asyncio.wait_for(_first_text(websocket), AUTH_TIMEOUT_S))
             except TimeoutError:
-                await _refuse(websocket, f"no admin key within {AUTH_TIMEOUT_S:g} s")
-                return None
-        try:  # the one admin check, given the key as a header would have carried it
-            authenticate_admin(self._runtime.active().snapshot, {"x-api-key": key} if key else {})
-        except ProxyError as exc:
-            await _refuse(websocket, exc.message)
+                refusal = f"no admin key within {AUTH_TIMEOUT_S:g} s"
+        if refusal is None:
+            try:  # the one admin check, given the key as a header would have carried it
+                authenticate_admin(self._runtime.active().snapshot, {"x-api-key": key} if key else {})
+            except ProxyError as exc:
+                refusal = exc.message
+        if refusal is not None:
+            await _refuse(websocket, refusal)
             return None
         assert key is not None
         return key

@@ -196,6 +196,7 @@ class StreamRelay:
         self.started_at = time.perf_counter()
         assert self.upstream.chunks is not None
         outcome = "complete"
+        broken: ProxyError | None = None
         try:
             observe, rewrite = self.observe, self.rewrite
             async for chunk in self.upstream.chunks:
@@ -208,12 +209,14 @@ class StreamRelay:
                     if self.first_chunk_at is None:
                         self.first_chunk_at = time.perf_counter()
         except ProxyError as exc:
-            log.warning("stream broken: %s", exc.message)
-            self.error = exc
-            await write(self.stream_error(exc))
-            outcome = "upstream_failed"
+            broken = exc
         except OSError:  # the client went away while we were writing
             return "client_disconnected"
+        if broken is not None:  # written after the except block: compiled, an await in it can re-raise
+            log.warning("stream broken: %s", broken.message)
+            self.error = broken
+            await write(self.stream_error(broken))
+            outcome = "upstream_failed"
         if joined is not None:
             joined.end_stream()
         else:

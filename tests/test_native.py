@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.machinery
 import json
@@ -88,3 +89,28 @@ def test_the_listed_modules_are_the_ones_imported():
 def test_without_a_compiler_nothing_is_compiled_and_it_says_why(monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     assert native.missing_toolchain() == "no C compiler (no-such-compiler-here)"
+
+
+def awaits_in_except_blocks(source: str) -> list[int]:
+    """Lines of the `await`s inside `except` blocks (nested functions included)."""
+    return sorted({sub.lineno for handler in ast.walk(ast.parse(source)) if isinstance(handler, ast.ExceptHandler)
+                   for sub in ast.walk(handler) if isinstance(sub, ast.Await)})
+
+
+@pytest.mark.parametrize(("source", "lines"), [
+    ("async def f():\n    try:\n        await g()\n    except E:\n        pass\n    await h()\n", []),
+    ("async def f():\n    try:\n        pass\n    except E:\n        await h()\n", [5]),
+    ("async def f():\n    try:\n        pass\n    except E:\n        if x:\n            return await h()\n", [6]),
+    ("async def f():\n    try:\n        pass\n    finally:\n        await h()\n", []),  # (a finally is not this)
+])
+def test_awaits_in_except_blocks_are_found(source, lines):
+    assert awaits_in_except_blocks(source) == lines
+
+
+def test_no_compiled_module_awaits_inside_an_except_block():
+    """Compiled by mypyc, an `await` inside an `except` block can raise the caught exception
+    again, or leave it in the thread's handled-exception state for another request's `finally`
+    to raise: the compiled modules await their fallbacks and refusals after the block."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["switchyard"]["native"]["modules"]
+    found = {m: lines for m in listed if (lines := awaits_in_except_blocks((ROOT / m).read_text()))}
+    assert found == {}

@@ -18,6 +18,8 @@ from redis.exceptions import ResponseError
 from proxy.cache.backends import MemoryBackend
 from proxy.cache.redis_backend import RedisBackend
 from proxy.cache.redis_reads import RedisReads, command
+from proxy.providers.wire import UpstreamResponse
+from proxy.relay import StreamRelay, iterate
 from support import REDIS_PREFIX, REDIS_URL, PrivateRedis
 
 pytestmark = pytest.mark.integration  # the machine's Redis, or a private redis-server
@@ -274,3 +276,31 @@ async def test_the_backend_reads_through_it_and_falls_back_when_redis_is_frozen(
     finally:
         private.thaw()
         await backend.aclose()
+
+
+async def test_timed_out_lookups_leave_no_exception_behind(private):
+    """Fifty lookups cut off at once against a frozen Redis are fifty misses, and leave nothing
+    behind. Compiled by mypyc, an `await` inside an except block can raise the caught exception
+    again, and an exception set on an awaited future can stay in the thread's handled-exception
+    state, for a later `finally` holding an `await` (the stream relay's) to raise."""
+    backend = RedisBackend(private.url, timeout_ms=50, failures=1000, cooldown_s=5, fallback=MemoryBackend(10))
+    try:
+        await backend.set("k", b"v", 60)
+        private.freeze()
+        assert await asyncio.gather(*(backend.get(f"k{n}") for n in range(50))) == [None] * 50
+    finally:
+        private.thaw()
+        await backend.aclose()
+    sent: list[dict] = []
+    outcomes: list[str] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    relay = StreamRelay(UpstreamResponse(200, [], chunks=iterate([b"data: 1\n\n"])), [], outcomes.append)
+    await relay({"type": "http", "method": "POST"}, receive, send)  # compiled: awaits in its finally
+    assert outcomes == ["complete"] and sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

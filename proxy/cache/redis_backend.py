@@ -77,15 +77,20 @@ class RedisBackend(Backend):
     async def get(self, key: str) -> bytes | None:
         if not self.available:
             return await self.fallback.get(key)
-        value: bytes | str | None
+        value: bytes | str | None = None
+        failure: BaseException | None = None
         try:
             if self._reads is not None:
                 value = await self._reads.get(key, self._timeout)
             else:
                 value = await asyncio.wait_for(self.client.get(key), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
-            self._failed(exc)
-            if self._reads is not None and isinstance(exc, (RedisConnectionError, OSError)):
+            failure = exc
+        # the fallback is awaited after the except block, never in it: compiled by mypyc, an
+        # await inside the block can raise the caught exception again (and leave it behind)
+        if failure is not None:
+            self._failed(failure)
+            if self._reads is not None and isinstance(failure, (RedisConnectionError, OSError)):
                 await self._forget_idle_connections()
             return await self.fallback.get(key)
         self._ok()
@@ -103,10 +108,13 @@ class RedisBackend(Backend):
         if not self.available:
             await self.fallback.set(key, value, ttl_s)
             return
+        failure: BaseException | None = None
         try:
             await asyncio.wait_for(self.client.set(key, value, ex=ttl_s), self._timeout * 5)
         except (TimeoutError, RedisError, OSError) as exc:
-            self._failed(exc)
+            failure = exc
+        if failure is not None:  # (awaited after the except block, as in `get`)
+            self._failed(failure)
             await self.fallback.set(key, value, ttl_s)
             return
         self._ok()

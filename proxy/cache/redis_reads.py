@@ -10,6 +10,11 @@ keeps its place in the line, and its reply, when it comes, is read and dropped, 
 replies after it stay matched. A lost connection fails what is in flight and the next GET
 connects again.
 
+Failures reach a GET as its future's result (an exception object it raises itself), never
+through `set_exception`: code compiled by mypyc that awaits a future holding an exception
+can leave that exception in the thread's handled-exception state, and a later `finally`
+with an `await` in it, in any request, raises it again.
+
 Only for `redis://` URLs (TCP, with the URL's AUTH and SELECT); `for_url` gives None for
 TLS (`rediss://`) and Unix sockets, whose lookups go through redis-py as before.
 """
@@ -64,10 +69,7 @@ class _Link(asyncio.Protocol):
             future = waiting.popleft()
             if future.done():  # timed out or cancelled: its reply is dropped
                 continue
-            if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(ResponseError(str(reply)))
-            else:
-                future.set_result(reply)
+            future.set_result(ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -76,7 +78,7 @@ class _Link(asyncio.Protocol):
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_result(error)
         self._on_lost(self)
 
     def send(self, loop: asyncio.AbstractEventLoop, request: bytes) -> asyncio.Future[Any]:
@@ -124,12 +126,15 @@ class RedisReads:
             raise RedisConnectionError(f"{MAX_IN_FLIGHT} reads are waiting for Redis")
         encoded = key.encode()
         loop = asyncio.get_running_loop()
+        # command(b"GET", encoded), written out: one format instead of a join over a generator
         future = link.send(loop, b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded))
         timer = loop.call_later(timeout, _expire, future)
         try:
             value = await future
         finally:
             timer.cancel()
+        if isinstance(value, BaseException):
+            raise value
         return value if value is None or isinstance(value, bytes) else None
 
     async def _connected(self, timeout: float) -> _Link:
@@ -150,8 +155,9 @@ class RedisReads:
                                          timeout)
         try:
             replies = [link.send(loop, greeting) for greeting in self._greeting]
-            if replies:
-                await asyncio.wait_for(asyncio.gather(*replies), timeout)
+            for reply in await asyncio.wait_for(asyncio.gather(*replies), timeout) if replies else []:
+                if isinstance(reply, BaseException):
+                    raise reply
         except BaseException:
             link.abort()
             raise
@@ -169,4 +175,4 @@ class RedisReads:
 
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
-        future.set_exception(TimeoutError())
+        future.set_result(TimeoutError())

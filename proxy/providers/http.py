@@ -289,10 +289,13 @@ class HttpPool:
             via = f" through the proxy {self.proxy}" if self.proxy is not None else ""
             raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s{via}") from None
         except ssl.SSLError as exc:
-            names = await self._certificate_names() if _mismatch(exc) else ()
-            raise tls_failure(exc, self.host, self.provider, names) from None
+            refused = exc
         except OSError as exc:  # the reason only: addresses and ports stay out of client-facing messages
             raise ConnectError(_reason(exc)) from None
+        # awaited after the except block: compiled by mypyc, an await inside one can raise the
+        # caught exception again
+        names = await self._certificate_names() if _mismatch(refused) else ()
+        raise tls_failure(refused, self.host, self.provider, names) from None
 
     async def _open_connection(self) -> _Connection:
         sock = await self._open_socket()
