@@ -95,17 +95,36 @@ def test_money_leaves_what_cannot_be_cut():
     assert money(1e295) == 1e295
 
 
+@pytest.mark.parametrize(("millis", "stamp"), [
+    (0, "1970-01-01T00:00:00.000Z"),
+    (1796235684612, "2026-12-02T18:21:24.612Z"),  # .612 - whole came out as 611 from the float clock
+    (1796235684001, "2026-12-02T18:21:24.001Z"),
+    (1796235684999, "2026-12-02T18:21:24.999Z"),
+    (1796235685000, "2026-12-02T18:21:25.000Z"),  # the next second's text, not the cached one
+    (1796235684999, "2026-12-02T18:21:24.999Z"),  # and back
+    (951782400000, "2000-02-29T00:00:00.000Z"),
+])
+def test_access_line_stamp_of_whole_milliseconds(millis, stamp):
+    from proxy.telemetry.access_log import utc_stamp
+
+    assert utc_stamp(millis) == stamp
+
+
 def test_access_line_time_is_utc_to_the_millisecond():
+    import calendar
     import re
     import time
     from datetime import UTC, datetime
 
     from proxy.telemetry.access_log import _utc_now
 
+    # whole milliseconds compared as integers: float seconds carry about 0.24 µs of rounding
+    # today, enough to put a stamp taken just past a millisecond's start "before" it
     for _ in range(2000):
-        before = time.time()
+        before = time.time_ns() // 1_000_000
         stamp = _utc_now()
-        after = time.time()
+        after = time.time_ns() // 1_000_000
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
-        at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-        assert int(before * 1000) / 1000 - 1e-6 <= at <= after
+        at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        at_ms = calendar.timegm(at.timetuple()) * 1000 + at.microsecond // 1000
+        assert before <= at_ms <= after
