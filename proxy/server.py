@@ -16,7 +16,9 @@ its socket (and memory) indefinitely without ever showing a key. This subclass a
 
 It also writes the gateway's responses itself (`JoinedWrites`): the bytes uvicorn's sends
 would write, without their per-header checks, which cost a cache hit more than its
-routing does.
+routing does. Its per-request callbacks are compiled here, and each request runs in a
+compiled `RequestCycle` (proxy/cycle.py) with uvicorn's semantics: interpreted, uvicorn's
+callbacks and cycle were a tenth of the gateway's CPU per request.
 
 The limits are read from the serving config when a head begins, so reloads apply. The
 refusals are JSON in the OpenAI error shape (Anthropic's on `/v1/messages`), like every
@@ -26,13 +28,19 @@ other error of the gateway.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
+import httptools
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from proxy.cycle import RequestCycle
 from proxy.errors import error_body
 
 LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a LimitsRef
@@ -47,6 +55,7 @@ class HeadLimits:
 
 
 DEFAULT_LIMITS = HeadLimits()
+TASK_NAME = "switchyard-request"  # each request's task: named, Python 3.11 formats "Task-<n>" for every one
 _JOIN_HEADER = b": ".join  # (name, value) -> b"name: value"
 _CONTROL = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # what no header may hold (but the joins' CR LF)
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -71,7 +80,7 @@ class DisconnectHook:
 
 
 class JoinedWrites:
-    """The connection's transport as uvicorn's request cycle sees it, and the gateway's own
+    """The connection's transport as the request cycle sees it, and the gateway's own
     way to answer on it. A complete response is written by `respond` (head and body in one
     write, the head rendered and checked once), a stream by `begin_stream`, `stream_chunk`
     and `end_stream`; what those leave to uvicorn's ASGI sends (HEAD, odd statuses, unsafe
@@ -92,10 +101,10 @@ class JoinedWrites:
         self._joining = False
         self._head: bytes | None = None
         self._batch: list[bytes] | None = None  # a stream's writes of this turn of the loop
-        # uvicorn's cycle whose app runs now (one at a time per connection, pipelined or not);
+        # the cycle whose app runs now (one at a time per connection, pipelined or not);
         # kept here, not in the scope: the cycle holds the scope, and a reference cycle would
         # leave every request's objects to the garbage collector
-        self.cycle: Any = None
+        self.cycle: RequestCycle | None = None
 
     def join_next(self) -> None:
         self._joining = True
@@ -123,7 +132,7 @@ class JoinedWrites:
         head = self._head_lines(cycle, scope, status, headers)
         # bytes.find, not `in`, on heads: CPython's `bytes in bytes` first tries the needle
         # as an integer, and formats and drops a TypeError on every test
-        if head is None or head.find(b"transfer-encoding: ") >= 0:
+        if cycle is None or head is None or head.find(b"transfer-encoding: ") >= 0:
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
             return True  # as uvicorn's send: nobody to write to
@@ -134,9 +143,9 @@ class JoinedWrites:
         self._complete(cycle)
         return True
 
-    def _complete(self, cycle: Any) -> None:
-        """The response is all written: leave the cycle as uvicorn's last send would."""
-        cycle.message_event.set()
+    def _complete(self, cycle: RequestCycle) -> None:
+        """The response is all written: leave the cycle as its last send would."""
+        cycle.signal()
         if not cycle.keep_alive:
             self.close()
         self.cycle = None
@@ -148,8 +157,8 @@ class JoinedWrites:
         too (as for `respond`, and a head that names a length or an encoding itself)."""
         cycle = self.cycle
         head = self._head_lines(cycle, scope, status, headers)
-        if (head is None or head.find(b"content-length: ") >= 0 or head.find(b"transfer-encoding: ") >= 0
-                or status in (204, 304)):
+        if (cycle is None or head is None or head.find(b"content-length: ") >= 0
+                or head.find(b"transfer-encoding: ") >= 0 or status in (204, 304)):
             return False
         if (cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle):
             return True
@@ -188,7 +197,8 @@ class JoinedWrites:
             self._transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     @staticmethod
-    def _head_lines(cycle: Any, scope: Any, status: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    def _head_lines(cycle: RequestCycle | None, scope: Any, status: int,
+                    headers: list[tuple[bytes, bytes]]) -> bytes | None:
         """The status line and header lines (without the blank line ending them), as uvicorn
         renders them, or None when uvicorn's own sends must answer."""
         if (cycle is None or cycle.scope is not scope or cycle.response_started or status not in STATUS_LINE
@@ -210,7 +220,7 @@ class JoinedWrites:
         return STATUS_LINE[status] + head
 
     @staticmethod
-    async def _writable(cycle: Any) -> bool:
+    async def _writable(cycle: RequestCycle) -> bool:
         """uvicorn's send's first steps: wait while the socket's buffer is full; False when
         the client is gone."""
         if cycle.flow.write_paused and not cycle.disconnected:
@@ -242,8 +252,14 @@ class _Refused(Exception):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the guard rails above, whose per-request callbacks
+    (the parser's, and the task's start) are its own, compiled, and make a compiled
+    `RequestCycle` (proxy/cycle.py) rather than uvicorn's interpreted one. The connection's
+    setup, WebSocket upgrades, flow control and shutdown stay uvicorn's."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._fresh_context = bool(getattr(self.config, "reset_contextvars", False))
         self._in_head = True  # the bytes arriving belong to a request head
         self._head_bytes = 0  # received since this head began (a bound on its size)
         self._head_began = 0.0
@@ -267,7 +283,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        super().connection_lost(exc)
+        self.connections.discard(self)
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost",
+                            f"{self.client[0]}:{self.client[1]} - " if self.client else "")
+        cycle: RequestCycle | None = self.cycle  # type: ignore[assignment]
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.signal()
+        if self.flow is not None:
+            self.flow.resume_writing()
+        if exc is None:
+            self.transport.close()
+        self.parser = None  # type: ignore[assignment]
         timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
         if timer is not None:
             timer.cancel()
@@ -285,9 +314,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._limits = self._current_limits()
                 self._head_began = self.loop.time()
             self._head_bytes += len(data)
-        super().data_received(data)
-        if self._in_head and self._refusal is None:
-            # the head is still arriving (a normal one is complete in its first read)
+        self._idle_deadline = None  # uvicorn's _unset_keepalive_if_required
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._in_head and self._head_bytes and self._refusal is None:
+            # a head has begun and is still arriving (a normal one is complete in its first read;
+            # when the request ended in this read, nothing of the next has been counted)
             if self._head_bytes > self._limits.max_bytes:
                 self._refuse(431, self._too_large(), "request_header_fields_too_large")
             elif self._head_timer is None:
@@ -309,7 +351,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._idle_deadline = None
-        self.flow.resume_reading()
+        if self.flow.read_paused:
+            self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
@@ -336,7 +379,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.timeout_keep_alive_handler()
 
-    # --- parser callbacks
+    # --- parser callbacks: uvicorn's, compiled; the scope and the cycle as uvicorn makes them
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        self.scope = scope  # type: ignore[assignment]
+
+    def on_url(self, url: bytes) -> None:
+        self.url = self.url + url  # (not +=: mypyc cannot compile it on an attribute its base class sets)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """A header line as uvicorn's protocol keeps it, compiled here: it runs once per line,
@@ -356,24 +419,76 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes > self._limits.max_bytes and self._head_size() > self._limits.max_bytes:
             self._refusal = (431, self._too_large(), "request_header_fields_too_large")
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
-        self._hook = DisconnectHook(self.loop)
-        # the scope the cycle is about to get (ASGI's extensions are "dict[str, dict]"; ours is an object)
-        self.scope["extensions"] = {DISCONNECT_KEY: self._hook, JOIN_KEY: self._joined}  # type: ignore[dict-item]
-        super().on_headers_complete()
-        if self.cycle is not None and self._joined is not None:
-            self.cycle.transport = self._joined  # type: ignore[assignment]
+        hook = self._hook = DisconnectHook(self.loop)
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        # ASGI's extensions are "dict[str, dict]"; ours are objects
+        scope["extensions"] = {DISCONNECT_KEY: hook, JOIN_KEY: self._joined}
+        parser = self.parser
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return  # data_received hands the connection to the WebSocket protocol
+        parsed: Any = httptools.parse_url(self.url)  # (its stub says bytes where it may be None)
+        raw_path: bytes = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root: str = self.root_path
+        scope["path"] = root + path if root else path
+        scope["raw_path"] = root.encode("ascii") + raw_path if root else raw_path
+        scope["query_string"] = parsed.query or b""
+        app = self.app
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        previous: RequestCycle | None = self.cycle  # type: ignore[assignment]
+        cycle = RequestCycle(
+            scope, self._joined if self._joined is not None else self.transport, self.flow, self.logger,
+            self.access_logger, self.access_log, self.server_state.default_headers, self.expect_100_continue,
+            http_version != "1.0" and parser.should_keep_alive(), self.on_response_complete, self.loop)
+        self.cycle = cycle  # type: ignore[assignment]
+        if previous is None or previous.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: it waits for the responses before it
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
+
+    def on_body(self, body: bytes) -> None:
+        cycle: RequestCycle = self.cycle  # type: ignore[assignment]
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        if cycle.add_body(body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.signal()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        """uvicorn starts a request's app (at once, or after the pipelined ones before it)."""
+        """A request's app starts (at once, or after the pipelined ones before it), in a task
+        named once rather than numbered (uvloop's create_task numbers it, then renames it)."""
         if self._joined is not None:
             self._joined.cycle = cycle
-        super()._start_asgi_task(cycle, app)
+        loop = self.loop
+        coro = cycle.run_asgi(app)
+        if loop.get_task_factory() is not None:
+            task = loop.create_task(coro, context=contextvars.Context() if self._fresh_context else None)
+        elif self._fresh_context:  # uvicorn's opt-in workaround for CPython's context leak between tasks
+            task = asyncio.Task(coro, loop=loop, name=TASK_NAME, context=contextvars.Context())
+        else:
+            task = asyncio.Task(coro, loop=loop, name=TASK_NAME)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        cycle: RequestCycle | None = self.cycle  # type: ignore[assignment]
+        if cycle is not None and not cycle.response_complete and not (
+                self.parser.should_upgrade() and self._should_upgrade()):
+            cycle.more_body = False
+            cycle.signal()
         self._in_head = True  # what comes next on this connection is the next request's head
         self._head_bytes = 0
 
