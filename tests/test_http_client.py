@@ -695,6 +695,65 @@ async def test_an_address_that_never_answers_does_not_hold_up_the_next() -> None
             await pool.aclose()
 
 
+def answers_then_silence(answered: int) -> Handler:
+    """Answer the first `answered` requests on a connection at once, then read the next and
+    say nothing."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        for _ in range(answered):
+            if not await server.read_request(reader):
+                return
+            writer.write(answer())
+            await writer.drain()
+        await server.read_request(reader)
+        await asyncio.sleep(5)
+
+    return handler
+
+
+async def test_a_read_timeout_after_many_quick_answers_on_one_connection_still_fires() -> None:
+    # the connection's one timer is moved by every wait, not remade: after 30 answers it must
+    # still end the 31st wait at its own read timeout
+    async with Server(answers_then_silence(30)) as server:
+        pool = HttpPool(server.url(), read_timeout_s=0.3)
+        for _ in range(30):
+            assert await get(pool) == (200, b'{"ok":true}')
+        started = time.monotonic()
+        with pytest.raises(ReadTimeout, match="waiting for the answer"):
+            await get(pool)
+        assert 0.25 < time.monotonic() - started < 2
+        assert server.connections == 1 and pool.open_connections == 0
+        await pool.aclose()
+
+
+async def test_a_short_wait_after_a_long_one_on_the_same_connection_ends_at_its_own_time() -> None:
+    # the first wait set the timer 30 s out; the second, bounded by a 0.2 s deadline, must
+    # bring it forward rather than wait for it
+    async with Server(answers_then_silence(1)) as server:
+        pool = HttpPool(server.url(), read_timeout_s=30)
+        assert await get(pool) == (200, b'{"ok":true}')
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await pool.request("POST", "/v1/x", [], b"", deadline=started + 0.2)
+        assert 0.15 < time.monotonic() - started < 2
+        assert server.connections == 1
+        await pool.aclose()
+
+
+async def test_a_closed_connection_is_not_held_by_its_timer() -> None:
+    import gc
+    import weakref
+
+    async with Server(serving(answer())) as server:
+        pool = HttpPool(server.url(), read_timeout_s=600)
+        assert await get(pool) == (200, b'{"ok":true}')
+        held = weakref.ref(pool._idle[0])  # its timer is set 600 s out
+        await pool.aclose()
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert held() is None  # the loop's timer would keep it for ten minutes
+
+
 # ---------------------------------------------------------------- a caller's deadline
 
 

@@ -54,6 +54,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
@@ -398,7 +399,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.lost = False
         self.response: HttpResponse | None = None
-        self._head_waiter: asyncio.Future[HttpResponse] | None = None
+        # its result is the answer's head, or the error that ended the wait: carried as a
+        # result, not set_exception, so compiled code awaiting it never unwinds through the future
+        self._head_waiter: asyncio.Future[HttpResponse | Exception] | None = None
         self._headers: list[tuple[str, str]] = []
         # body pieces of the current read: httptools calls on_body once per chunk of a chunked
         # answer (20 for a 20-event stream in one read); the response is fed them once
@@ -410,6 +413,14 @@ class _Connection(asyncio.Protocol):
         self._received_any = False
         self._written_at = 0.0
         self._tls_error: TlsError | None = None  # a TLS alert closed it (a client certificate refused)
+        # read timeouts: one timer per connection, moved rather than made and cancelled for
+        # every wait (a wait of the head, of each piece of a stream); see watch()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # loop time it fires at
+        self._watched: asyncio.Future[Any] | None = None  # the wait it bounds, if any
+        self._due = 0.0
+        self._what = ""
+        self._deadline_binds = False
 
     @property
     def usable(self) -> bool:
@@ -449,7 +460,8 @@ class _Connection(asyncio.Protocol):
             stale = not self._received_any and time.monotonic() - self._written_at < _RESEND_WINDOW_S
             error: Exception = _StaleConnection() if stale else ConnectionClosed(
                 "connection closed before the answer was complete")
-            self._head_waiter.set_exception(self._tls_error or error)
+            self._head_waiter.set_result(self._tls_error or error)
+        self._stop_timer()
         if self.response is None and self._head_waiter is None:
             self.pool._forget_idle(self)
 
@@ -488,19 +500,21 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, payload: bytes, read_timeout_s: float, deadline: float | None = None) -> HttpResponse:
         if self.lost or self.transport is None:
             raise self._tls_error or _StaleConnection()
-        loop = self.loop
-        waiter: asyncio.Future[HttpResponse] = loop.create_future()
+        waiter: asyncio.Future[HttpResponse | Exception] = self.loop.create_future()
         self._head_waiter = waiter
         self._received_any = False
         self._written_at = time.monotonic()
         self.transport.write(payload)
         wait_s, deadline_binds = _bounded(read_timeout_s, deadline)
-        timer = loop.call_later(wait_s, _expire, waiter, "waiting for the answer", deadline_binds)
+        self.watch(waiter, wait_s, "waiting for the answer", deadline_binds)
         try:
-            response = await waiter
+            answer = await waiter
         finally:
-            timer.cancel()
+            self.unwatch(waiter)
             self._head_waiter = None
+        if isinstance(answer, Exception):
+            raise answer
+        response = answer
         response.read_timeout_s = read_timeout_s
         if not response.expects_body and not response.complete:
             response.finish()
@@ -529,18 +543,63 @@ class _Connection(asyncio.Protocol):
         if self.response is not None:
             self.response.fail(error)
         elif self._head_waiter is not None and not self._head_waiter.done():
-            self._head_waiter.set_exception(error)
+            self._head_waiter.set_result(error)
 
     def close(self) -> None:
         self.lost = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
+    # --- read timeouts
+    #
+    # A wait (for the head, or the next piece of the body) is watched until `due`. The
+    # connection's one timer fires at or before the earliest due: when it fires, it expires
+    # the wait if its time has come, waits on if the due was moved later, and lapses when
+    # nothing is watched. Waits end long before a read timeout, and the next one is due
+    # later, so the timer is rarely remade: a request no longer makes and cancels one.
+
+    def watch(self, waiter: asyncio.Future[Any], wait_s: float, what: str, deadline_binds: bool) -> None:
+        """Expire `waiter` (its result: ReadTimeout, or DeadlineExceeded when `deadline_binds`)
+        unless it is done within `wait_s`."""
+        due = self.loop.time() + wait_s
+        self._watched, self._due, self._what, self._deadline_binds = waiter, due, what, deadline_binds
+        timer = self._timer
+        if timer is None or self._timer_at > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
+
+    def unwatch(self, waiter: asyncio.Future[Any]) -> None:
+        if self._watched is waiter:
+            self._watched = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._watched
+        if waiter is None or waiter.done():
+            return
+        if self._due > self.loop.time():  # moved later since the timer was set
+            self._timer = self.loop.call_at(self._due, self._on_timer)
+            self._timer_at = self._due
+            return
+        self._watched = None
+        _expire(waiter, self._what, self._deadline_binds)
+
+    def _stop_timer(self) -> None:
+        """Closed: the timer must not keep the connection (and its answer) alive until it fires."""
+        timer, self._timer = self._timer, None
+        self._watched = None
+        if timer is not None:
+            timer.cancel()
+
 
 def _expire(waiter: asyncio.Future, what: str, deadline: bool = False) -> None:  # type: ignore[type-arg]
+    """End a wait with its timeout, as the waiter's result (the waiting code raises it)."""
     if not waiter.done():
-        waiter.set_exception(DeadlineExceeded(f"the deadline passed {what}") if deadline
-                             else ReadTimeout(f"timed out {what}"))
+        waiter.set_result(DeadlineExceeded(f"the deadline passed {what}") if deadline
+                          else ReadTimeout(f"timed out {what}"))
 
 
 def _bounded(timeout_s: float, deadline: float | None) -> tuple[float, bool]:
@@ -572,7 +631,7 @@ class HttpResponse:
         self._buffered = 0
         self._paused = False
         self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Exception | None] | None = None  # its result: None, or the timeout
         self._decoder = _decoder(headers)
 
     def header(self, name: str) -> str | None:
@@ -634,10 +693,25 @@ class HttpResponse:
         return _Pieces(self)
 
     async def read(self) -> bytes:
-        pieces = []
-        async for piece in self.chunks():
+        pieces: list[bytes] = []
+        while True:  # not `async for`: each StopAsyncIteration costs a traceback in compiled code
+            piece = await self._next_piece()
+            if piece is None:
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
             pieces.append(piece)
-        return b"".join(pieces)
+
+    async def _next_piece(self) -> bytes | None:
+        """What arrived of the body since the last call, waiting for it; None at its end."""
+        while True:
+            if self._pieces:
+                return self._take()
+            if self._error is not None:
+                self.close()
+                raise self._error
+            if self.complete:
+                self._done()
+                return None
+            await self._wait()
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -663,19 +737,28 @@ class HttpResponse:
             connection.finished(self)
 
     async def _wait(self) -> None:
-        loop = self._connection.loop if self._connection is not None else asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
+        connection = self._connection
+        loop = connection.loop if connection is not None else asyncio.get_running_loop()
+        waiter: asyncio.Future[Exception | None] = loop.create_future()
+        self._waiter = waiter
         wait_s, deadline_binds = _bounded(self.read_timeout_s, self.deadline)
-        timer = loop.call_later(wait_s, _expire, waiter, "waiting for data", deadline_binds)
+        timer = None
+        if connection is not None:
+            connection.watch(waiter, wait_s, "waiting for data", deadline_binds)
+        else:
+            timer = loop.call_later(wait_s, _expire, waiter, "waiting for data", deadline_binds)
         try:
-            await waiter
-        except (ReadTimeout, DeadlineExceeded) as exc:
-            self.fail(exc)
-            self.close()
-            raise
+            timed_out = await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+            elif connection is not None:
+                connection.unwatch(waiter)
             self._waiter = None
+        if timed_out is not None:
+            self.fail(timed_out)
+            self.close()
+            raise timed_out
 
 
 class _Pieces:
@@ -691,17 +774,10 @@ class _Pieces:
         return self
 
     async def __anext__(self) -> bytes:
-        response = self._response
-        while True:
-            if response._pieces:
-                return response._take()
-            if response._error is not None:
-                response.close()
-                raise response._error
-            if response.complete:
-                response._done()
-                raise StopAsyncIteration
-            await response._wait()
+        piece = await self._response._next_piece()
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
 
 
 def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:
