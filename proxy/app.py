@@ -29,8 +29,8 @@ from proxy.dialects.responses import ResponsesDialect
 from proxy.errors import InternalError, MethodNotAllowed, NotFound, ProxyError, shown
 from proxy.live import LiveEndpoint
 from proxy.pipeline.endpoint import ProxyEndpoint
+from proxy.pipeline.fast_path import FastPath
 from proxy.providers import AdapterFactory, ProviderPool, build_adapter
-from proxy.relay import Receive, Scope, Send, error_response
 from proxy.reload import ConfigWatcher, install_sighup, reload_now
 from proxy.runtime import Runtime, timed
 from proxy.server import LIMITS_KEY
@@ -135,34 +135,3 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _response(request, InternalError())
-
-
-class FastPath:
-    """POSTs to the proxied endpoints go straight to them; everything else (and any other
-    method on those paths) goes through Starlette's routing and middleware. On a request
-    that costs the proxy ~100 µs, Starlette's layers would add several more."""
-
-    def __init__(self, app: Starlette, endpoints: dict[str, ProxyEndpoint]) -> None:
-        self.app = app
-        self.state = app.state
-        self.routes = app.routes
-        self._endpoints = endpoints
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self._endpoints.get(scope["path"])
-            if endpoint is not None:
-                try:
-                    await endpoint(scope, receive, send)
-                except Exception:  # the endpoint answers its own errors; this is a bug
-                    log.exception("unexpected error on POST %s", scope["path"])
-                    await _internal_error(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-async def _internal_error(scope: Scope, receive: Receive, send: Send) -> None:
-    try:
-        await error_response(InternalError(), [])(scope, receive, send)
-    except Exception:  # noqa: BLE001 - the response had already started: nothing more to say
-        pass

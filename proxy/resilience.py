@@ -204,12 +204,19 @@ class Health:
 # ---------------------------------------------------------------- the attempt loop
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Attempt:
     target: Target
     outcome: str  # ok | retry | failed | status_4xx | circuit_open | refused (never sent)
     kind: str | None = None  # error kind when failed
     duration_s: float = 0.0
+
+    def __init__(self, target: Target, outcome: str, kind: str | None = None, duration_s: float = 0.0) -> None:
+        # written out: the __init__ dataclass writes runs as bytecode even in a compiled class
+        self.target = target
+        self.outcome = outcome
+        self.kind = kind
+        self.duration_s = duration_s
 
 
 T = TypeVar("T")

@@ -1,5 +1,7 @@
 """The values that cross the adapter interface (`proxy/providers/base.py` says how):
-their own module so that `make native` compiles them, as two are made on every request."""
+their own module so that `make native` compiles them, as two are made on every request.
+Their `__init__` is written out (`init=False`): the one `dataclass` writes runs as
+bytecode even in a compiled class."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 Endpoint = str  # "chat/completions" | "embeddings"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class UpstreamRequest:
     endpoint: Endpoint
     body: dict[str, Any]
@@ -19,12 +21,21 @@ class UpstreamRequest:
     headers: list[tuple[str, str]] = field(default_factory=list)  # client headers safe to forward
     deadline: float | None = None  # time.monotonic() by which the answer (a stream's head) must be in
 
+    def __init__(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, request_id: str,
+                 headers: list[tuple[str, str]] | None = None, deadline: float | None = None) -> None:
+        self.endpoint = endpoint
+        self.body = body
+        self.stream = stream
+        self.request_id = request_id
+        self.headers = [] if headers is None else headers
+        self.deadline = deadline
+
 
 async def _nothing() -> None:
     return None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class UpstreamResponse:
     status: int
     headers: list[tuple[str, str]]
@@ -32,6 +43,16 @@ class UpstreamResponse:
     chunks: AsyncIterator[bytes] | None = None  # set for a successful stream
     close: Callable[[], Awaitable[None]] = _nothing
     answer: dict[str, Any] | None = None  # a 2xx JSON answer, parsed once by the adapter that checked it
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"",
+                 chunks: AsyncIterator[bytes] | None = None, close: Callable[[], Awaitable[None]] = _nothing,
+                 answer: dict[str, Any] | None = None) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.chunks = chunks
+        self.close = close
+        self.answer = answer
 
     @property
     def ok(self) -> bool:
