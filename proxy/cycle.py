@@ -21,7 +21,6 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, ST
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 App = Callable[[Any, Any, Any], Awaitable[Any]]
-_DISCONNECT = {"type": "http.disconnect"}  # copied for each receive: an app may change what it is given
 
 
 class RequestCycle:
@@ -127,7 +126,7 @@ class RequestCycle:
                 await waiter
             self._signalled = False
         if self.disconnected or self.response_complete:
-            return dict(_DISCONNECT)
+            return {"type": "http.disconnect"}  # a new dict each time: an app may change what it is given
         pieces = self.pieces
         body = b"" if not pieces else pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self.pieces = []
