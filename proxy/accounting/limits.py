@@ -22,7 +22,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from proxy.config import LimitsConfig
 from proxy.data import text as data_text
@@ -51,11 +50,18 @@ class Check:
         object.__setattr__(self, "limit_text", str(self.limit).encode())
 
 
-class Outcome(NamedTuple):  # one per check per request: a tuple is the cheapest to make
+@dataclass(slots=True, init=False)
+class Outcome:  # one per check per request; __init__ written out: a NamedTuple's runs as bytecode
     allowed: bool
     remaining: int
     reset_s: float  # until the allowance is whole again
     retry_after_s: float  # when refused: until the request would pass
+
+    def __init__(self, allowed: bool, remaining: int, reset_s: float, retry_after_s: float) -> None:
+        self.allowed = allowed
+        self.remaining = remaining
+        self.reset_s = reset_s
+        self.retry_after_s = retry_after_s
 
 
 def gcra(tat: float | None, now: float, limit: int, cost: float) -> tuple[Outcome, float]:

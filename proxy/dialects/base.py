@@ -14,20 +14,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from proxy.errors import ProxyError
 
 Usage = dict[str, Any]  # normalised: prompt_tokens, completion_tokens, total_tokens[, prompt_tokens_details]
 
 
-class Inbound(NamedTuple):  # one per request: a tuple is the cheapest to make
+@dataclass(slots=True, init=False)
+class Inbound:  # one per request; __init__ written out: a NamedTuple's or dataclass's runs as bytecode
     """What the pipeline needs to know of a checked request body."""
 
     model: str | None  # as the client sent it; None: the team's default
     stream: bool
     user: str | None  # the body's end-user field, if the surface has one
-    output_cap: int | None = None  # max output tokens the request allows, when it says
+    output_cap: int | None  # max output tokens the request allows, when it says
+
+    def __init__(self, model: str | None, stream: bool, user: str | None, output_cap: int | None = None) -> None:
+        self.model = model
+        self.stream = stream
+        self.user = user
+        self.output_cap = output_cap
 
 
 class StreamObserver(Protocol):
