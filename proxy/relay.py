@@ -24,7 +24,7 @@ log = logging.getLogger("switchyard.relay")
 
 Headers = list[tuple[bytes, bytes]]
 # ASGI, as the servers and frameworks type it
-Scope = MutableMapping[str, Any]
+Scope = dict[str, Any]  # what ASGI servers give (a dict: compiled code reads it without a generic call)
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]

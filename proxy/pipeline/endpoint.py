@@ -573,7 +573,7 @@ def _parse_answer(raw: bytes) -> dict[str, Any] | None:
 
 
 def _usd(amount: float) -> bytes:
-    return (f"{amount:.10f}".rstrip("0").rstrip(".") or "0").encode()
+    return (format(amount, ".10f").rstrip("0").rstrip(".") or "0").encode()
 
 
 def _content_type(headers: list[tuple[str, str]]) -> bytes:

@@ -523,8 +523,9 @@ class _Connection(asyncio.Protocol):
     def finished(self, response: HttpResponse) -> None:
         """The consumer has all of `response`: pool the connection or close it."""
         if self.response is response:
+            # the parser is kept: a keep-alive answer read to its end leaves llhttp ready for the
+            # next one (this client never sends HEAD, whose answer's length llhttp would misread)
             self.response = None
-            self.parser = httptools.HttpResponseParser(self)
         if response.keep_alive and not self.lost:
             self.pool._release(self)
         else:

@@ -83,9 +83,9 @@ class BufferedJsonLines:
         self._scheduled = False
 
     def write(self, record: RequestRecord) -> None:
-        line = orjson.dumps(fields(record, _utc_now()))
-        self._parts.append(line + b"\n")
-        self._size += len(line) + 1
+        line = orjson.dumps(fields(record, _utc_now()), option=orjson.OPT_APPEND_NEWLINE)
+        self._parts.append(line)
+        self._size += len(line)
         if self._size >= 65536:
             self.flush()
         elif not self._scheduled:
