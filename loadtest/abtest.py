@@ -11,6 +11,13 @@ advantage of going first. It reports each build's CPU µs per request (user and 
     python loadtest/abtest.py --base main --scenario stream --rounds 8
     python loadtest/abtest.py --base-dir ../other-checkout --scenario limits
     python loadtest/abtest.py --base-dir . --scenario cache-hit --candidate-scenario limits   # what a feature costs
+    python loadtest/abtest.py --base-featureless                 # Switchyard against the stack's floor
+    python loadtest/abtest.py --base-featureless --candidate-scenario cache-hit  # a hit against a proxied request
+
+With --base-featureless the base is loadtest/featureless.py (the pass-through proxy on the
+same stack, the issue's floor) proxying the scenario's requests: the same-run ratio of
+`make bench`, with both served in the same seconds instead of one after the other, so a
+noisy minute on a shared VM moves both alike.
 
 Scenarios as loadtest/opcount.py's: non-stream, stream, cache-hit, limits. Needs wrk
 (`make bench-anchors` installs it) and Linux (taskset, /proc).
@@ -47,21 +54,14 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 class Build:
     """One checkout of the gateway, served from its own directory."""
 
-    def __init__(self, name: str, directory: Path, workdir: Path, scenario: str) -> None:
+    def __init__(self, name: str, directory: Path, workdir: Path, scenario: str, featureless: bool = False) -> None:
         self.name, self.directory, self.workdir, self.scenario = name, directory, workdir, scenario
+        self.featureless = featureless  # loadtest/featureless.py instead of the gateway
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, port: int, upstream_port: int) -> None:
-        cache, limits, _ = SCENARIOS[self.scenario]
-        ledger = self.workdir / f"{self.name}.db"
-        for stale in self.workdir.glob(f"{self.name}.db*"):  # a fresh ledger each round: a big one costs more per row
-            stale.unlink()
-        config = self.workdir / f"{self.name}.yaml"
-        config.write_text(CONFIG.format(ledger=ledger, port=upstream_port, cache=cache, limits=limits)
-                          .replace("port: 18080", f"port: {port}"))
-        self.process = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-            cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(["taskset", "-c", "0", *self._command(port, upstream_port)],
+                                        cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(300):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -69,6 +69,19 @@ class Build:
             except OSError:
                 time.sleep(0.1)
         raise SystemExit(f"{self.name} ({self.directory}) did not start")
+
+    def _command(self, port: int, upstream_port: int) -> list[str]:
+        if self.featureless:
+            return [sys.executable, str(self.directory / "loadtest" / "featureless.py"), "--port", str(port),
+                    "--upstream", f"http://127.0.0.1:{upstream_port}/v1"]
+        cache, limits, _ = SCENARIOS[self.scenario]
+        ledger = self.workdir / f"{self.name}.db"
+        for stale in self.workdir.glob(f"{self.name}.db*"):  # a fresh ledger each round: a big one costs more per row
+            stale.unlink()
+        config = self.workdir / f"{self.name}.yaml"
+        config.write_text(CONFIG.format(ledger=ledger, port=upstream_port, cache=cache, limits=limits)
+                          .replace("port: 18080", f"port: {port}"))
+        return [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
 
     def stop(self) -> None:
         if self.process is not None:
@@ -123,6 +136,8 @@ def main() -> None:
     base = parser.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", help="a git revision of this repository (checked out in a temporary worktree)")
     base.add_argument("--base-dir", type=Path, help="another checkout to compare with")
+    base.add_argument("--base-featureless", action="store_true",
+                      help="the featureless pass-through proxy (loadtest/featureless.py) as the base")
     parser.add_argument("--candidate-dir", type=Path, default=ROOT, help="default: this checkout")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="non-stream")
     parser.add_argument("--candidate-scenario", choices=sorted(SCENARIOS),
@@ -134,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="switchyard-ab-") as scratch:
         workdir = Path(scratch)
-        base_dir = args.base_dir
+        base_dir = ROOT if args.base_featureless else args.base_dir
         if args.base is not None:
             base_dir = workdir / "base"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_dir), args.base],
@@ -142,7 +157,8 @@ def main() -> None:
         candidate_scenario = args.candidate_scenario or args.scenario
         if SCENARIOS[candidate_scenario][2] != SCENARIOS[args.scenario][2]:
             raise SystemExit("--candidate-scenario must stream as --scenario does: one wrk script serves both")
-        builds = [Build("base", base_dir.resolve(), workdir, args.scenario),
+        builds = [Build("featureless" if args.base_featureless else "base", base_dir.resolve(), workdir,
+                        args.scenario, featureless=args.base_featureless),
                   Build("candidate", args.candidate_dir.resolve(), workdir, candidate_scenario)]
         upstream = free_port()
         mock = start_mock(upstream)
@@ -156,8 +172,8 @@ def main() -> None:
                 order = builds if n % 2 == 0 else builds[::-1]  # who goes first alternates
                 print(f"round {n + 1}:", end="")
                 figures = dict(zip([b.name for b in order], one_round(order, ports, upstream, args), strict=True))
-                ratios.append(figures["candidate"] / figures["base"])
-                differences.append(figures["candidate"] - figures["base"])
+                ratios.append(figures["candidate"] / figures[builds[0].name])
+                differences.append(figures["candidate"] - figures[builds[0].name])
                 print(f"  candidate/base {ratios[-1]:.3f}", flush=True)
         finally:
             mock.kill()
@@ -167,6 +183,8 @@ def main() -> None:
     print(f"candidate/base CPU per request: median {statistics.median(ratios):.3f} "
           f"(rounds {min(ratios):.3f} to {max(ratios):.3f}); candidate - base: median "
           f"{statistics.median(differences):+.1f} µs")
+    if args.base_featureless:  # one saturated core serves 1/CPU-per-request: the bench's throughput ratio
+        print(f"candidate throughput on one core: {1 / statistics.median(ratios):.0%} of the featureless proxy's")
 
 
 if __name__ == "__main__":
