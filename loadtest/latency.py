@@ -46,35 +46,22 @@ CHAT_BODY = json.dumps({"model": "mock-gpt", "max_tokens": 64, "temperature": 0.
     {"role": "user", "content": "Say hello and tell me a short fact about the ocean."}]})
 
 
-def first_event_ms(port: int, n: int) -> list[float]:
+def probe_ms(port: int, n: int, stream: bool) -> list[float]:
+    """n requests one after the other over one keep-alive connection: each one's time to its
+    first `data:` line (stream) or to its whole answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     times = []
     for _ in range(n):
         started = time.perf_counter()
-        conn.request("POST", "/v1/chat/completions", body=STREAM_BODY, headers=HEADERS)
+        conn.request("POST", "/v1/chat/completions", body=STREAM_BODY if stream else CHAT_BODY, headers=HEADERS)
         response = conn.getresponse()
-        line = b""
-        while not line.startswith(b"data:"):
-            line = response.readline()
-            if not line:
+        if response.status != 200:
+            raise SystemExit(f"port {port} answered {response.status}")
+        while stream and not response.readline().startswith(b"data:"):
+            if response.isclosed():
                 raise SystemExit(f"port {port}: the stream ended before its first event")
         times.append((time.perf_counter() - started) * 1000)
         response.read()
-    conn.close()
-    return times
-
-
-def answer_ms(port: int, n: int) -> list[float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        conn.request("POST", "/v1/chat/completions", body=CHAT_BODY, headers=HEADERS)
-        response = conn.getresponse()
-        response.read()
-        if response.status != 200:
-            raise SystemExit(f"port {port} answered {response.status}")
-        times.append((time.perf_counter() - started) * 1000)
     conn.close()
     return times
 
@@ -106,10 +93,10 @@ def main() -> None:
             for n in range(args.rounds):
                 for name, port in (("switchyard", ports["switchyard-slow"]), ("featureless", ports["featureless-slow"]),
                                    ("direct", slow_port)):
-                    samples.setdefault(f"first event {name}", []).extend(first_event_ms(port, 10)[2:])
+                    samples.setdefault(f"first event {name}", []).extend(probe_ms(port, 10, stream=True)[2:])
                 for name, port in (("switchyard", ports["switchyard-fast"]), ("featureless", ports["featureless-fast"]),
                                    ("direct", fast_port)):
-                    samples.setdefault(f"c1 {name}", []).extend(answer_ms(port, 300)[20:])
+                    samples.setdefault(f"c1 {name}", []).extend(probe_ms(port, 300, stream=False)[20:])
                 print(f"round {n + 1} of {args.rounds}", flush=True)
         finally:
             for build, _ in gateways:

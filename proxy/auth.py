@@ -1,7 +1,10 @@
 """API keys to teams, and the admin check.
 
 Keys are looked up by their SHA-256: the table holds only hashes, and a lookup keyed by
-the hash of what the client sent reveals nothing through timing about any stored key.
+the hash of what the client sent reveals nothing through timing about any stored key. A
+key that matched is remembered by the snapshot (`Snapshot.team_for_key`): only a client
+presenting that very key can tell a remembered one (dict lookups of strings compare
+keyed hashes first, so a near miss takes no longer than any miss).
 """
 
 from __future__ import annotations

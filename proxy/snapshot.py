@@ -172,6 +172,9 @@ class ProviderSpec:
     tls_files: str = ""
 
 
+MAX_REMEMBERED_KEYS = 10_000  # matched keys kept per snapshot (Snapshot.team_for_key)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     generation: int
@@ -199,10 +202,20 @@ class Snapshot:
     routing_static: bool = False
     decisions: dict[Any, Any] = field(default_factory=dict, compare=False)  # routing.py's memo
     model_routes: dict[str, Any] = field(default_factory=dict, compare=False)  # name -> the rules it can match
+    # a key that matched -> its team: the same few keys on every request, hashed once per
+    # snapshot (a reload starts afresh); keys that match nothing are hashed every time
+    key_teams: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def team_for_key(self, key: str) -> Team | None:
-        name = self.key_index.get(hash_key(key))
-        return None if name is None else self.teams[name]
+        name = self.key_teams.get(key)
+        if name is None:
+            name = self.key_index.get(hash_key(key))
+            if name is None:
+                return None
+            if len(self.key_teams) >= MAX_REMEMBERED_KEYS:
+                self.key_teams.clear()
+            self.key_teams[key] = name
+        return self.teams[name]
 
     def is_admin_key(self, key: str) -> bool:
         return hash_key(key) in self.admin_key_hashes

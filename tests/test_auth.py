@@ -176,3 +176,32 @@ def test_api_key_header_counts_beside_a_non_bearer_authorization():
     # a corporate proxy's Basic credentials must not hide the Azure-style key
     assert presented_key({"authorization": "Basic dXNlcjpwYXNz", "api-key": "sk-az"}) == "sk-az"
     assert presented_key({"authorization": "Bearer sk-b", "api-key": "sk-az"}) == "sk-b"
+
+
+# ---------------------------------------------------------------- matched keys remembered per snapshot
+
+
+def test_a_matched_key_is_remembered_and_a_wrong_one_is_not():
+    s = snapshot_from_text(POLICY, env={"OPS_KEY": ENV_KEY})
+    for _ in range(3):
+        assert s.team_for_key(RESEARCH_KEY).name == "research"
+        assert s.team_for_key("sk-wrong") is None
+    assert s.key_teams == {RESEARCH_KEY: "research"}
+
+
+def test_a_reload_that_drops_a_key_refuses_it_though_the_old_snapshot_remembered_it():
+    old = snapshot_from_text(POLICY, env={"OPS_KEY": ENV_KEY})
+    assert old.team_for_key(ENV_KEY).name == "ops"
+    rotated = snapshot_from_text(POLICY, env={"OPS_KEY": "sk-rotated-0005"})
+    assert rotated.team_for_key(ENV_KEY) is None
+    assert rotated.team_for_key("sk-rotated-0005").name == "ops"
+
+
+def test_remembered_keys_are_bounded(monkeypatch):
+    from proxy import snapshot
+
+    monkeypatch.setattr(snapshot, "MAX_REMEMBERED_KEYS", 2)
+    s = snapshot_from_text(POLICY, env={"OPS_KEY": ENV_KEY})
+    for key in (SEARCH_KEY, RESEARCH_KEY, ENV_KEY, SEARCH_KEY):
+        assert s.team_for_key(key) is not None
+        assert len(s.key_teams) <= 2

@@ -265,3 +265,30 @@ pricing:
 def test_snapshot_without_overrides_uses_the_shipped_list():
     s = snapshot_from_text("", env={})
     assert len(s.prices) == len(load_prices(str(SHIPPED)))
+
+
+@pytest.mark.parametrize("amount, text", [
+    (0.0, b"0"),
+    (-0.0, b"0"),
+    (1e-11, b"0"),  # below ten decimals
+    (0.0001825, b"0.0001825"),
+    (0.000010949999999999998, b"0.00001095"),  # float noise cut at ten decimals
+    (2.5, b"2.5"),
+    (3.0, b"3"),
+    (1234.5678901234, b"1234.5678901234"),
+    (0.1 + 0.2, b"0.3"),
+])
+def test_cost_header_values(amount: float, text: bytes) -> None:
+    from proxy.pipeline.endpoint import _usd
+
+    assert _usd(amount) == text
+    assert _usd(amount) == text  # remembered: the same again
+
+
+def test_cost_header_values_stay_right_past_the_remembered_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.pipeline import endpoint
+
+    monkeypatch.setattr(endpoint, "_USD_TEXT", {})
+    amounts = [n / 1e6 for n in range(1, endpoint.MAX_USD_TEXTS * 2 + 10)]
+    assert [endpoint._usd(a) for a in amounts] == [format(a, ".10f").rstrip("0").encode() for a in amounts]
+    assert len(endpoint._USD_TEXT) <= endpoint.MAX_USD_TEXTS

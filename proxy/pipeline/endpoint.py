@@ -572,8 +572,22 @@ def _parse_answer(raw: bytes) -> dict[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
+_USD_TEXT: dict[float, bytes] = {}  # amounts repeat (the same tokens, the same cached entry)
+MAX_USD_TEXTS = 4096
+
+
 def _usd(amount: float) -> bytes:
-    return (format(amount, ".10f").rstrip("0").rstrip(".") or "0").encode()
+    """A cost header's value: at most ten decimals, no trailing zeros. Remembered per amount:
+    a float's exact decimal rendering costs more than the rest of a cache hit's headers."""
+    text = _USD_TEXT.get(amount)
+    if text is None:
+        if amount == 0:
+            return b"0"  # (and -0.0, which shares 0.0's key)
+        text = (format(amount, ".10f").rstrip("0").rstrip(".") or "0").encode()
+        if len(_USD_TEXT) >= MAX_USD_TEXTS:
+            _USD_TEXT.clear()
+        _USD_TEXT[amount] = text
+    return text
 
 
 def _content_type(headers: list[tuple[str, str]]) -> bytes:
