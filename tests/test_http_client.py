@@ -194,6 +194,19 @@ async def test_framings(raw: bytes, body: bytes, reusable: bool) -> None:
         await pool.aclose()
 
 
+async def test_one_connection_reads_every_keep_alive_framing_in_turn() -> None:
+    # the connection keeps its parser from one answer to the next: each framing must leave
+    # it ready for whatever comes after (a chunked answer after a 204, gzip after interim answers)
+    sequence = [f for f in FRAMINGS if f[3]] * 2
+    async with Server(serving(lambda n: sequence[n - 1][1])) as server:
+        pool = HttpPool(server.url())
+        for name, raw, body, _ in sequence:
+            status, got = await get(pool)
+            assert (got, status) == (body, int(raw.rsplit(b"HTTP/1.1 ", 1)[1].split(b" ", 1)[0])), name
+        assert server.connections == 1 and len(server.requests) == len(sequence)
+        await pool.aclose()
+
+
 async def test_request_bytes() -> None:
     async with Server(serving(answer())) as server:
         pool = HttpPool(server.url())
