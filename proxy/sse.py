@@ -71,17 +71,29 @@ def event_at(events: bytes, pos: int) -> tuple[int, int, int]:
         # followed by an LF is a CRLF, so CR LF never joins two line ends)
         back = max(events.rfind(b"\n\n", 0, pos), events.rfind(b"\n\r", 0, pos), events.rfind(b"\r\r", 0, pos))
         ahead = _SEPARATOR.search(events, pos)
-    else:
-        back = events.rfind(b"\n\n", 0, pos)
-        ahead = _LF_SEPARATOR.search(events, pos)
-    start = blank_prefix(events) if back < 0 else _run_end(events, back)
-    stop, end = (len(events), len(events)) if ahead is None else ahead.span()
-    return start, stop, end
+        start = blank_prefix(events) if back < 0 else _run_end(events, back)
+        stop, end = (len(events), len(events)) if ahead is None else ahead.span()
+        return start, stop, end
+    # LF line ends only: a separator is a run of two or more LFs, found without a regex
+    back = events.rfind(b"\n\n", 0, pos)
+    start = blank_prefix(events) if back < 0 else _lf_run_end(events, back)
+    stop = events.find(b"\n\n", pos)
+    if stop < 0:
+        return start, len(events), len(events)
+    return start, stop, _lf_run_end(events, stop)
 
 
 def _run_end(events: bytes, pos: int) -> int:
     run = _LINE_ENDS.match(events, pos)
     return pos if run is None else run.end()
+
+
+def _lf_run_end(events: bytes, pos: int) -> int:
+    """The end of the run of LFs that begins with the LF LF at `pos`."""
+    end = pos + 2
+    while end < len(events) and events[end] == _LF:
+        end += 1
+    return end
 
 
 def blank_prefix(events: bytes) -> int:
@@ -94,6 +106,13 @@ def blank_prefix(events: bytes) -> int:
 # it ends with a blank line: (LF or CRLF) LF, CR CR, (LF or CRLF) CR, CR CRLF, (LF or CRLF)
 # CRLF. A CR at the very end may yet get its LF: the blank line is there either way.
 _ENDS_AT_BLANK_LINE = (b"\n\n", b"\r\r", b"\n\r", b"\r\r\n", b"\n\r\n")
+
+
+def _ends_at_blank_line(buf: bytes) -> bool:
+    # LF LF, what nearly every provider ends its events with, by two byte reads (compiled,
+    # these cost nothing; `endswith` with a tuple is a method call with parsed arguments)
+    n = len(buf)
+    return (n >= 2 and buf[n - 1] == _LF and buf[n - 2] == _LF) or buf.endswith(_ENDS_AT_BLANK_LINE)
 
 
 def _whole(buf: bytes) -> int:
@@ -135,7 +154,7 @@ class EventSplitter:
                 self._tail += chunk  # no line end: the held event goes on
                 return b""
             buf = self._tail + chunk
-        if buf.endswith(_ENDS_AT_BLANK_LINE):
+        if _ends_at_blank_line(buf):
             self._tail = b""  # the common case: chunks of whole events
             return buf
         end = _whole(buf)

@@ -11,7 +11,6 @@ one chunk has, and split and parse events only when it is there.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ from proxy import sse
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_KEY = b'"usage"'  # where any match of _USAGE_OBJECT begins
+_CR, _LF = ord("\r"), ord("\n")  # `int in bytes` is a plain memchr
 
 
 def tokens(usage: Any) -> tuple[int, int]:
@@ -44,15 +44,13 @@ class UsageTap:
 
     def feed(self, chunk: bytes) -> None:
         done = self._splitter.feed_raw(chunk)
-        first = _first_usage(done)
-        if first >= 0:
-            self._read(done, first)
-
-    def _read(self, events: bytes, since: int) -> None:
-        for start, stop, _ in _usage_events(events, since):
-            chunk = _usage_chunk(events[start:stop])
-            if chunk is not None:
-                self.usage = chunk["usage"]
+        found = _first_usage(done, 0)
+        while found >= 0:
+            start, stop, end = sse.event_at(done, found)
+            parsed = _usage_chunk(done[start:stop])
+            if parsed is not None:
+                self.usage = parsed["usage"]
+            found = _first_usage(done, end)
 
 
 class UsageStripper:
@@ -88,52 +86,45 @@ class UsageStripper:
             if skip == len(done):
                 return b""
             done, self._cut = done[skip:], False
-        first = _first_usage(done)
-        if first < 0:
+        found = _first_usage(done, 0)
+        if found < 0:
             return done
         pieces: list[bytes] = []
         last = 0
-        for start, stop, end in _usage_events(done, first):  # only those events are rewritten
+        while found >= 0:  # only the events holding a usage object are read and rewritten
+            start, stop, end = sse.event_at(done, found)
             parsed = _usage_chunk(done[start:stop])
-            if parsed is None:
-                continue
-            if self._tap is not None:
-                self._tap.usage = parsed["usage"]
-            pieces += (done[last:start], _without_usage(parsed))
-            last = end
+            if parsed is not None:
+                if self._tap is not None:
+                    self._tap.usage = parsed["usage"]
+                pieces += (done[last:start], _without_usage(parsed))
+                last = end
+            found = _first_usage(done, end)  # the next, after this event
         pieces.append(done[last:])
         self._cut = last == len(done)  # the last event was replaced (dropped or nulled)
         return b"".join(pieces)
 
 
-def _first_usage(events: bytes) -> int:
-    """Where the first match of `_USAGE_OBJECT` in `events` begins, or -1. "usage" is found
-    by a plain substring search first (a regular expression's scan of a 20-event buffer
-    costs several times more), and the pattern runs only from there."""
-    first = events.find(_USAGE_KEY)
+def _first_usage(events: bytes, since: int) -> int:
+    """Where the first match of `_USAGE_OBJECT` in `events` at or after `since` begins, or -1.
+    "usage" is found by a plain substring search first (a regular expression's scan of a
+    20-event buffer costs several times more), and the pattern runs only from there."""
+    first = events.find(_USAGE_KEY, since)
     if first < 0:
         return -1
     match = _USAGE_OBJECT.search(events, first)
     return -1 if match is None else match.start()
 
 
-def _usage_events(events: bytes, since: int) -> Iterator[tuple[int, int, int]]:
-    """(start, stop, end), as `sse.event_spans` gives them, of each event in `events` (whole
-    events, as `feed_raw` returns them) that holds a usage object at or after `since`: found
-    around the matches, without splitting the others."""
-    done = 0
-    for match in _USAGE_OBJECT.finditer(events, since):
-        if match.start() >= done:  # not a second match inside an event already found
-            span = sse.event_at(events, match.start())
-            yield span
-            done = span[2]
-
-
 def _usage_chunk(event: bytes) -> dict[str, Any] | None:
     """The JSON chunk an event carries, when it is an object whose `usage` is one."""
-    data = sse.event_data(event)
-    if data is None or _USAGE_OBJECT.search(data) is None:
-        return None
+    if event.startswith(b"data: ") and _LF not in event and _CR not in event:
+        data = event[6:]  # one data line (as providers send chunks): the usage match found is in it
+    else:
+        joined = sse.event_data(event)
+        if joined is None or _USAGE_OBJECT.search(joined) is None:
+            return None  # the match was in another field, or a comment
+        data = joined
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
