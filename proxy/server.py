@@ -32,7 +32,6 @@ import contextvars
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import httptools
@@ -56,7 +55,6 @@ class HeadLimits:
 
 DEFAULT_LIMITS = HeadLimits()
 TASK_NAME = "switchyard-request"  # each request's task: named, Python 3.11 formats "Task-<n>" for every one
-_JOIN_HEADER = b": ".join  # (name, value) -> b"name: value"
 _CONTROL = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # what no header may hold (but the joins' CR LF)
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -206,18 +204,25 @@ class JoinedWrites:
             return None
         defaults = cycle.default_headers
         count = len(defaults) + len(headers)
-        # map() runs the joins in C: no Python loop over a dozen headers on every response
-        head = b"\r\n".join(map(_JOIN_HEADER, chain(defaults, headers)))
-        # one pass: the joins hold count - 1 CR LF pairs, and any other CR, LF or control
-        # character is in a name or value
-        if not count or len(head) - len(head.translate(None, _CONTROL)) != 2 * (count - 1):
+        if not count:
             return None
-        head += b"\r\n"
+        # one join of every piece: a join per header line made a dozen short-lived objects
+        parts = [STATUS_LINE[status], _DEFAULT_LINES.of(defaults)]
+        for name, value in headers:
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+        head = b"".join(parts)
+        # one pass: the status line and each header line end in the CR LF put there, and any
+        # other CR, LF or control character is in a name or value
+        if len(head) - len(head.translate(None, _CONTROL)) != 2 * (count + 1):
+            return None
         if head.find(b"connection: ") >= 0 and _asks_close(headers):  # an error that ends the connection (413)
             cycle.keep_alive = False
         elif not cycle.keep_alive:  # the client asked it closed, or spoke HTTP/1.0
             head += b"connection: close\r\n"
-        return STATUS_LINE[status] + head
+        return head
 
     @staticmethod
     async def _writable(cycle: RequestCycle) -> bool:
@@ -240,6 +245,26 @@ class JoinedWrites:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class _DefaultLines:
+    """uvicorn's default headers (date, and server unless turned off) as header lines,
+    rendered once per list: uvicorn makes a new list when the date changes, once a second."""
+
+    __slots__ = ("source", "lines")
+
+    def __init__(self) -> None:
+        self.source: list[tuple[bytes, bytes]] | None = None
+        self.lines = b""
+
+    def of(self, defaults: list[tuple[bytes, bytes]]) -> bytes:
+        if defaults is not self.source:
+            self.lines = b"".join([b"%s: %s\r\n" % (name, value) for name, value in defaults])
+            self.source = defaults
+        return self.lines
+
+
+_DEFAULT_LINES = _DefaultLines()
 
 
 def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -184,6 +184,28 @@ async def test_the_protocols_own_write_is_what_uvicorns_sends_would_write(reques
         assert ours.written_before_close == 1 and b"connection: " in ours.writes[0]
 
 
+async def test_each_response_carries_the_default_headers_of_its_moment():
+    """uvicorn replaces its default headers (the date) with a new list every second; the
+    protocol renders each list once, and never writes one that was replaced."""
+    state = ServerState()
+
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, b"{}", [(b"x-request-id", b"req_1")])(scope, receive, send)
+
+    for second in ("10:00:00", "10:00:00", "10:00:01"):
+        state.default_headers = [(b"date", f"Thu, 03 Dec 2026 {second} GMT".encode()), (b"server", b"edge")]
+        protocol, transport = connected(app, state)
+        protocol.data_received(REQUEST)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        head = transport.writes[0].split(b"\r\n\r\n", 1)[0]
+        assert head.split(b"\r\n") == [b"HTTP/1.1 200 OK", f"date: Thu, 03 Dec 2026 {second} GMT".encode(),
+                                        b"server: edge", b"content-type: application/json",
+                                        b"content-length: 2", b"x-request-id: req_1"]
+        protocol.connection_lost(None)
+
+
 async def test_pipelined_requests_are_each_answered_in_turn():
     answered = []
 
