@@ -829,6 +829,7 @@ HEAD_CASES = [
 def test_request_head(headers: list[tuple[str, str]], head: bytes) -> None:
     assert _request_head("POST", "/v1/x", b"host: up\r\n", headers, 2) == head
     assert _request_head("POST", "/v1/x", b"host: up\r\n", iter(headers), 2) == head  # any iterable
+    assert _request_head("POST", "/v1/x", b"host: up\r\n", dict(headers), 2) == head  # the adapters' dict
 
 
 @pytest.mark.parametrize(("headers", "named"), [
@@ -842,3 +843,5 @@ def test_request_head(headers: list[tuple[str, str]], head: bytes) -> None:
 def test_request_head_refuses_a_header_that_would_write_another(headers: list[tuple[str, str]], named: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"header '{named}'")):
         _request_head("POST", "/v1/x", b"host: up\r\n", headers, 2)
+    with pytest.raises(ValueError, match=re.escape(f"header '{named}'")):
+        _request_head("POST", "/v1/x", b"host: up\r\n", dict(headers), 2)

@@ -15,8 +15,11 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def request_headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    # ASGI servers give lower-cased names; later duplicates win, which is fine for these
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    # ASGI servers give lower-cased names; later duplicates win, which is fine for these.
+    # Typed, so that the compiled loop decodes with CPython's Latin-1 decoder directly
+    # (on an untyped value each decode is a method lookup and call: 15 of them a request)
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
 
 
 def request_id(headers: Mapping[str, str]) -> str:

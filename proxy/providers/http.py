@@ -170,7 +170,7 @@ class HttpPool:
         return self._closed
 
     async def request(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b"",
+        self, method: str, target: str, headers: dict[str, str] | Iterable[tuple[str, str]], body: bytes = b"",
         deadline: float | None = None,
     ) -> HttpResponse:
         """Send one request; return once the answer's head is in (the body follows). With a
@@ -796,17 +796,29 @@ _CLEAN_NAMES: set[str] = set()  # header names seen to hold no colon or line bre
 MAX_CLEAN_NAMES = 4096
 
 
-def _request_head(method: str, target: str, fields: bytes, headers: Iterable[tuple[str, str]], length: int) -> bytes:
+def _request_head(method: str, target: str, fields: bytes, headers: dict[str, str] | Iterable[tuple[str, str]],
+                  length: int) -> bytes:
     """The request line and header lines. A line break in a header (or a colon in its name)
     would write headers of its own into the request: ValueError naming it. The lines are
-    made as one text and checked once (an SDK's request forwards a dozen headers)."""
-    pairs = headers if isinstance(headers, list) else list(headers)
-    text = "".join([f"{name}: {value}\r\n" for name, value in pairs])
-    if (text.count("\n") != len(pairs) or text.count("\r") != len(pairs)
-            or not _CLEAN_NAMES.issuperset([name for name, _ in pairs])):
-        _check_headers(pairs)
+    made as one text and checked once (an SDK's request forwards a dozen headers); a dict
+    (what the adapters send) is read as it is, with no list made of it."""
+    if isinstance(headers, dict):
+        text = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        if not _clean(text, len(headers), headers):
+            _check_headers(list(headers.items()))
+    else:
+        pairs = headers if isinstance(headers, list) else list(headers)
+        text = "".join([f"{name}: {value}\r\n" for name, value in pairs])
+        if not _clean(text, len(pairs), [name for name, _ in pairs]):
+            _check_headers(pairs)
     return b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n" % (
         method.encode(), target.encode("latin-1"), fields, text.encode("latin-1", "replace"), length)
+
+
+def _clean(text: str, count: int, names: Iterable[str]) -> bool:
+    """Each of the `count` header lines in `text` ends in the one CR LF put there, and every
+    name is one seen clean before."""
+    return text.count("\n") == count and text.count("\r") == count and _CLEAN_NAMES.issuperset(names)
 
 
 def _check_headers(pairs: list[tuple[str, str]]) -> None:

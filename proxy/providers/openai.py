@@ -97,7 +97,7 @@ class OpenAIAdapter(Adapter):
     async def _post(self, target: str, headers: dict[str, str], payload: bytes,
                     deadline: float | None = None) -> HttpResponse:
         try:
-            return await self._pool().request("POST", target, headers.items(), payload, deadline)
+            return await self._pool().request("POST", target, headers, payload, deadline)
         except HttpError as exc:
             raise upstream_error(self.spec.name, exc, "unreachable") from None
 
