@@ -205,7 +205,8 @@ class StreamRelay:
                 if rewrite is not None:
                     chunk = rewrite(chunk)
                 if chunk:
-                    await write(chunk)
+                    if joined is None or not joined.stream_chunk_now(chunk):
+                        await write(chunk)
                     if self.first_chunk_at is None:
                         self.first_chunk_at = time.perf_counter()
         except ProxyError as exc:
