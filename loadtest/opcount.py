@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -156,9 +157,11 @@ def start_mock(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the mock upstream did not start")
 
 
-async def count(app: Any, stream: bool, requests: int) -> Counter:
+async def through_protocol(app: Any, stream: bool, requests: int, start: Callable[[], None],
+                           stop: Callable[[], None]) -> None:
     """Requests through uvicorn's protocol as `switchyard serve` runs it (its parsing, the
-    ASGI cycle, the head guards, the joined writes), over one keep-alive connection."""
+    ASGI cycle, the head guards, the joined writes), over one keep-alive connection: 300 to
+    warm, then `start()`, `requests` measured, `stop()`."""
     lifespan = app.app.router.lifespan_context(app.app)
     state = await lifespan.__aenter__() or {}
     body = BODY % (b',"stream":true' if stream else b"")
@@ -183,23 +186,17 @@ async def count(app: Any, stream: bool, requests: int) -> Counter:
         answer = await one()
     if not answer.startswith(b"HTTP/1.1 200"):
         raise SystemExit(f"the gateway answered {answer[:200]!r}")
-    counter = Counter()
-    sys.settrace(counter)
+    start()
     for _ in range(requests):
         await one()
-    sys.settrace(None)
+    stop()
     protocol.connection_lost(None)
     await lifespan.__aexit__(None, None, None)
-    return counter
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="non-stream")
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--top", type=int, default=25, help="functions to list, most instructions first")
-    args = parser.parse_args()
-    cache, limits, stream = SCENARIOS[args.scenario]
+def run_scenario(scenario: str, requests: int, start: Callable[[], None], stop: Callable[[], None]) -> None:
+    """`through_protocol` with the scenario's config, against the mock upstream."""
+    cache, limits, stream = SCENARIOS[scenario]
     os.environ.setdefault("SWITCHYARD_MANAGE_LOGGING", "1")  # the served process's buffered access log
     port = free_port()
     mock = start_mock(port)
@@ -213,9 +210,19 @@ def main() -> None:
                 app = create_app(str(config), watch=False)
             finally:
                 sys.stderr = stderr
-            counter = uvloop.run(count(app, stream, args.requests))
+            uvloop.run(through_protocol(app, stream, requests, start, stop))
     finally:
         mock.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="non-stream")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--top", type=int, default=25, help="functions to list, most instructions first")
+    args = parser.parse_args()
+    counter = Counter()
+    run_scenario(args.scenario, args.requests, lambda: sys.settrace(counter), lambda: sys.settrace(None))
     n = args.requests
     print(f"{args.scenario}: {counter.total / n:,.0f} bytecode instructions per request")
     for (file, function), ops in sorted(counter.by_function.items(), key=lambda kv: -kv[1])[:args.top]:
