@@ -168,11 +168,9 @@ class JoinedWrites:
 
     async def stream_chunk(self, body: bytes) -> None:
         """A piece of the stream begun by `begin_stream` (not empty), as uvicorn's send
-        would write it; nothing once the client is gone."""
-        cycle = self.cycle
-        if cycle is None or ((cycle.flow.write_paused or cycle.disconnected) and not await self._writable(cycle)):
-            return
-        self.write(b"%x\r\n%s\r\n" % (len(body), body))
+        would write it, once the socket's buffer has room; nothing once the client is gone."""
+        if not self.stream_chunk_now(body) and self.cycle is not None and await self._writable(self.cycle):
+            self.write(b"%x\r\n%s\r\n" % (len(body), body))
 
     def stream_chunk_now(self, body: bytes) -> bool:
         """`stream_chunk` without a coroutine when nothing needs waiting for (the socket's

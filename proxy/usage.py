@@ -44,13 +44,11 @@ class UsageTap:
 
     def feed(self, chunk: bytes) -> None:
         done = self._splitter.feed_raw(chunk)
-        found = _first_usage(done, 0)
-        while found >= 0:
-            start, stop, end = sse.event_at(done, found)
-            parsed = _usage_chunk(done[start:stop])
+        start, end, parsed = _next_usage(done, 0)
+        while start >= 0:
             if parsed is not None:
                 self.usage = parsed["usage"]
-            found = _first_usage(done, end)
+            start, end, parsed = _next_usage(done, end)
 
 
 class UsageStripper:
@@ -86,23 +84,33 @@ class UsageStripper:
             if skip == len(done):
                 return b""
             done, self._cut = done[skip:], False
-        found = _first_usage(done, 0)
-        if found < 0:
+        start, end, parsed = _next_usage(done, 0)
+        if start < 0:
             return done
         pieces: list[bytes] = []
         last = 0
-        while found >= 0:  # only the events holding a usage object are read and rewritten
-            start, stop, end = sse.event_at(done, found)
-            parsed = _usage_chunk(done[start:stop])
+        while start >= 0:  # only the events holding a usage object are read and rewritten
             if parsed is not None:
                 if self._tap is not None:
                     self._tap.usage = parsed["usage"]
                 pieces += (done[last:start], _without_usage(parsed))
                 last = end
-            found = _first_usage(done, end)  # the next, after this event
+            start, end, parsed = _next_usage(done, end)
         pieces.append(done[last:])
         self._cut = last == len(done)  # the last event was replaced (dropped or nulled)
         return b"".join(pieces)
+
+
+def _next_usage(events: bytes, since: int) -> tuple[int, int, dict[str, Any] | None]:
+    """The first event at or after `since` (in whole events, as `feed_raw` returns them) that
+    holds a usage object: where it starts, where its separator ends, and its chunk when it
+    is a usage chunk (None: the match was elsewhere; go on from the end). Start -1: none.
+    Only those events are located and parsed, never the others."""
+    found = _first_usage(events, since)
+    if found < 0:
+        return -1, -1, None
+    start, stop, end = sse.event_at(events, found)
+    return start, end, _usage_chunk(events[start:stop])
 
 
 def _first_usage(events: bytes, since: int) -> int:
