@@ -2,9 +2,10 @@
 own work, counted by valgrind's callgrind (which counts instructions, not seconds).
 
 `abtest.py` resolves about 2% on a shared VM. Counted twice, the same build's total
-moves by up to 1% (the ledger's batches and the event loop's polling follow timing) and
-the request's own compiled functions by 0.2%, whatever else the machine does. It serves
-the requests of loadtest/opcount.py's harness (uvicorn's protocol, one keep-alive
+moves by several percent (the ledger writer's batches and the event loop's polling follow
+timing), the request's own compiled path (the endpoint's call with what it calls) by
+about 0.5%, a few hundred instructions, whatever else the machine does: compare that. It
+serves the requests of loadtest/opcount.py's harness (uvicorn's protocol, one keep-alive
 connection, the real mock upstream over HTTP) under callgrind with instrumentation off,
 warms up, switches it on for the measured requests only (`callgrind_control`), and lists
 per request the total and the compiled functions (inclusive: a function with everything
@@ -107,7 +108,8 @@ def main() -> None:
         return
     base_total = base.pop("PROGRAM", 0.0)
     print(f"{args.scenario}: {base_total:,.0f} -> {total:,.0f} instructions per request "
-          f"(x{total / base_total:.3f}; the same build twice: up to 1%, its request path 0.2%)")
+          f"(x{total / base_total:.3f}: timing moves the total by several percent; "
+          "the request's compiled path by about 0.5%)")
     changes = sorted(set(candidate) | set(base), key=lambda n: candidate.get(n, 0.0) - base.get(n, 0.0))
     for name in changes[:args.top]:
         before, after = base.get(name, 0.0), candidate.get(name, 0.0)
