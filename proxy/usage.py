@@ -22,15 +22,20 @@ _USAGE_KEY = b'"usage"'  # where any match of _USAGE_OBJECT begins
 _CR, _LF = ord("\r"), ord("\n")  # `int in bytes` is a plain memchr
 
 
+MAX_COUNT = 2**53  # past this no provider means a count: no float holds it exactly, no ledger column at all
+
+
 def tokens(usage: Any) -> tuple[int, int]:
-    """(input, output) token counts of a usage object; 0 for what it does not say."""
+    """(input, output) token counts of a usage object; 0 for what it does not say, and for a
+    count past MAX_COUNT (a SQLite or PostgreSQL integer column refuses past 2**63: a
+    misbehaving upstream's row would fail its whole ledger batch)."""
     if not isinstance(usage, dict):
         return 0, 0
     return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_COUNT else 0
 
 
 class UsageTap:

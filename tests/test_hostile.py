@@ -435,6 +435,25 @@ def test_a_captive_portal_page_is_never_relayed_as_an_answer(server, upstream):
         assert "Wi-Fi" not in r.text
 
 
+def test_token_counts_no_integer_column_holds_do_not_stop_the_ledger(server, upstream):
+    """A row the database refuses would fail its whole batch, retried for ever, and every
+    row queued behind it: counts past 2**53 are not counts."""
+    # (orjson reads integers up to 2**64 - 1 as integers, larger ones as floats)
+    huge = json.dumps(completion(usage={"prompt_tokens": 2**63, "completion_tokens": 2**64 - 1, "total_tokens": 1}))
+    upstream.post("/chat/completions").respond(content=huge.encode(), headers={"content-type": "application/json"})
+    r = httpx.post(server.base_url + "/v1/chat/completions", json={**CHAT, "model": "real"},
+                   headers={**AUTH, "x-request-id": "req-huge-usage"})
+    assert r.status_code == 200
+    upstream.post("/chat/completions").respond(json=completion())
+    r = httpx.post(server.base_url + "/v1/chat/completions", json={**CHAT, "model": "real"},
+                   headers={**AUTH, "x-request-id": "req-after-huge-usage"})
+    assert r.status_code == 200
+    row = ledger_row(server, "req-huge-usage")
+    assert (row["input_tokens"], row["output_tokens"]) == (0, 0)
+    row = ledger_row(server, "req-after-huge-usage")
+    assert (row["input_tokens"], row["output_tokens"]) == (5, 3)
+
+
 def test_a_refused_provider_key_is_a_502_without_the_providers_words(server, upstream):
     upstream.post("/chat/completions").respond(401, json={"error": {
         "message": "Incorrect API key provided: sk-provider-secret-0123456789abcdef", "type": "invalid_request_error",

@@ -267,6 +267,8 @@ def test_reference_end_reads_the_spec(stream: bytes, end: int) -> None:
         ("12", (0, 0)),
         ({"prompt_tokens": True, "completion_tokens": -4}, (0, 0)),
         ({"prompt_tokens": 2.5, "completion_tokens": "7"}, (0, 0)),
+        ({"prompt_tokens": 2**53 - 1, "completion_tokens": 2**53}, (2**53 - 1, 0)),
+        ({"prompt_tokens": 10**30, "completion_tokens": 2**64}, (0, 0)),
     ],
 )
 def test_tokens(usage: object, expected: tuple[int, int]) -> None:
