@@ -6,8 +6,11 @@ import io
 import json
 import logging
 import warnings
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.telemetry.logs import JsonFormatter, TextFormatter, money, resolve_format
 
@@ -128,3 +131,74 @@ def test_access_line_time_is_utc_to_the_millisecond():
         at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         at_ms = calendar.timegm(at.timetuple()) * 1000 + at.microsecond // 1000
         assert before <= at_ms <= after
+
+
+# --- the access line: every field, in its order, whatever the record holds
+
+_texts = st.one_of(st.none(), st.sampled_from(["search", "gpt-4o-mini", "fast", ""]),
+                   st.text(max_size=12))  # quotes, backslashes, control characters, astral planes
+_floats = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
+                    st.floats(min_value=-1e-3, max_value=1e-3), st.sampled_from([0.0, -0.0, 1e-7, 25e-6]))
+
+
+@st.composite
+def access_records(draw):
+    from proxy.pipeline.record import RequestRecord
+
+    record = RequestRecord(draw(st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True)),
+                           draw(st.sampled_from(["chat", "embeddings", "text_completion"])))
+    for name in ("endpoint", "outcome", "cache"):
+        setattr(record, name, draw(st.text(max_size=8)))
+    for name in ("team", "user", "requested_model", "route", "provider", "model", "error_kind", "experiment",
+                 "variant"):
+        setattr(record, name, draw(_texts))
+    record.stream = draw(st.booleans())
+    record.status = draw(st.integers(100, 599))
+    record.prompt_id, record.prompt_version = draw(st.one_of(st.just((None, None)), st.tuples(_texts, _texts)))
+    record.attempts = [SimpleNamespace(outcome=outcome) for outcome in draw(
+        st.lists(st.sampled_from(["ok", "circuit_open", "refused", "status_5xx"]), max_size=3))]
+    record.usage = draw(st.one_of(st.none(), st.fixed_dictionaries({
+        "prompt_tokens": st.one_of(st.integers(-5, 2**63 - 1), st.none(), st.booleans()),
+        "completion_tokens": st.integers(0, 10**6)})))
+    record.cost_usd, record.saved_usd = draw(_floats), draw(_floats)
+    record.started = 1000.0
+    record.finished = 1000.0 + draw(st.floats(0, 1e6))
+    record.upstream_started, record.upstream_answered = draw(st.one_of(
+        st.just((None, None)), st.tuples(st.floats(1000, 1001), st.floats(1000, 1002))))
+    record.response_started = draw(st.one_of(st.none(), st.floats(1000, 1003)))
+    record.first_token_at = draw(st.one_of(st.none(), st.floats(1000, 1003)))
+    return record
+
+
+def _line_as_dict(record, ts):
+    """The access line's keys and values, in order, written out independently of the template."""
+    from proxy.pipeline.record import ms, tries
+
+    counted = record.usage is not None
+    input_tokens, output_tokens = record.tokens()
+    return {
+        "ts": ts, "level": "info", "logger": "switchyard.access", "request_id": record.request_id,
+        "operation": record.operation, "endpoint": record.endpoint, "team": record.team, "user": record.user,
+        "requested_model": record.requested_model, "route": record.route, "provider": record.provider,
+        "model": record.model, "stream": record.stream, "status": record.status, "outcome": record.outcome,
+        "error": record.error_kind, "cache": record.cache, "experiment": record.experiment,
+        "variant": record.variant,
+        "prompt": None if record.prompt_id is None else f"{record.prompt_id}@{record.prompt_version}",
+        "attempts": tries(record.attempts),
+        "input_tokens": input_tokens if counted else None, "output_tokens": output_tokens if counted else None,
+        "cost_usd": money(record.cost_usd), "saved_usd": money(record.saved_usd),
+        "latency_ms": ms(record.duration()),
+        "ttft_ms": None if record.ttft() is None else ms(record.ttft()),
+        "overhead_ms": ms(record.overhead()),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(access_records())
+def test_access_line_has_every_field_in_order(record):
+    import orjson
+
+    from proxy.telemetry.access_log import fields
+
+    expected = _line_as_dict(record, "2026-12-03T12:00:00.000Z")
+    assert orjson.dumps(fields(record, "2026-12-03T12:00:00.000Z")) == orjson.dumps(expected)
