@@ -170,7 +170,9 @@ def _serve(args: argparse.Namespace, path: str, snapshot: Snapshot) -> int:
         port=port,
         workers=args.workers,
         loop="uvloop",
-        http=GuardedHttpToolsProtocol,  # uvicorn's httptools protocol, with bounded request heads
+        # uvicorn's httptools protocol, with bounded request heads (a protocol by its methods,
+        # compiled: not a subclass of asyncio.Protocol, which uvicorn's type names)
+        http=GuardedHttpToolsProtocol,  # type: ignore[arg-type]
         timeout_keep_alive=math.ceil(server.keepalive_timeout_s),  # uvicorn takes whole seconds
         access_log=False,  # ours is richer: telemetry/access_log.py
         # nothing reads the client's address: rewriting it from X-Forwarded-For would cost

@@ -26,7 +26,7 @@ App = Callable[[Any, Any, Any], Awaitable[Any]]
 class RequestCycle:
     """The ASGI `receive` and `send` of one request, and the task body running its app."""
 
-    def __init__(self, scope: dict[str, Any], transport: Any, flow: Any, logger: Any, access_logger: Any,
+    def __init__(self, scope: dict[str, Any], transport: Any, flow: Flow, logger: Any, access_logger: Any,
                  access_log: bool, default_headers: list[tuple[bytes, bytes]], expect_100_continue: bool,
                  keep_alive: bool, on_response: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
         self.scope = scope
@@ -211,3 +211,38 @@ class RequestCycle:
 
 def _nothing() -> None:
     return None
+
+
+class Flow:
+    """uvicorn's `FlowControl` for one connection, compiled: its flags are read on every
+    write of a response, as attributes of a native object rather than an instance dict."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self._writable.set()

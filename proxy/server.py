@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +39,10 @@ from typing import Any
 import httptools
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
-from proxy.cycle import RequestCycle
+from proxy.cycle import Flow, RequestCycle
 from proxy.errors import error_body
 
 LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a LimitsRef
@@ -293,31 +296,75 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a head that is refused."""
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the guard rails above, whose per-request callbacks
-    (the parser's, and the task's start) are its own, compiled, and make a compiled
-    `RequestCycle` (proxy/cycle.py) rather than uvicorn's interpreted one. The connection's
-    setup, WebSocket upgrades, flow control and shutdown stay uvicorn's."""
+class GuardedHttpToolsProtocol:
+    """uvicorn's httptools protocol (`HttpToolsProtocol`: the same callbacks, scope, pipelining,
+    flow control, WebSocket upgrades and shutdown) with the guard rails above, as a compiled
+    class of its own: a subclass of uvicorn's keeps its attributes in an instance dict, and
+    its callbacks read about eighty of them a request (a generic lookup each, through the
+    class's bases first). Each request runs in a compiled `RequestCycle` (proxy/cycle.py)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fresh_context = bool(getattr(self.config, "reset_contextvars", False))
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app: Any = config.loaded_app
+        self.loop: asyncio.AbstractEventLoop = _loop or asyncio.get_event_loop()
+        # a refusal is not "Invalid HTTP request"; the duck-typed logger stands in for uvicorn's
+        self.logger: Any = _QuietOnRefusal(logging.getLogger("uvicorn.error"), self)
+        self.access_logger = logging.getLogger("uvicorn.access")
+        self.access_log = self.access_logger.hasHandlers()
+        self.parser: Any = httptools.HttpRequestParser(self)
+        try:  # as uvicorn: answer a pipelined request that came after a "connection: close"
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        except AttributeError:  # httptools < 0.6.3
+            pass
+        self.ws_protocol_class: Any = config.ws_protocol_class
+        self.root_path: str = config.root_path
+        self.asgi_version: str = config.asgi_version
+        self.limit_concurrency: int | None = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task: asyncio.TimerHandle | None = None
+        self.timeout_keep_alive: float = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections: set[Any] = server_state.connections
+        self.tasks: set[asyncio.Task[None]] = server_state.tasks
+        self._fresh_context = bool(getattr(config, "reset_contextvars", False))
+        # the connection's
+        self.transport: Any = None
+        self.flow = Flow(None)  # (the connection's, once made)
+        self.server: Any = None
+        self.client: Any = None
+        self.scheme = "http"
+        self.pipeline: deque[tuple[RequestCycle, Any]] = deque()
+        self._joined: JoinedWrites | None = None  # the transport the request cycles write to
+        self._idle_deadline: float | None = None  # loop time past which an idle connection closes
+        # the request's
+        self.scope: dict[str, Any] = {}
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.url = b""
+        self.expect_100_continue = False
+        self.cycle: RequestCycle | None = None
+        self._hook: DisconnectHook | None = None
+        # its head's guard
         self._in_head = True  # the bytes arriving belong to a request head
         self._head_bytes = 0  # received since this head began (a bound on its size)
         self._head_began = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str, str] | None = None
-        self._limits = HeadLimits()
-        self._idle_deadline: float | None = None  # loop time past which an idle connection closes
-        self._hook: DisconnectHook | None = None  # the current request's
-        self._joined: JoinedWrites | None = None  # the transport the request cycles write to
-        # a refusal is not "Invalid HTTP request"; the duck-typed logger stands in for uvicorn's
-        self.logger = _QuietOnRefusal(self.logger, self)  # type: ignore[assignment]
+        self._limits = DEFAULT_LIMITS
 
     # --- connection
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: Any) -> None:
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = Flow(transport)
+        self.server = get_local_addr(transport)
+        self.client = get_remote_addr(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", self._peer())
         self._joined = JoinedWrites(transport, self.loop)
         # uvicorn arms its idle timer only after a response; a connection that never
         # speaks would otherwise stay open for ever
@@ -327,26 +374,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self.connections.discard(self)
         if self.logger.level <= TRACE_LOG_LEVEL:
-            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost",
-                            f"{self.client[0]}:{self.client[1]} - " if self.client else "")
-        cycle: RequestCycle | None = self.cycle  # type: ignore[assignment]
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost", self._peer())
+        cycle = self.cycle
         if cycle is not None:
             if not cycle.response_complete:
                 cycle.disconnected = True
             cycle.signal()
-        if self.flow is not None:
-            self.flow.resume_writing()
+        self.flow.resume_writing()
         if exc is None:
             self.transport.close()
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None
         timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
         if timer is not None:
             timer.cancel()
         if self._joined is not None:
             self._joined.cycle = None
         hook, self._hook = self._hook, None
-        if hook is not None and self.cycle is not None and not self.cycle.response_complete:
+        if hook is not None and cycle is not None and not cycle.response_complete:
             hook.fire()
+
+    def eof_received(self) -> None:
+        return None  # the transport closes its side
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    def shutdown(self) -> None:
+        """uvicorn's server calls this on a graceful shutdown: an idle connection closes, a
+        busy one after its response."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]} - " if self.client else ""
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
@@ -378,6 +444,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 remaining = self._limits.timeout_s - (self.loop.time() - self._head_began)
                 self._head_timer = self.loop.call_later(max(remaining, 0.0), self._head_timed_out)
 
+    # --- WebSocket upgrades: uvicorn's
+
+    def _should_upgrade(self) -> bool:
+        if self.ws_protocol_class is None:
+            return False
+        connection: list[bytes] = []
+        upgrade = None
+        for name, value in self.headers:
+            if name == b"connection":
+                connection = [token.lower().strip() for token in value.split(b",")]
+            if name == b"upgrade":
+                upgrade = value.lower()
+        return b"upgrade" in connection and upgrade == b"websocket"
+
+    def _unsupported_upgrade_warning(self) -> None:
+        self.logger.warning("Unsupported upgrade request.")
+        if self.ws_protocol_class is None:
+            self.logger.warning("No supported WebSocket library detected. Please use \"pip install "
+                                "'uvicorn[standard]'\", or install 'websockets' or 'wsproto' manually.")
+
+    def handle_websocket_upgrade(self) -> None:
+        """The connection handed to uvicorn's WebSocket protocol, which reads the head again."""
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            self.logger.log(TRACE_LOG_LEVEL, "%sUpgrading to WebSocket", self._peer())
+        self._cancel_head_timer()
+        self._idle_deadline = None
+        self.connections.discard(self)
+        output = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            output += [name, b": ", value, b"\r\n"]
+        output.append(b"\r\n")
+        protocol = self.ws_protocol_class(config=self.config, server_state=self.server_state,
+                                          app_state=self.app_state)
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        protocol.data_received(b"".join(output))
+
     # --- keep-alive: a deadline per response, at most one timer per connection
     #
     # uvicorn makes a timer at the end of every response and cancels it when the next
@@ -401,10 +504,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._idle_from_now()
 
-    def _unset_keepalive_if_required(self) -> None:
-        """uvicorn calls this when bytes arrive (and when the connection is lost)."""
-        self._idle_deadline = None
-
     def _idle_from_now(self) -> None:
         self._idle_deadline = self.loop.time() + self.timeout_keep_alive
         if self.timeout_keep_alive_task is None:
@@ -420,6 +519,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(left, self._idle_check)
         else:
             self.timeout_keep_alive_handler()
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
 
     # --- parser callbacks: uvicorn's, compiled; the scope and the cycle as uvicorn makes them
 
@@ -438,10 +541,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             "headers": self.headers,
             "state": self.app_state.copy(),
         }
-        self.scope = scope  # type: ignore[assignment]
+        self.scope = scope
 
     def on_url(self, url: bytes) -> None:
-        self.url = self.url + url  # (not +=: mypyc cannot compile it on an attribute its base class sets)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """A header line as uvicorn's protocol keeps it, compiled here: it runs once per line,
@@ -462,7 +565,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refusal = (431, self._too_large(), "request_header_fields_too_large")
             raise _Refused()  # the parser stops; uvicorn calls send_400_response, which answers 431
         hook = self._hook = DisconnectHook(self.loop)
-        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope = self.scope
         # ASGI's extensions are "dict[str, dict]"; ours are objects
         scope["extensions"] = {DISCONNECT_KEY: hook, JOIN_KEY: self._joined}
         parser = self.parser
@@ -486,27 +589,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
-        previous: RequestCycle | None = self.cycle  # type: ignore[assignment]
+        previous = self.cycle
         cycle = RequestCycle(
             scope, self._joined if self._joined is not None else self.transport, self.flow, self.logger,
             self.access_logger, self.access_log, self.server_state.default_headers, self.expect_100_continue,
             http_version != "1.0" and parser.should_keep_alive(), self.on_response_complete, self.loop)
-        self.cycle = cycle  # type: ignore[assignment]
+        self.cycle = cycle
         if previous is None or previous.response_complete:
             self._start_asgi_task(cycle, app)
         else:  # pipelined: it waits for the responses before it
             self.flow.pause_reading()
-            self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
+            self.pipeline.appendleft((cycle, app))
 
     def on_body(self, body: bytes) -> None:
-        cycle: RequestCycle = self.cycle  # type: ignore[assignment]
-        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
             return
         if cycle.add_body(body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.signal()
 
-    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+    def _start_asgi_task(self, cycle: RequestCycle, app: Any) -> None:
         """A request's app starts (at once, or after the pipelined ones before it), in a task
         named once rather than numbered (uvloop's create_task numbers it, then renames it)."""
         if self._joined is not None:
@@ -526,7 +629,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
-        cycle: RequestCycle | None = self.cycle  # type: ignore[assignment]
+        cycle = self.cycle
         if cycle is not None and not cycle.response_complete and not (
                 self.parser.should_upgrade() and self._should_upgrade()):
             cycle.more_body = False
@@ -572,7 +675,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         if self.transport.is_closing():
             return
-        body = refusal_body(message, code, _path_of(self.url if hasattr(self, "url") else b""))
+        body = refusal_body(message, code, _path_of(self.url))
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
             % (status, _REASONS[status], len(body), body)

@@ -488,3 +488,89 @@ async def test_a_connection_that_never_speaks_is_closed_after_the_keep_alive():
     await asyncio.sleep(1.3)
     assert transport.closed
     protocol.connection_lost(None)
+
+
+# --- what was uvicorn's protocol's and is this one's own: shutdown, concurrency limit, reads paused
+
+
+async def test_a_shutdown_closes_an_idle_connection_at_once():
+    protocol, transport, state = keep_alive_for(_answer(), 5)
+    protocol.data_received(REQUEST)
+    await _served(protocol, state, 1)
+    protocol.shutdown()  # what uvicorn's server calls on every connection at SIGTERM
+    assert transport.closed
+    protocol.connection_lost(None)
+    assert protocol not in state.connections
+
+
+async def test_a_shutdown_lets_a_busy_connection_answer_then_close():
+    release = asyncio.Event()
+
+    async def slow(scope, receive, send):
+        await receive()
+        await release.wait()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+
+    protocol, transport, state = keep_alive_for(slow, 5)
+    protocol.data_received(REQUEST)
+    await asyncio.sleep(0.01)
+    protocol.shutdown()
+    assert not transport.closed
+    release.set()
+    await _served(protocol, state, 1)
+    answer = b"".join(transport.writes)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close\r\n" in answer
+    assert transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_past_the_concurrency_limit_a_request_gets_503():
+    config = Config(app=_answer(), log_level="critical", access_log=False, proxy_headers=False,
+                    limit_concurrency=1)
+    config.load()
+    state = ServerState()
+    protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
+                                        _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # one connection: the limit is reached
+    protocol.data_received(REQUEST)
+    await _served(protocol, state, 1)
+    answer = b"".join(transport.writes)
+    assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(b"Service Unavailable")
+    protocol.connection_lost(None)
+
+
+async def test_a_body_past_the_high_water_mark_pauses_reading_until_the_app_takes_it():
+    from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+
+    taken = asyncio.Event()
+    go = asyncio.Event()
+    sizes: list[int] = []
+
+    async def app(scope, receive, send):
+        await go.wait()
+        message = await receive()
+        sizes.append(len(message["body"]))
+        taken.set()
+        while message.get("more_body"):
+            message = await receive()
+            sizes.append(len(message["body"]))
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+
+    protocol, transport = connected(app)
+    paused: list[str] = []
+    transport.pause_reading = lambda: paused.append("pause")  # type: ignore[method-assign]
+    transport.resume_reading = lambda: paused.append("resume")  # type: ignore[method-assign]
+    size = HIGH_WATER_LIMIT + 10
+    protocol.data_received(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (size + 5))
+    protocol.data_received(b"a" * size)
+    assert paused == ["pause"]  # the app has not read: no more is read from the socket
+    go.set()
+    await taken.wait()
+    assert paused == ["pause", "resume"] and sizes == [size]
+    protocol.data_received(b"b" * 5)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert sum(sizes) == size + 5
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 200 OK")
+    protocol.connection_lost(None)
