@@ -10,15 +10,15 @@ one chunk has, and split and parse events only when it is there.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
 from proxy import sse
 
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_USAGE_KEY = b'"usage"'  # where any match of _USAGE_OBJECT begins
+_USAGE_KEY = b'"usage"'  # a usage object is this key, blanks, a colon, blanks and "{"
+_COLON, _BRACE = ord(":"), ord("{")
+_BLANKS = b" \t\n\r\f\v"  # what a regular expression's \\s matches in bytes
 _CR, _LF = ord("\r"), ord("\n")  # `int in bytes` is a plain memchr
 
 
@@ -119,14 +119,26 @@ def _next_usage(events: bytes, since: int) -> tuple[int, int, dict[str, Any] | N
 
 
 def _first_usage(events: bytes, since: int) -> int:
-    """Where the first match of `_USAGE_OBJECT` in `events` at or after `since` begins, or -1.
-    "usage" is found by a plain substring search first (a regular expression's scan of a
-    20-event buffer costs several times more), and the pattern runs only from there."""
-    first = events.find(_USAGE_KEY, since)
-    if first < 0:
-        return -1
-    match = _USAGE_OBJECT.search(events, first)
-    return -1 if match is None else match.start()
+    """Where the first `"usage"` key at or after `since` whose value is an object (`"usage"`,
+    blanks, `:`, blanks, `{`) begins, or -1. Found by a substring search and a look at the
+    bytes after each hit: every other chunk of a stream with usage on says `"usage":null`,
+    and a regular expression's search from each hit cost about twice the hit's own look."""
+    at = events.find(_USAGE_KEY, since)
+    while at >= 0:
+        after = _past_blanks(events, at + len(_USAGE_KEY))
+        if after < len(events) and events[after] == _COLON:
+            value = _past_blanks(events, after + 1)
+            if value < len(events) and events[value] == _BRACE:
+                return at
+        at = events.find(_USAGE_KEY, at + 1)  # (`"usage"usage": {` holds one from the first's closing quote)
+    return -1
+
+
+def _past_blanks(data: bytes, pos: int) -> int:
+    """The first position at or after `pos` that is not JSON's (or a regex's \\s) blank."""
+    while pos < len(data) and data[pos] in _BLANKS:
+        pos += 1
+    return pos
 
 
 def _usage_chunk(event: bytes) -> dict[str, Any] | None:
@@ -135,7 +147,7 @@ def _usage_chunk(event: bytes) -> dict[str, Any] | None:
         data = event[6:]  # one data line (as providers send chunks): the usage match found is in it
     else:
         joined = sse.event_data(event)
-        if joined is None or _USAGE_OBJECT.search(joined) is None:
+        if joined is None or _first_usage(joined, 0) < 0:
             return None  # the match was in another field, or a comment
         data = joined
     try:

@@ -8,6 +8,7 @@ any line ends (LF, CRLF, CR, mixed), chunk boundaries between a CR and its LF in
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 import orjson
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from proxy.dialects.chat import CHAT
 from proxy.pipeline.record import RequestRecord, ms
-from proxy.usage import UsageStripper, UsageTap, tokens
+from proxy.usage import UsageStripper, UsageTap, _first_usage, tokens
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
 
@@ -299,3 +300,31 @@ def test_milliseconds_never_show_more_than_three_decimals(seconds: float) -> Non
     text = repr(ms(seconds))
     assert "e" in text or len(text.partition(".")[2]) <= 3
     assert abs(ms(seconds) - seconds * 1000) <= 0.0005 + 1e-9 * seconds * 1000
+
+
+_USAGE_OBJECT_SPEC = re.compile(rb'"usage"\s*:\s*\{')  # what "a usage object" means, as a pattern
+_usage_fragments = st.lists(st.sampled_from(
+    [b'"usage"', b"usage", b'"', b":", b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c", b"{", b"}", b"null", b"x",
+     b'"usage":null', b'"usage": {', b"data: "]), max_size=12)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_usage_fragments, st.integers(0, 40))
+def test_a_usage_object_is_found_where_its_pattern_first_matches(fragments: list[bytes], since: int) -> None:
+    events = b"".join(fragments)
+    match = _USAGE_OBJECT_SPEC.search(events, since)
+    assert _first_usage(events, since) == (-1 if match is None else match.start())
+
+
+@pytest.mark.parametrize("events, expected", [
+    (b'"usage":null', -1),
+    (b'"usage":{', 0),
+    (b'"usage" \t\r\n\x0b\x0c: \n{', 0),
+    (b'"usage"usage":{', 6),  # the second key begins at the first one's closing quote
+    (b'{"usage":null,"x":{"usage": {}}}', 19),
+    (b'"usage":', -1),
+    (b'"usage"', -1),
+    (b'"usage":[{', -1),
+])
+def test_usage_object_table(events: bytes, expected: int) -> None:
+    assert _first_usage(events, 0) == expected
