@@ -13,7 +13,6 @@ import orjson
 from proxy.errors import InvalidRequest, shown
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_CONTENT = (str, list, type(None))  # a message's content: text, parts, or none (tool calls)
 
 # a name a client chooses (model, user) travels into response headers, log lines, metric
 # labels, Redis keys and error messages: printable, and of a sane length
@@ -58,13 +57,19 @@ def check_chat(body: dict[str, Any]) -> None:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     for message in messages:  # every message checked at once; named only when one is wrong
         if not (isinstance(message, dict) and isinstance(role := message.get("role"), str) and role in _ROLES
-                and isinstance(message.get("content"), _CONTENT)):
+                and _is_content(message.get("content"))):
             _refuse_message(messages)
     _check_generation(body)
     for field in ("max_tokens", "max_completion_tokens", "n"):
         _check_int(body, field, 1)
     if body.get("stream_options") is not None and body.get("stream") is not True:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
+def _is_content(value: Any) -> bool:
+    """A message's content: text, parts, or none (tool calls). Three checks compiled code
+    makes inline; an isinstance against a tuple of types is a generic call."""
+    return value is None or isinstance(value, str) or isinstance(value, list)
 
 
 def _refuse_message(messages: list[Any]) -> NoReturn:
@@ -102,8 +107,11 @@ def check_embeddings(body: dict[str, Any]) -> None:
 
 def _check_generation(body: dict[str, Any]) -> None:
     """The fields chat and legacy completions share: stream flags, user, sampling."""
-    _check_type(body, "stream", bool, "a boolean")
-    _check_type(body, "stream_options", dict, "an object")
+    stream, options = body.get("stream"), body.get("stream_options")
+    if stream is not None and not isinstance(stream, bool):  # (inline checks: see _is_content)
+        _refuse_type("stream", "a boolean", stream)
+    if options is not None and not isinstance(options, dict):
+        _refuse_type("stream_options", "an object", options)
     check_name(body.get("user"), "user")
     _check_number(body, "temperature", 0, 2)
     _check_number(body, "top_p", 0, 1)
@@ -144,7 +152,11 @@ def _check_model(body: dict[str, Any]) -> None:
 def _check_type(body: dict[str, Any], field: str, kind: type, name: str) -> None:
     value = body.get(field)
     if value is not None and not isinstance(value, kind):
-        raise InvalidRequest(f"'{field}' must be {name}, not {_kind(value)}.", param=field)
+        _refuse_type(field, name, value)
+
+
+def _refuse_type(field: str, name: str, value: Any) -> NoReturn:
+    raise InvalidRequest(f"'{field}' must be {name}, not {_kind(value)}.", param=field)
 
 
 def _check_number(body: dict[str, Any], field: str, low: int, high: int) -> None:
