@@ -18,6 +18,7 @@ from typing import Any
 from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
+from proxy.providers.wire import ChunkSource, chunk_source
 from proxy.server import DISCONNECT_KEY, JOIN_KEY
 
 log = logging.getLogger("switchyard.relay")
@@ -195,11 +196,12 @@ class StreamRelay:
         write = joined.stream_chunk if joined is not None else _body_sender(send)
         self.started_at = time.perf_counter()
         assert self.upstream.chunks is not None
+        chunks = chunk_source(self.upstream.chunks)
         outcome = "complete"
         broken: ProxyError | None = None
         try:
             observe, rewrite = self.observe, self.rewrite
-            async for chunk in self.upstream.chunks:
+            while (chunk := await chunks.next_chunk()) is not None:
                 if observe is not None:
                     observe(chunk)
                 if rewrite is not None:
@@ -237,21 +239,14 @@ def iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
     return _Replay(chunks)
 
 
-class _Replay:
-    """An iterator class rather than an async generator, which mypyc cannot compile."""
-
-    __slots__ = ("_chunks",)
-
+class _Replay(ChunkSource):
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = iter(chunks)
 
-    def __aiter__(self) -> _Replay:
-        return self
-
-    async def __anext__(self) -> bytes:
+    async def next_chunk(self) -> bytes | None:
         for chunk in self._chunks:
             return chunk
-        raise StopAsyncIteration
+        return None
 
 
 class DisconnectWatch:

@@ -696,12 +696,12 @@ class HttpResponse:
     async def read(self) -> bytes:
         pieces: list[bytes] = []
         while True:  # not `async for`: each StopAsyncIteration costs a traceback in compiled code
-            piece = await self._next_piece()
+            piece = await self.next_piece()
             if piece is None:
                 return pieces[0] if len(pieces) == 1 else b"".join(pieces)
             pieces.append(piece)
 
-    async def _next_piece(self) -> bytes | None:
+    async def next_piece(self) -> bytes | None:
         """What arrived of the body since the last call, waiting for it; None at its end."""
         while True:
             if self._pieces:
@@ -775,7 +775,7 @@ class _Pieces:
         return self
 
     async def __anext__(self) -> bytes:
-        piece = await self._response._next_piece()
+        piece = await self._response.next_piece()
         if piece is None:
             raise StopAsyncIteration
         return piece

@@ -42,6 +42,7 @@ from proxy.providers.http import (
     choose_proxy,
     tls_context,
 )
+from proxy.providers.wire import ChunkSource
 from proxy.snapshot import ProviderSpec
 from proxy.telemetry.logs import Throttled, redact
 
@@ -138,25 +139,20 @@ class OpenAIAdapter(Adapter):
             response.close()
 
     def _chunks(self, response: HttpResponse) -> AsyncIterator[bytes]:
-        return ProviderChunks(response.chunks(), self.spec.name)
+        return ProviderChunks(response, self.spec.name)
 
 
-class ProviderChunks:
-    """A stream's pieces, the upstream client's failures turned into the gateway's errors (an
-    iterator class rather than an async generator, which mypyc cannot compile)."""
+class ProviderChunks(ChunkSource):
+    """A stream's pieces as the upstream client reads them (no iterator between: a coroutine
+    less per piece), its failures turned into the gateway's errors."""
 
-    __slots__ = ("_pieces", "_provider")
-
-    def __init__(self, pieces: AsyncIterator[bytes], provider: str) -> None:
-        self._pieces = pieces
+    def __init__(self, response: HttpResponse, provider: str) -> None:
+        self._response = response
         self._provider = provider
 
-    def __aiter__(self) -> ProviderChunks:
-        return self
-
-    async def __anext__(self) -> bytes:
+    async def next_chunk(self) -> bytes | None:
         try:
-            return await self._pieces.__anext__()
+            return await self._response.next_piece()
         except HttpError as exc:
             raise upstream_error(self._provider, exc, "broke off the stream", kind="stream_cut") from None
 

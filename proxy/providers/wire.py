@@ -57,3 +57,40 @@ class UpstreamResponse:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+
+class ChunkSource:
+    """A stream's pieces, each from `next_chunk()` and None after the last. The relay awaits
+    it directly: `async for` calls `__anext__` through a generic lookup each time and ends by
+    raising StopAsyncIteration, which in compiled code builds a traceback. Still an async
+    iterator for everything else (translators, tests)."""
+
+    async def next_chunk(self) -> bytes | None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> ChunkSource:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.next_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+
+def chunk_source(chunks: AsyncIterator[bytes]) -> ChunkSource:
+    """`chunks` as a ChunkSource (itself when it is one: the upstream's, a replay)."""
+    return chunks if isinstance(chunks, ChunkSource) else _IteratedChunks(chunks)
+
+
+class _IteratedChunks(ChunkSource):
+    """Any other async iterator of pieces (a translated stream, say)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def next_chunk(self) -> bytes | None:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
