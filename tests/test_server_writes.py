@@ -423,6 +423,15 @@ def keep_alive_for(app, seconds: int) -> tuple[GuardedHttpToolsProtocol, Recordi
     return protocol, transport, state
 
 
+def _answer_once(release: asyncio.Event):
+    """An app that answers once `release` is set."""
+    async def slow(scope, receive, send):
+        await receive()
+        await release.wait()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+    return slow
+
+
 def _answer(app_body: bytes = b"{}"):
     async def app(scope, receive, send):
         await receive()
@@ -454,12 +463,7 @@ async def test_an_idle_connection_closes_when_its_keep_alive_runs_out_after_the_
 
 async def test_a_connection_is_not_closed_while_its_request_is_answered():
     release = asyncio.Event()
-
-    async def slow(scope, receive, send):
-        await receive()
-        await release.wait()
-        await BytesResponse(200, b"{}", [])(scope, receive, send)
-
+    slow = _answer_once(release)
     protocol, transport, state = keep_alive_for(slow, 1)
     protocol.data_received(REQUEST)
     await asyncio.sleep(1.5)  # past a keep-alive: the timer lapses, the connection stays
@@ -505,12 +509,7 @@ async def test_a_shutdown_closes_an_idle_connection_at_once():
 
 async def test_a_shutdown_lets_a_busy_connection_answer_then_close():
     release = asyncio.Event()
-
-    async def slow(scope, receive, send):
-        await receive()
-        await release.wait()
-        await BytesResponse(200, b"{}", [])(scope, receive, send)
-
+    slow = _answer_once(release)
     protocol, transport, state = keep_alive_for(slow, 5)
     protocol.data_received(REQUEST)
     await asyncio.sleep(0.01)
