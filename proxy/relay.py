@@ -19,7 +19,7 @@ from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
 from proxy.providers.base import UpstreamResponse
 from proxy.providers.wire import ChunkSource, chunk_source
-from proxy.server import DISCONNECT_KEY, JOIN_KEY
+from proxy.server import DISCONNECT_KEY, JOIN_KEY, DisconnectHook, JoinedWrites
 
 log = logging.getLogger("switchyard.relay")
 
@@ -71,7 +71,7 @@ class BytesResponse:
         self.headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        joined = _extension(scope, JOIN_KEY)
+        joined = _joined(scope)
         if joined is not None:  # Switchyard's own HTTP protocol (proxy/server.py)
             if await joined.respond(scope, self.status, self.headers, self.body):
                 return
@@ -141,7 +141,7 @@ class StreamRelay:
         self.stream_error = stream_error or _chat_stream_error  # how the surface ends a broken stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hook = _extension(scope, DISCONNECT_KEY)
+        hook = _hook(scope)
         if hook is not None:
             await self._relay_in_place(hook, scope, send)
             return
@@ -161,7 +161,7 @@ class StreamRelay:
             self.outcome = outcome
             self.on_done(outcome)
 
-    async def _relay_in_place(self, hook: Any, scope: Scope, send: Send) -> None:
+    async def _relay_in_place(self, hook: DisconnectHook, scope: Scope, send: Send) -> None:
         """The pump in the request's own task; a lost connection cancels it (no extra tasks)."""
         if self.disconnected is not None:
             self.disconnected.cancel()
@@ -189,7 +189,7 @@ class StreamRelay:
             self.on_done(outcome)
 
     async def _pump(self, scope: Scope, send: Send) -> str:
-        joined = _extension(scope, JOIN_KEY)  # Switchyard's own HTTP protocol writes the stream itself
+        joined = _joined(scope)  # Switchyard's own HTTP protocol writes the stream itself
         if joined is None or not await joined.begin_stream(scope, self.upstream.status, self.headers):
             joined = None
             await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
@@ -264,10 +264,10 @@ class DisconnectWatch:
         self.gone = False
         self._task: asyncio.Task[Any] | None = None
         self._watcher: asyncio.Future[None] | None = None
-        self._hook: Any = None
+        self._hook: DisconnectHook | None = None
 
     def start(self, receive: Receive, scope: Scope) -> None:
-        hook = _extension(scope, DISCONNECT_KEY)
+        hook = _hook(scope)
         self._task = asyncio.current_task(hook.loop if hook is not None else None)
         if hook is not None:
             self._hook = hook
@@ -321,6 +321,19 @@ def _extension(scope: Scope, key: str) -> Any:
     another server."""
     extensions = scope.get("extensions")
     return extensions.get(key) if extensions else None
+
+
+# typed, so that compiled code calls their methods and sets their attributes directly (as Any,
+# each was a generic lookup: a stream's every chunk is written through `stream_chunk_now`)
+
+def _joined(scope: Scope) -> JoinedWrites | None:
+    found = _extension(scope, JOIN_KEY)
+    return found if isinstance(found, JoinedWrites) else None
+
+
+def _hook(scope: Scope) -> DisconnectHook | None:
+    found = _extension(scope, DISCONNECT_KEY)
+    return found if isinstance(found, DisconnectHook) else None
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
