@@ -5,7 +5,7 @@ own work, counted by valgrind's callgrind (which counts instructions, not second
 moves by several percent (the ledger writer's batches and the event loop's polling follow
 timing), the request's own compiled path (the endpoint's call with what it calls) by
 about 0.5%, a few hundred instructions, whatever else the machine does: compare that. It
-serves the requests of loadtest/opcount.py's harness (uvicorn's protocol, one keep-alive
+serves the requests of loadtest/opcount.py's harness (the server's HTTP protocol, one keep-alive
 connection, the real mock upstream over HTTP) under callgrind with instrumentation off,
 warms up, switches it on for the measured requests only (`callgrind_control`), and lists
 per request the total and the compiled functions (inclusive: a function with everything

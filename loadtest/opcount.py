@@ -3,7 +3,7 @@ gateway's own work that does not move with the machine's load.
 
 CPU µs per request on a shared VM moves by a fifth between runs, so a change of 2% cannot
 be seen in `make bench`; the number of bytecode instructions the interpreter runs per
-request does not move at all. This feeds requests to uvicorn's protocol as `switchyard
+request does not move at all. This feeds requests to the server's HTTP protocol as `switchyard
 serve` runs it (one keep-alive connection, the client's socket in memory; the upstream is
 the real mock over HTTP, so the client pool is counted too), warms up, then counts every
 instruction with `sys.settrace` opcode events. C code (orjson, httptools, uvloop, the
@@ -159,7 +159,7 @@ def start_mock(port: int) -> subprocess.Popen[bytes]:
 
 async def through_protocol(app: Any, stream: bool, requests: int, start: Callable[[], None],
                            stop: Callable[[], None]) -> None:
-    """Requests through uvicorn's protocol as `switchyard serve` runs it (its parsing, the
+    """Requests through the server's HTTP protocol as `switchyard serve` runs it (its parsing, the
     ASGI cycle, the head guards, the joined writes), over one keep-alive connection: 300 to
     warm, then `start()`, `requests` measured, `stop()`."""
     lifespan = app.app.router.lifespan_context(app.app)
