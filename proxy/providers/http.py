@@ -60,6 +60,8 @@ from urllib.parse import unquote, urlsplit
 import aiohappyeyeballs
 import httptools
 
+from proxy.providers.wire import ChunkSource
+
 _HIGH_WATER = 256 * 1024  # unread body bytes at which reading from the server pauses
 _LOW_WATER = 64 * 1024  # ... and resumes
 _NO_BODY = frozenset({204, 304})
@@ -762,23 +764,15 @@ class HttpResponse:
             raise timed_out
 
 
-class _Pieces:
-    """`HttpResponse.chunks()`: an iterator class rather than an async generator, which mypyc
-    cannot compile (`make native`)."""
-
-    __slots__ = ("_response",)
+class _Pieces(ChunkSource):
+    """`HttpResponse.chunks()`: a class rather than an async generator, which mypyc cannot
+    compile (`make native`); its async iteration is ChunkSource's."""
 
     def __init__(self, response: HttpResponse) -> None:
         self._response = response
 
-    def __aiter__(self) -> _Pieces:
-        return self
-
-    async def __anext__(self) -> bytes:
-        piece = await self._response.next_piece()
-        if piece is None:
-            raise StopAsyncIteration
-        return piece
+    async def next_chunk(self) -> bytes | None:
+        return await self._response.next_piece()
 
 
 def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:
