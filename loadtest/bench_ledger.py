@@ -137,7 +137,15 @@ def make_row(rid: str, ts: float, teams: int, u: Callable[[], float]) -> Row:
         cost, saved, baseline, round(150 + 4000 * r_lat * r_lat, 3),
         round(80 + 700 * r_ttft, 3) if stream and ok else None,
         experiment, None if experiment is None else "control" if r_var < 0.5 else "treatment",
+        None, None, entry_ref(rid, team_i, model) if ok and cache != "bypass" else None,
     )
+
+
+def entry_ref(rid: str, team_i: int, model: str) -> str:
+    """A cache entry's ledger name (`proxy.cache.service.entry_ref`): the entry's id, then the
+    cache key it was stored under, one per team and model here (`pg_fill_sql`'s the same)."""
+    team, key = f"team-{team_i:02d}", f"{team_i:02d}{model}"
+    return f"{rid}.000000@{hashlib.md5(key.encode()).hexdigest()}{hashlib.md5((model + team).encode()).hexdigest()}"
 
 
 def fill_rows(lo: int, hi: int, t0: float, step: float, teams: int, rnd: random.Random) -> Iterator[Row]:
@@ -184,7 +192,10 @@ def pg_fill_sql(teams: int) -> str:
            round((150 + 4000 * r_lat * r_lat)::numeric, 3)::float8,
            CASE WHEN stream = 1 AND status = 200 THEN round((80 + 700 * r_ttft)::numeric, 3)::float8 END,
            experiment,
-           CASE WHEN experiment IS NOT NULL THEN CASE WHEN r_var < 0.5 THEN 'control' ELSE 'treatment' END END
+           CASE WHEN experiment IS NOT NULL THEN CASE WHEN r_var < 0.5 THEN 'control' ELSE 'treatment' END END,
+           NULL, NULL,
+           CASE WHEN status = 200 AND cache <> 'bypass'
+                THEN id || '.000000@' || md5(lpad(team_i::text, 2, '0') || model) || md5(model || team) END
     FROM (
         SELECT e.*, (coalesce(in_tok, 0) * p_in + coalesce(out_tok, 0) * p_out) / 1e6 AS price
         FROM (
@@ -275,7 +286,8 @@ class Target:
 
 def backend_cpu_s(store: LedgerStore) -> tuple[int | None, float | None]:
     """The PostgreSQL writer connection's server process and the CPU it has used (local servers)."""
-    conn = getattr(store, "_conn", None)
+    opening = getattr(store, "_conn", None)
+    conn = opening.current() if opening is not None else None
     pid = conn.get_server_pid() if conn is not None else None
     if pid is None:
         return None, None

@@ -34,7 +34,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import httptools
 from uvicorn.logging import TRACE_LOG_LEVEL
@@ -58,6 +58,10 @@ class HeadLimits:
 
 DEFAULT_LIMITS = HeadLimits()
 TASK_NAME = "switchyard-request"  # each request's task: named, Python 3.11 formats "Task-<n>" for every one
+_SLASH: Final = ord("/")
+_QUERY: Final = ord("?")  # (`int in bytes` is a plain memchr)
+_FRAGMENT: Final = ord("#")
+_BLANK_BYTES: Final = b" \t"
 _CONTROL = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # what no header may hold (but the joins' CR LF)
 _LENGTH, _ENCODING, _CONNECTION = 1, 2, 4  # header names a response head is rendered knowing about
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -292,6 +296,21 @@ def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:
                for name, value in headers)
 
 
+_LOWERED: Final[dict[bytes, bytes]] = {}  # header names as they came -> lowercased: names repeat
+_MAX_LOWERED: Final = 512  # (names a client makes up are lowercased each time once this is full)
+
+
+def _lowered(name: bytes) -> bytes:
+    """A header name lowercased; remembered (compiled, `bytes.lower()` is a generic method
+    call, about 350 instructions, for each of an SDK's fifteen header lines)."""
+    found = _LOWERED.get(name)
+    if found is None:
+        found = name.lower()
+        if len(_LOWERED) < _MAX_LOWERED:
+            _LOWERED[name] = found
+    return found
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a head that is refused."""
 
@@ -336,6 +355,7 @@ class GuardedHttpToolsProtocol:
         self.server: Any = None
         self.client: Any = None
         self.scheme = "http"
+        self._scope_base: dict[str, Any] = {}  # a request's scope but its headers and state
         self.pipeline: deque[tuple[RequestCycle, Any]] = deque()
         self._joined: JoinedWrites | None = None  # the transport the request cycles write to
         self._idle_deadline: float | None = None  # loop time past which an idle connection closes
@@ -344,6 +364,7 @@ class GuardedHttpToolsProtocol:
         self.headers: list[tuple[bytes, bytes]] = []
         self.url = b""
         self.expect_100_continue = False
+        self._upgrade_named = False  # an Upgrade header came: a WebSocket handshake may follow
         self.cycle: RequestCycle | None = None
         self._hook: DisconnectHook | None = None
         # its head's guard
@@ -363,6 +384,16 @@ class GuardedHttpToolsProtocol:
         self.server = get_local_addr(transport)
         self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
+        # copied for each request (a dict's copy costs a third of building it key by key)
+        self._scope_base = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+        }
         if self.logger.level <= TRACE_LOG_LEVEL:
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", self._peer())
         self._joined = JoinedWrites(transport, self.loop)
@@ -528,19 +559,11 @@ class GuardedHttpToolsProtocol:
 
     def on_message_begin(self) -> None:
         self.url = b""
-        self.expect_100_continue = False
+        self.expect_100_continue = self._upgrade_named = False
         self.headers = []
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": self.root_path,
-            "headers": self.headers,
-            "state": self.app_state.copy(),
-        }
+        scope = self._scope_base.copy()
+        scope["headers"] = self.headers
+        scope["state"] = self.app_state.copy()
         self.scope = scope
 
     def on_url(self, url: bytes) -> None:
@@ -550,10 +573,13 @@ class GuardedHttpToolsProtocol:
         """A header line as uvicorn's protocol keeps it, compiled here: it runs once per line,
         and an SDK's request has about fifteen. Names lowercased; the trailing blanks that
         llhttp leaves are not part of a value (RFC 9110, 5.5)."""
-        name = name.lower()
-        value = value.rstrip(b" \t")
+        name = _lowered(name)
+        if value and value[-1] in _BLANK_BYTES:  # (rare: a method call only then)
+            value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
+        elif name == b"upgrade":
+            self._upgrade_named = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -573,17 +599,23 @@ class GuardedHttpToolsProtocol:
         scope["method"] = parser.get_method().decode("ascii")
         if http_version != "1.1":
             scope["http_version"] = http_version
-        if parser.should_upgrade() and self._should_upgrade():
+        if self._upgrade_named and parser.should_upgrade() and self._should_upgrade():
             return  # data_received hands the connection to the WebSocket protocol
-        parsed: Any = httptools.parse_url(self.url)  # (its stub says bytes where it may be None)
-        raw_path: bytes = parsed.path
+        url = self.url
+        raw_path: bytes
+        query: bytes
+        if url and url[0] == _SLASH and _QUERY not in url and _FRAGMENT not in url:
+            raw_path, query = url, b""  # a plain path (what clients send): nothing to split
+        else:
+            parsed: Any = httptools.parse_url(url)  # (its stub says bytes where it may be None)
+            raw_path, query = parsed.path, parsed.query or b""
         path = raw_path.decode("ascii")
         if "%" in path:
             path = urllib.parse.unquote(path)
         root: str = self.root_path
         scope["path"] = root + path if root else path
         scope["raw_path"] = root.encode("ascii") + raw_path if root else raw_path
-        scope["query_string"] = parsed.query or b""
+        scope["query_string"] = query
         app = self.app
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
@@ -603,7 +635,8 @@ class GuardedHttpToolsProtocol:
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+        if cycle is None or cycle.response_complete or (
+                self._upgrade_named and self.parser.should_upgrade() and self._should_upgrade()):
             return
         if cycle.add_body(body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
@@ -631,7 +664,7 @@ class GuardedHttpToolsProtocol:
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and not (
-                self.parser.should_upgrade() and self._should_upgrade()):
+                self._upgrade_named and self.parser.should_upgrade() and self._should_upgrade()):
             cycle.more_body = False
             cycle.signal()
         self._in_head = True  # what comes next on this connection is the next request's head

@@ -187,7 +187,20 @@ async def test_pipelined_requests_are_answered_in_order():
     assert ours == theirs and ours[0].index(b"\r\n\r\n/a") < ours[0].index(b"\r\n\r\n/bb")
 
 
-async def test_the_scope_is_uvicorns():
+TARGETS = ["/v1/a%20b?q=1&r=%20", "/v1/chat/completions", "/", "//twice//slashes", "/v1/x?", "/v1/x#frag",
+           "/v1/x?q=1#frag", "/a%2Fb%3F?c", "http://example.com/v1/x?y=2", "/%C3%A9t%C3%A9", "/v1/x?q=/a?b"]
+HEAD_LINES = {
+    "mixed case, trailing blanks": b"host: x\r\nX-Up: A \r\nAuthorization: Bearer k\t\r\nX-Two:  a  b  \r\n",
+    "an upgrade that is not a WebSocket": b"host: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n",
+    "empty values": b"host: x\r\nx-empty:\r\nX-BLANK:   \r\n",
+}
+
+
+@pytest.mark.parametrize("lines", list(HEAD_LINES))
+@pytest.mark.parametrize("target", TARGETS)
+async def test_the_scope_is_uvicorns(target, lines):
+    """Path, query and headers as uvicorn's protocol gives them, whichever way they are found
+    (a plain path is taken as it is; anything else goes through httptools' URL parser)."""
     scopes = []
 
     async def app(scope, receive, send):
@@ -196,7 +209,24 @@ async def test_the_scope_is_uvicorns():
         await send({**START, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body"})
 
-    request = b"POST /v1/a%20b?q=1&r=%20 HTTP/1.1\r\nhost: x\r\nX-Up: A \r\ncontent-length: 0\r\n\r\n"
-    await wire(connected, app, request)
-    await wire(uvicorns, app, request)
-    assert scopes[0] == scopes[1] and scopes[0]["path"] == "/v1/a b" and scopes[0]["query_string"] == b"q=1&r=%20"
+    request = b"POST %s HTTP/1.1\r\n%scontent-length: 0\r\n\r\n" % (target.encode(), HEAD_LINES[lines])
+    ours = await wire(connected, app, request)
+    theirs = await wire(uvicorns, app, request)
+    assert ours == theirs
+    assert len(scopes) == 2 and scopes[0] == scopes[1]
+
+
+async def test_header_names_past_the_remembered_ones_are_still_lowercased():
+    names = []
+
+    async def app(scope, receive, send):
+        names.extend(name for name, _ in scope["headers"])
+        await receive()
+        await send({**START, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body"})
+
+    for batch in range(8):  # 800 made-up names: more than the protocol remembers
+        lines = b"".join(b"X-Made-Up-%d-%d: v\r\n" % (batch, i) for i in range(100))
+        await wire(connected, app, b"POST /v1/x HTTP/1.1\r\n%scontent-length: 0\r\n\r\n" % lines)
+    assert len(names) == 800 + 8 and all(name == name.lower() for name in names)
+    assert b"x-made-up-7-99" in names

@@ -280,6 +280,13 @@ class SharedOpening(Generic[Conn]):
             task.add_done_callback(_seen)  # its callers may all have left: no "never retrieved"
         return await asyncio.shield(task)
 
+    def current(self) -> Conn | None:
+        """The connection when one is open, without waiting or opening one."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
     async def take(self, timeout_s: float = 10.0) -> Conn | None:
         """Forget the connection (the next `get` opens another) and return it, waiting up to
         `timeout_s` for an opening under way (then cancelling it: it cleans up after itself)."""

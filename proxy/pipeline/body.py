@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from proxy.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, shown
 from proxy.relay import Receive
@@ -22,17 +21,45 @@ def request_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
 
 
-def request_id(headers: Mapping[str, str]) -> str:
+def request_id(headers: dict[str, str]) -> str:
     given = headers.get("x-request-id")
     if given and _REQUEST_ID.fullmatch(given):
         return given
-    # a random per-process prefix and a counter: unique, and no urandom call per request
-    # (compiled, an f-string's format spec costs three times as much as hex())
-    return _ID_PREFIX + hex(next(_ID_COUNTER))[2:].zfill(12)
+    return _IDS.next_id()
 
 
-_ID_PREFIX = "req_" + os.urandom(10).hex()
-_ID_COUNTER = itertools.count(1)
+class RequestIds:
+    """Request ids: "req_", 20 random hex digits per process and a 12-digit hex counter, so
+    unique without a urandom call per request, and in order (the ledger's id index is
+    appended to, not inserted into). The counter's top 8 digits are rendered once per 65,536
+    ids and the last 4 from a table: compiled, `hex()` and `zfill()` are generic calls, about
+    3,000 instructions a request."""
+
+    __slots__ = ("prefix", "count", "high")
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.count = 0
+        self.high = ""
+        self.reseed()
+
+    def next_id(self) -> str:
+        n = self.count = self.count + 1
+        low = n & 0xFFFF
+        if low == 0 or not self.high:
+            self.high = self.prefix + hex(n >> 16)[2:].zfill(8)
+        return f"{self.high}{_HEX2[low >> 8]}{_HEX2[low & 0xFF]}"
+
+    def reseed(self) -> None:
+        """A fresh prefix (and a forked worker's own: two processes never share one)."""
+        self.prefix = "req_" + os.urandom(10).hex()
+        self.count = 0
+        self.high = ""
+
+
+_HEX2: Final = tuple(f"{i:02x}" for i in range(256))
+_IDS: Final = RequestIds()
+os.register_at_fork(after_in_child=_IDS.reseed)
 
 
 async def read_body(headers: Mapping[str, str], receive: Receive, limit: int,
