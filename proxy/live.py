@@ -32,7 +32,7 @@ from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -50,8 +50,8 @@ WINDOW_S = 60  # seconds of history kept and sent: "spend per minute" is the win
 AUTH_TIMEOUT_S = 10.0  # for the first message, when the key is not in a header
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused key
 TICK_LAG_S = 0.005  # wake just after a second ends, so that second is complete
-NO_TEAM = "-"
-SAMPLES_PER_S = 2048  # latencies kept per second for the percentiles (60 s: at most about 2 MiB)
+NO_TEAM: Final = "-"
+SAMPLES_PER_S: Final = 2048  # latencies kept per second for the percentiles (60 s: at most about 2 MiB)
 
 
 class _Bucket:

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 from proxy import sse
 from proxy.errors import ProxyError, UpstreamError, UpstreamOverloaded, error_event, provider_message
@@ -32,7 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 # upstream response headers worth passing on; the rest describe the provider's account
 # or connection (its own rate limits, cookies, framing) and stay here
-_RELAYED = frozenset({"openai-processing-ms", "openai-version", "retry-after"})
+_RELAYED: Final = frozenset({"openai-processing-ms", "openai-version", "retry-after"})
 
 
 def upstream_headers(upstream: UpstreamResponse) -> Headers:
@@ -46,7 +46,7 @@ def upstream_headers(upstream: UpstreamResponse) -> Headers:
     return out
 
 
-_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_UNSAFE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def header_value(text: str, limit: int = 512) -> bytes:

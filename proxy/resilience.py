@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from proxy.config import CircuitConfig, ResilienceConfig
 from proxy.errors import (
@@ -38,8 +38,10 @@ from proxy.errors import (
 from proxy.providers.base import UpstreamResponse
 from proxy.routing import Decision, Target
 
-CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
-EWMA_ALPHA = 0.2
+CLOSED: Final = "closed"
+HALF_OPEN: Final = "half_open"
+OPEN: Final = "open"
+EWMA_ALPHA: Final = 0.2
 
 
 @dataclass(slots=True)

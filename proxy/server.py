@@ -39,15 +39,15 @@ from typing import Any, Final
 import httptools
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE as UVICORN_STATUS_LINES
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from proxy.cycle import Flow, RequestCycle
 from proxy.errors import error_body
 
 LIMITS_KEY = "switchyard.head_limits"  # in the lifespan state: a LimitsRef
-DISCONNECT_KEY = "switchyard.disconnect"  # in a request scope's extensions: its DisconnectHook
-JOIN_KEY = "switchyard.join"  # ... and its connection's JoinedWrites
+DISCONNECT_KEY: Final = "switchyard.disconnect"  # in a request scope's extensions: its DisconnectHook
+JOIN_KEY: Final = "switchyard.join"  # ... and its connection's JoinedWrites
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +58,16 @@ class HeadLimits:
 
 DEFAULT_LIMITS = HeadLimits()
 TASK_NAME = "switchyard-request"  # each request's task: named, Python 3.11 formats "Task-<n>" for every one
+_STATUS_LINES: Final[dict[int, bytes]] = UVICORN_STATUS_LINES  # (a name of this module: compiled, a static)
 _SLASH: Final = ord("/")
 _QUERY: Final = ord("?")  # (`int in bytes` is a plain memchr)
 _FRAGMENT: Final = ord("#")
 _BLANK_BYTES: Final = b" \t"
-_CONTROL = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # what no header may hold (but the joins' CR LF)
-_LENGTH, _ENCODING, _CONNECTION = 1, 2, 4  # header names a response head is rendered knowing about
+_CONTROL: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # what no header may hold (but the joins' CR LF)
+# header names a response head is rendered knowing about
+_LENGTH: Final = 1
+_ENCODING: Final = 2
+_CONNECTION: Final = 4
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -215,7 +219,7 @@ class JoinedWrites:
         content-length, transfer-encoding and connection the headers name (compared name by
         name as the lines are joined: a search of the rendered head cost a method call with
         parsed arguments, about 3,000 instructions, for each of up to three names)."""
-        if (cycle is None or cycle.scope is not scope or cycle.response_started or status not in STATUS_LINE
+        if (cycle is None or cycle.scope is not scope or cycle.response_started or status not in _STATUS_LINES
                 or scope["method"] == "HEAD"):
             return None
         defaults = cycle.default_headers
@@ -223,7 +227,7 @@ class JoinedWrites:
         if not count:
             return None
         # one join of every piece: a join per header line made a dozen short-lived objects
-        parts = [STATUS_LINE[status], _DEFAULT_LINES.of(defaults)]
+        parts = [_STATUS_LINES[status], _DEFAULT_LINES.of(defaults)]
         framing = 0
         for name, value in headers:
             if name == b"content-length":
@@ -288,7 +292,7 @@ class _DefaultLines:
         return self.lines
 
 
-_DEFAULT_LINES = _DefaultLines()
+_DEFAULT_LINES: Final = _DefaultLines()
 
 
 def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:

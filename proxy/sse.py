@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -34,7 +34,8 @@ DONE = b"data: [DONE]\n\n"
 _LINE_ENDS = re.compile(rb"(?:\r\n?+|\n)++")  # a run of line ends (at the start of an event)
 _SEPARATOR = re.compile(rb"(?:\r\n?+|\n)(?:\r\n?+|\n)++")  # a run holding a blank line: an event's end
 _LF_SEPARATOR = re.compile(rb"\n\n+")  # the same where there is no CR (found by a fast literal search)
-_CR, _LF = ord("\r"), ord("\n")  # `int in bytes` is a plain memchr, `bytes in bytes` a slower search
+_CR: Final = ord("\r")  # `int in bytes` is a plain memchr, `bytes in bytes` a slower search
+_LF: Final = ord("\n")
 
 
 def encode(obj: Any) -> bytes:
@@ -105,7 +106,7 @@ def blank_prefix(events: bytes) -> int:
 # The endings of a buffer whose last two line ends come one right after the other, so that
 # it ends with a blank line: (LF or CRLF) LF, CR CR, (LF or CRLF) CR, CR CRLF, (LF or CRLF)
 # CRLF. A CR at the very end may yet get its LF: the blank line is there either way.
-_ENDS_AT_BLANK_LINE = (b"\n\n", b"\r\r", b"\n\r", b"\r\r\n", b"\n\r\n")
+_ENDS_AT_BLANK_LINE: Final = (b"\n\n", b"\r\r", b"\n\r", b"\r\r\n", b"\n\r\n")
 
 
 def _ends_at_blank_line(buf: bytes) -> bool:

@@ -10,16 +10,18 @@ one chunk has, and split and parse events only when it is there.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from proxy import sse
 
-_USAGE_KEY = b'"usage"'  # a usage object is this key, blanks, a colon, blanks and "{"
-_COLON, _BRACE = ord(":"), ord("{")
-_BLANKS = b" \t\n\r\f\v"  # what a regular expression's \\s matches in bytes
-_CR, _LF = ord("\r"), ord("\n")  # `int in bytes` is a plain memchr
+_USAGE_KEY: Final = b'"usage"'  # a usage object is this key, blanks, a colon, blanks and "{"
+_COLON: Final = ord(":")
+_BRACE: Final = ord("{")
+_BLANKS: Final = b" \t\n\r\f\v"  # what a regular expression's \\s matches in bytes
+_CR: Final = ord("\r")  # `int in bytes` is a plain memchr
+_LF: Final = ord("\n")
 
 
 MAX_COUNT = 2**53  # past this no provider means a count: no float holds it exactly, no ledger column at all

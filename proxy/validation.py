@@ -6,13 +6,13 @@ Each failure names the offending field in `param`, as OpenAI does.
 from __future__ import annotations
 
 import re
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import orjson
 
 from proxy.errors import InvalidRequest, shown
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 # a name a client chooses (model, user) travels into response headers, log lines, metric
 # labels, Redis keys and error messages: printable, and of a sane length

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -145,7 +145,7 @@ class CachePolicy:
         return self.lookup or self.store
 
 
-BYPASS = CachePolicy(False, False, None, 0)
+BYPASS: Final = CachePolicy(False, False, None, 0)
 
 
 def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: bool,

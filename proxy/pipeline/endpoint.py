@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -62,7 +62,7 @@ from proxy.validation import check_name, parse_json_object
 log = logging.getLogger("switchyard.proxy")
 
 Response = BytesResponse | StreamRelay
-NOTHING_READ = Inbound(None, False, None)  # a call's body until it is read
+NOTHING_READ: Final = Inbound(None, False, None)  # a call's body until it is read
 _RNG = random.Random()
 
 
@@ -572,8 +572,8 @@ def _parse_answer(raw: bytes) -> dict[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
-_USD_TEXT: dict[float, bytes] = {}  # amounts repeat (the same tokens, the same cached entry)
-MAX_USD_TEXTS = 4096
+_USD_TEXT: Final[dict[float, bytes]] = {}  # amounts repeat (the same tokens, the same cached entry)
+MAX_USD_TEXTS: Final = 4096
 
 
 def _usd(amount: float) -> bytes:

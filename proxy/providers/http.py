@@ -54,7 +54,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
@@ -786,8 +786,8 @@ def _decoder(headers: list[tuple[str, str]]) -> zlib._Decompress | None:
     return None
 
 
-_CLEAN_NAMES: set[str] = set()  # header names seen to hold no colon or line break
-MAX_CLEAN_NAMES = 4096
+_CLEAN_NAMES: Final[set[str]] = set()  # header names seen to hold no colon or line break
+MAX_CLEAN_NAMES: Final = 4096
 
 
 def _request_head(method: str, target: str, fields: bytes, headers: dict[str, str] | Iterable[tuple[str, str]],

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from proxy.pipeline.record import RequestRecord, ms, tries
 from proxy.telemetry.logs import money
 
-log = logging.getLogger("switchyard.access")
+log: Final = logging.getLogger("switchyard.access")
 
 
-_HEAD = ("ts", "level", "logger")  # a JSON line's first keys; the logging formatter adds its own
+_HEAD: Final = ("ts", "level", "logger")  # a JSON line's first keys; the logging formatter adds its own
 
 
 def fields(record: RequestRecord, ts: str = "") -> dict[str, Any]:
@@ -104,8 +104,8 @@ class BufferedJsonLines:
             pass
 
 
-_second: list[Any] = [-1, ""]  # the formatted whole second, reused for every line within it
-_MILLIS = [f".{n:03d}Z" for n in range(1000)]  # a line's ".mmmZ", looked up instead of formatted
+_second: Final[list[Any]] = [-1, ""]  # the formatted whole second, reused for every line within it
+_MILLIS: Final = [f".{n:03d}Z" for n in range(1000)]  # a line's ".mmmZ", looked up instead of formatted
 
 
 def _utc_now() -> str:
