@@ -79,6 +79,10 @@ class Team:
     name: str
     default_model: str | None
     models: tuple[Glob, ...] | None  # None: every name is allowed
+    # the team's BudgetConfig and LimitsConfig (or None), read here on the request path:
+    # compiled, an attribute of the pydantic config is a generic lookup, ~370 instructions
+    budget: Any = None
+    limits: Any = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or any_glob(self.models, model)
@@ -205,6 +209,10 @@ class Snapshot:
     # a key that matched -> its team: the same few keys on every request, hashed once per
     # snapshot (a reload starts afresh); keys that match nothing are hashed every time
     key_teams: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # what accounting reads per request, as plain fields (see Team.budget)
+    team_index: dict[str, Team] = field(default_factory=dict, compare=False, repr=False)  # `teams` as a dict
+    baseline_model: str | None = None  # accounting.baseline_model
+    timezone: str = "UTC"  # accounting.timezone
 
     def team_for_key(self, key: str) -> Team | None:
         name = self.key_teams.get(key)
@@ -261,6 +269,8 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
             name=name,
             default_model=t.default_model,
             models=None if t.models is None else tuple(Glob.compile(m) for m in t.models),
+            budget=t.budget,
+            limits=t.limits,
         )
         for name, t in config.teams.items()
     }
@@ -288,6 +298,9 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         loaded_at=time.time(),
         config=config,
         teams=MappingProxyType(teams),
+        team_index=teams,
+        baseline_model=config.accounting.baseline_model,
+        timezone=config.accounting.timezone,
         key_index=MappingProxyType(key_index),
         admin_key_hashes=admin,
         routes=routes,

@@ -695,6 +695,29 @@ async def test_a_reload_that_lowers_the_budget_below_the_spend_raises_the_alert(
     assert 0 < int(refused.headers["retry-after"]) <= 86400
 
 
+async def test_a_reload_that_gives_a_team_terms_applies_them_to_the_next_request(tmp_path, app_client):
+    """The terms accounting reads per request (a team's budget and limits, the baseline
+    model) come from the serving snapshot: a reload that adds them holds the next request to them."""
+    text = config().replace("accounting: {baseline_model: mock/expensive}", "accounting: {}")
+    client = await app_client(text)
+    try:
+        before = await client.post("/v1/chat/completions", json=chat_body(text="a"), headers=AUTH)
+        assert before.status_code == 200 and "x-ratelimit-limit-requests" not in before.headers
+        budget = float(before.headers["x-switchyard-cost-usd"]) * 1.5  # room for one more such request
+        (tmp_path / "proxy.yaml").write_text(config(budget=f"budget: {{daily_usd: {budget:.8f}}}",
+                                                    limits="limits: {rpm: 5}"))
+        assert (await client.post("/admin/reload", headers=ADMIN_AUTH)).json()["result"] == "ok"
+        after = await client.post("/v1/chat/completions", json=chat_body(text="b"), headers=AUTH)
+        assert after.status_code == 200 and after.headers["x-ratelimit-limit-requests"] == "5"
+        refused = await client.post("/v1/chat/completions", json=chat_body(text="c"), headers=AUTH)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    finally:
+        await client.aclose()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        baselines = [row[0] for row in db.execute("SELECT baseline_usd FROM requests WHERE status = 200 ORDER BY ts")]
+    assert baselines[0] is None and baselines[1] > 0  # the baseline model came with the reload
+
+
 async def test_budget_edge_under_concurrency_overshoots_by_at_most_one_request(app_client):
     client = await app_client(config(budget="budget: {daily_usd: 0.2}"))
     first = await client.post("/v1/chat/completions", json=chat_body(text="warm"), headers=AUTH)

@@ -200,9 +200,10 @@ class Accounting:
         now = time.time()
         cached = self._periods
         # the day's keys hold until midnight: compute them once a day, not per request
-        if cached is None or not cached[1] <= now < cached[2] or cached[3] != self.snapshot.config.accounting.timezone:
+        zone = self.snapshot.timezone
+        if cached is None or not cached[1] <= now < cached[2] or cached[3] != zone:
             p = periods_at(now, self.zone())
-            self._periods = cached = (p, p.day_start, p.day_end, self.snapshot.config.accounting.timezone)
+            self._periods = cached = (p, p.day_start, p.day_end, zone)
         p = cached[0]
         return Periods(p.day, p.month, p.day_start, p.month_start, p.month_end, now, p.day_end)
 
@@ -212,7 +213,7 @@ class Accounting:
                     estimate: float = 0.0) -> list[tuple[bytes, bytes]]:
         """Rate limits, then budget; the rate-limit headers for the response. `estimate`:
         what the request may cost, held against a shared budget until it ends."""
-        team = snapshot.config.teams.get(record.team or "")
+        team = snapshot.team_index.get(record.team or "")
         if team is None or (team.limits is None and team.budget is None):
             return []
         if not self._ready:
@@ -250,7 +251,7 @@ class Accounting:
         """Everything a finished request leaves behind, none of it awaited."""
         if record.team is None:
             return  # not a team's request (refused before auth): nothing to attribute
-        team = snapshot.config.teams.get(record.team)
+        team = snapshot.team_index.get(record.team)
         if record.budget_held:
             self.budgets.release(record.team, record.cost_usd)
         settled = record.reservation is not None and isinstance(self.counters, RedisSpendCounters)
@@ -258,7 +259,7 @@ class Accounting:
             self.budgets.observed(record.team, record.cost_usd)
             assert isinstance(self.counters, RedisSpendCounters) and record.reservation is not None
             spawn(self.counters.settle(record.team, record.reservation, record.cost_usd or 0.0, record.request_id))
-        baseline = snapshot.config.accounting.baseline_model
+        baseline = snapshot.baseline_model
         if baseline and record.usage is not None:
             record.baseline_usd = snapshot.prices.cost(baseline, record.usage)
         if self.writer is not None:

@@ -254,7 +254,7 @@ class ProxyEndpoint:
         if accounting is None or team is None or decision is None:
             return
         estimate = 0.0
-        if call.snapshot.config.teams[team.name].budget is not None:
+        if team.budget is not None:
             estimate = call.snapshot.prices.estimate(decision.target.name, len(call.raw), call.inbound.output_cap)
         call.out += await accounting.admit(call.record, call.snapshot, estimate)
 
