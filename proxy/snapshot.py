@@ -212,6 +212,7 @@ class Snapshot:
     # what accounting reads per request, as plain fields (see Team.budget)
     team_index: dict[str, Team] = field(default_factory=dict, compare=False, repr=False)  # `teams` as a dict
     baseline_model: str | None = None  # accounting.baseline_model
+    resilience: Any = None  # config.resilience (one lookup less for each of its reads)
     timezone: str = "UTC"  # accounting.timezone
 
     def team_for_key(self, key: str) -> Team | None:
@@ -300,6 +301,7 @@ def compile_snapshot(loaded: LoadedConfig, *, source: str, digest: str, generati
         teams=MappingProxyType(teams),
         team_index=teams,
         baseline_model=config.accounting.baseline_model,
+        resilience=config.resilience,
         timezone=config.accounting.timezone,
         key_index=MappingProxyType(key_index),
         admin_key_hashes=admin,

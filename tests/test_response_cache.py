@@ -155,6 +155,20 @@ def test_request_policy(backend, route_enabled, route_ttl, header, lookup, store
     assert (policy.lookup, policy.store, policy.max_age, policy.ttl_s) == (lookup, store, max_age, ttl)
 
 
+@settings(max_examples=300, deadline=None)
+@given(backend=st.sampled_from(["off", "memory", "redis"]), ttl_s=st.integers(1, 10**6),
+       route_ttl=st.none() | st.integers(0, 10**6), route_enabled=st.booleans(),
+       header=st.none() | st.sampled_from(["no-cache", "no-store", "max-age=7", "private", ""]))
+def test_a_caches_policy_is_request_policy_of_its_settings(backend, ttl_s, route_ttl, route_enabled, header):
+    """The policy a cache gives each request (a plain request's remembered per TTL) is what
+    `request_policy` says for its settings, asked again and again."""
+    settings_ = CacheConfig(backend=backend, ttl_s=ttl_s)
+    cache = cache_module.ResponseCache(settings_, MemoryBackend(10))
+    expected = request_policy(settings_, route_ttl, route_enabled, header)
+    assert cache.policy(route_ttl, route_enabled, header) == expected
+    assert cache.policy(route_ttl, route_enabled, header) == expected
+
+
 async def test_a_memory_hit_is_decoded_once_and_a_replaced_value_never_served_stale():
     cache = cache_module.ResponseCache(CacheConfig(backend="memory"), MemoryBackend(100))
     first = Entry("p/m", time.time(), None, b'{"n":1}', "a")

@@ -180,11 +180,27 @@ class ResponseCache:
         # decoded entries by the identity of the stored value (a backend that keeps objects):
         # a hot entry is decoded once, not on every hit
         self._decoded: dict[int, tuple[bytes, Entry]] | None = {} if backend.keeps_objects else None
+        # what every request reads, as plain fields (compiled, a pydantic attribute is a generic lookup)
+        self._off = settings.backend == "off"
+        self._ttl_s = settings.ttl_s
+        self._scope_team = settings.scope == "team"
+        self._key_prefix = settings.key_prefix
+        self._plain: dict[int, CachePolicy] = {}  # by TTL: the policy of a request without Cache-Control
+
+    def policy(self, route_ttl: int | None, route_enabled: bool, cache_control: str | None) -> CachePolicy:
+        """`request_policy` for this cache's settings."""
+        if cache_control is not None or not route_enabled or self._off:
+            return request_policy(self.settings, route_ttl, route_enabled, cache_control)
+        ttl = route_ttl or self._ttl_s
+        plain = self._plain.get(ttl)
+        if plain is None:  # (one per TTL the config names: bounded)
+            plain = self._plain[ttl] = CachePolicy(True, True, None, ttl)
+        return plain
 
     def key(self, *, team: str, target: str, endpoint: str, body: Mapping[str, Any]) -> str:
         # "team=" keeps a team that happens to be called "shared" out of the shared scope
-        scope = f"team={team}" if self.settings.scope == "team" else "shared"
-        return cache_key(scope=scope, target=target, endpoint=endpoint, body=body, prefix=self.settings.key_prefix)
+        scope = f"team={team}" if self._scope_team else "shared"
+        return cache_key(scope=scope, target=target, endpoint=endpoint, body=body, prefix=self._key_prefix)
 
     async def lookup(self, key: str, max_age: float | None) -> Entry | Tombstone | None:
         """The entry to answer with; its tombstone when feedback invalidated it; else None."""

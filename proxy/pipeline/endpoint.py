@@ -28,7 +28,7 @@ import orjson
 
 from proxy.accounting.pricing import warn_unpriced
 from proxy.auth import authenticate
-from proxy.cache.service import BYPASS, CachePolicy, Entry, Tombstone, entry_ref, new_entry_id, request_policy
+from proxy.cache.service import BYPASS, CachePolicy, Entry, Tombstone, entry_ref, new_entry_id
 from proxy.dialects.base import Dialect, Inbound
 from proxy.errors import ClientDisconnected, InvalidRequest, ProxyError, shown
 from proxy.forwarding import forwarded
@@ -265,8 +265,7 @@ class ProxyEndpoint:
         assert decision is not None and team is not None
         if cache is not None:
             route = call.snapshot.routes[decision.route_index]
-            call.policy = request_policy(cache.settings, route.cache_ttl_s, route.cache_enabled,
-                                         call.headers.get("cache-control"))
+            call.policy = cache.policy(route.cache_ttl_s, route.cache_enabled, call.headers.get("cache-control"))
         if cache is not None and call.policy.used:
             call.key = cache.key(team=team.name, target=decision.target.name, endpoint=self.dialect.endpoint,
                                  body=call.body)
@@ -308,9 +307,9 @@ class ProxyEndpoint:
         decision, record, snapshot = call.decision, call.record, call.snapshot
         assert decision is not None
         call.strip = call.inbound.stream and self.dialect.request_usage(call.body)
-        if self._telemetry.settings.capture_content:
+        if self._telemetry.capture_content:
             record.prompt = call.body.get("messages", call.body.get("input"))
-        settings = snapshot.config.resilience
+        settings = snapshot.resilience
         attempts: list[Attempt] = []
         record.attempts = attempts  # filled as the tries happen (spans read the last one)
 
@@ -376,7 +375,7 @@ class ProxyEndpoint:
         if upstream.chunks is not None:
             return self._relay_stream(call, target_name, upstream, storable, latency)
         await upstream.close()
-        settings = snapshot.config.resilience
+        settings = snapshot.resilience
         if upstream.status < 500:
             self._health.succeeded(target_name, latency, settings.circuit)
         failure = upstream_failure(target.provider, upstream)
@@ -415,7 +414,7 @@ class ProxyEndpoint:
     def _relay_stream(self, call: Call, target_name: str, upstream: UpstreamResponse, storable: bool,
                       latency: float) -> StreamRelay:
         record, snapshot, cache = call.record, call.snapshot, call.active.cache
-        settings = snapshot.config.resilience
+        settings = snapshot.resilience
         # the chat assembler does not rebuild logprobs: such an answer would be stored incomplete
         storable = storable and not call.body.get("logprobs")
         remembers = self._remembers(call)

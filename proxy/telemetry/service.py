@@ -34,6 +34,9 @@ class Telemetry:
         self.live: LiveStats = LiveStats()  # per-second numbers for /admin/live
         self.tracing: Tracing | None = None
         self.settings = TelemetryConfig()
+        # read per request: plain fields (compiled, a pydantic attribute is a generic lookup)
+        self.capture_content = self.settings.capture_content
+        self.access_log = self.settings.access_log
         self._endpoint: str | None = None
         self._lines: access_log.BufferedJsonLines | None = None
 
@@ -54,6 +57,7 @@ class Telemetry:
             != (self.settings.service_name, self.settings.sample_ratio, self.settings.capture_content)
         )
         self.settings = settings
+        self.capture_content, self.access_log = settings.capture_content, settings.access_log
         if not tracing_changed:
             return
         old, self.tracing, self._endpoint = self.tracing, None, endpoint
@@ -90,7 +94,7 @@ class Telemetry:
             self.tracing.finish(record)
         if self._lines is not None:
             self._lines.write(record)
-        elif self.settings.access_log:
+        elif self.access_log:
             access_log.write(record)
 
     async def aclose(self) -> None:
