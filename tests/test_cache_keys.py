@@ -164,6 +164,17 @@ def test_key_layout_is_prefix_scope_target_digest(body, scope, target):
     assert len(parts[2]) == 64 and all(c in "0123456789abcdef" for c in parts[2])
 
 
+def test_names_are_escaped_alike_past_the_remembered_ones():
+    """Scopes and targets are escaped from a bounded memo; names past its bound are escaped
+    the same way, every time."""
+    names = [f"p{i}/m:{i}%{i}" for i in range(2500)]
+    for _ in range(2):
+        for name in names:
+            k = cache_key(scope=name, target=name, endpoint="chat/completions", body={"messages": []})
+            escaped = name.replace("%", "%25").replace(":", "%3A")
+            assert k.startswith(f"{PREFIX}c:{escaped}:{escaped}:")
+
+
 @FAST
 @given(bodies)
 def test_endpoint_separates_keys(body):

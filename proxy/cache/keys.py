@@ -7,16 +7,15 @@ answer. Fields that only change delivery or bookkeeping are left out.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from proxy.key_hash import sha256_hex
 
 # fields that never change the answer: how it is delivered, and who is billed or tagged
-IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
+IGNORED_FIELDS: Final = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
 
 PREFIX = "sy:"  # cache.key_prefix's default; cache keys then start with sy:c:
 
@@ -44,10 +43,20 @@ def purge_pattern(*, scope: str | None, model: str | None, prefix: str = PREFIX)
     return f"{_glob_escape(prefix)}c:{scope_part}:{target_part}:*"
 
 
-@functools.lru_cache(maxsize=1024)  # a few scopes and targets, on every cached request
 def _safe(text: str) -> str:
-    # ':' separates key parts; model names may contain it (llama3:8b)
-    return text.replace("%", "%25").replace(":", "%3A")
+    """`text` with ':' (which separates key parts; model names may hold it: llama3:8b) and
+    '%' escaped. Remembered: a few scopes and targets, on every cached request (compiled,
+    a dict lookup; an lru_cache wrapper was a generic call each, twice a key)."""
+    found = _SAFE.get(text)
+    if found is None:
+        found = text.replace("%", "%25").replace(":", "%3A")
+        if len(_SAFE) < MAX_SAFE:
+            _SAFE[text] = found
+    return found
+
+
+_SAFE: Final[dict[str, str]] = {}
+MAX_SAFE: Final = 1024
 
 
 def _glob_escape(text: str) -> str:

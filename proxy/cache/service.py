@@ -24,11 +24,13 @@ from proxy.tasks import spawn
 
 log = logging.getLogger("switchyard.cache")
 
-COMPRESS_OVER = 2048
-HITS_EVERY_S = 0.1  # hits are gathered in-process and counted in one backend call this often
+COMPRESS_OVER: Final = 2048
+HITS_EVERY_S: Final = 0.1  # hits are gathered in-process and counted in one backend call this often
 DECODED_KEEP = 256  # decoded entries kept for a backend that keeps objects (values it holds anyway)
-MAX_PENDING_HITS = 10_000  # distinct entries gathered at most; hits on others wait for the next batch
-_PLAIN, _ZLIB, _TOMBSTONE = b"j", b"z", b"x"
+MAX_PENDING_HITS: Final = 10_000  # distinct entries gathered at most; hits on others wait for the next batch
+_PLAIN: Final = b"j"
+_ZLIB: Final = b"z"
+_TOMBSTONE: Final = b"x"
 
 
 @dataclass(frozen=True, slots=True)
