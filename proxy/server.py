@@ -302,15 +302,16 @@ def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:
 
 _LOWERED: Final[dict[bytes, bytes]] = {}  # header names as they came -> lowercased: names repeat
 _MAX_LOWERED: Final = 512  # (names a client makes up are lowercased each time once this is full)
+_MAX_LOWERED_NAME: Final = 64  # bytes: longer names are not kept (512 of them could hold 30 MiB)
 
 
 def _lowered(name: bytes) -> bytes:
-    """A header name lowercased; remembered (compiled, `bytes.lower()` is a generic method
-    call, about 350 instructions, for each of an SDK's fifteen header lines)."""
+    """A header name lowercased; remembered when short (compiled, `bytes.lower()` is a
+    generic method call, about 350 instructions, for each of an SDK's fifteen header lines)."""
     found = _LOWERED.get(name)
     if found is None:
         found = name.lower()
-        if len(_LOWERED) < _MAX_LOWERED:
+        if len(_LOWERED) < _MAX_LOWERED and len(name) <= _MAX_LOWERED_NAME:
             _LOWERED[name] = found
     return found
 

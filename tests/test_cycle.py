@@ -230,3 +230,22 @@ async def test_header_names_past_the_remembered_ones_are_still_lowercased():
         await wire(connected, app, b"POST /v1/x HTTP/1.1\r\n%scontent-length: 0\r\n\r\n" % lines)
     assert len(names) == 800 + 8 and all(name == name.lower() for name in names)
     assert b"x-made-up-7-99" in names
+
+
+async def test_long_header_names_are_not_remembered():
+    """A client's made-up names fill the memo at most with short ones: 512 names of 60 KB
+    each would otherwise stay in memory for the process's life."""
+    from proxy import server
+
+    names = []
+
+    async def app(scope, receive, send):
+        names.extend(name for name, _ in scope["headers"])
+        await receive()
+        await send({**START, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body"})
+
+    long_name = b"X-" + b"Long" * 2000
+    await wire(connected, app, b"POST /v1/x HTTP/1.1\r\n%s: v\r\ncontent-length: 0\r\n\r\n" % long_name)
+    assert long_name.lower() in names
+    assert all(len(name) <= 64 for name in server._LOWERED)
