@@ -216,18 +216,21 @@ async def test_the_scope_is_uvicorns(target, lines):
     assert len(scopes) == 2 and scopes[0] == scopes[1]
 
 
-async def test_header_names_past_the_remembered_ones_are_still_lowercased():
-    names = []
-
+def names_heard(names: list[bytes]):
+    """An app that notes the request's header names and answers with an empty body."""
     async def app(scope, receive, send):
         names.extend(name for name, _ in scope["headers"])
         await receive()
         await send({**START, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body"})
+    return app
 
+
+async def test_header_names_past_the_remembered_ones_are_still_lowercased():
+    names: list[bytes] = []
     for batch in range(8):  # 800 made-up names: more than the protocol remembers
         lines = b"".join(b"X-Made-Up-%d-%d: v\r\n" % (batch, i) for i in range(100))
-        await wire(connected, app, b"POST /v1/x HTTP/1.1\r\n%scontent-length: 0\r\n\r\n" % lines)
+        await wire(connected, names_heard(names), b"POST /v1/x HTTP/1.1\r\n%scontent-length: 0\r\n\r\n" % lines)
     assert len(names) == 800 + 8 and all(name == name.lower() for name in names)
     assert b"x-made-up-7-99" in names
 
@@ -237,15 +240,8 @@ async def test_long_header_names_are_not_remembered():
     each would otherwise stay in memory for the process's life."""
     from proxy import server
 
-    names = []
-
-    async def app(scope, receive, send):
-        names.extend(name for name, _ in scope["headers"])
-        await receive()
-        await send({**START, "headers": [(b"content-length", b"0")]})
-        await send({"type": "http.response.body"})
-
+    names: list[bytes] = []
     long_name = b"X-" + b"Long" * 2000
-    await wire(connected, app, b"POST /v1/x HTTP/1.1\r\n%s: v\r\ncontent-length: 0\r\n\r\n" % long_name)
+    await wire(connected, names_heard(names), b"POST /v1/x HTTP/1.1\r\n%s: v\r\ncontent-length: 0\r\n\r\n" % long_name)
     assert long_name.lower() in names
     assert all(len(name) <= 64 for name in server._LOWERED)
