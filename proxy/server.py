@@ -482,6 +482,11 @@ class GuardedHttpToolsProtocol:
 
     # --- WebSocket upgrades: uvicorn's
 
+    def _upgrading(self) -> bool:
+        """The request asks for a WebSocket this server can take: only asked of the parser
+        when an Upgrade header came (without one, `_should_upgrade` is False anyway)."""
+        return self._upgrade_named and self.parser.should_upgrade() and self._should_upgrade()
+
     def _should_upgrade(self) -> bool:
         if self.ws_protocol_class is None:
             return False
@@ -604,7 +609,7 @@ class GuardedHttpToolsProtocol:
         scope["method"] = parser.get_method().decode("ascii")
         if http_version != "1.1":
             scope["http_version"] = http_version
-        if self._upgrade_named and parser.should_upgrade() and self._should_upgrade():
+        if self._upgrading():
             return  # data_received hands the connection to the WebSocket protocol
         url = self.url
         raw_path: bytes
@@ -640,8 +645,7 @@ class GuardedHttpToolsProtocol:
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or (
-                self._upgrade_named and self.parser.should_upgrade() and self._should_upgrade()):
+        if cycle is None or cycle.response_complete or self._upgrading():
             return
         if cycle.add_body(body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
@@ -668,8 +672,7 @@ class GuardedHttpToolsProtocol:
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and not (
-                self._upgrade_named and self.parser.should_upgrade() and self._should_upgrade()):
+        if cycle is not None and not cycle.response_complete and not self._upgrading():
             cycle.more_body = False
             cycle.signal()
         self._in_head = True  # what comes next on this connection is the next request's head

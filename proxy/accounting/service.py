@@ -273,7 +273,7 @@ class Accounting:
             self.limiter.charge(record.team, record.user, team.limits, sum(record.tokens()))
 
     def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.snapshot.config.accounting.timezone)
+        return ZoneInfo(self.snapshot.timezone)
 
     # --- alerts: once per team, period and threshold
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
@@ -155,8 +154,8 @@ def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: 
     """Combine the config, the route's override and the client's Cache-Control header."""
     if settings.backend == "off" or not route_enabled:
         return BYPASS
-    if cache_control is None:  # nearly every request
-        return _plain_policy(route_ttl or settings.ttl_s)
+    if cache_control is None:  # (ResponseCache.policy remembers these per TTL)
+        return CachePolicy(True, True, None, route_ttl or settings.ttl_s)
     lookup, store, max_age = True, True, None
     for directive in cache_control.lower().split(","):
         name, _, value = directive.strip().partition("=")
@@ -167,11 +166,6 @@ def request_policy(settings: CacheConfig, route_ttl: int | None, route_enabled: 
         elif name == "max-age" and value.strip().isdigit():
             max_age = float(value.strip())
     return CachePolicy(lookup, store, max_age, route_ttl or settings.ttl_s)
-
-
-@functools.lru_cache(maxsize=64)
-def _plain_policy(ttl_s: int) -> CachePolicy:
-    return CachePolicy(True, True, None, ttl_s)
 
 
 class ResponseCache:
