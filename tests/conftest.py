@@ -1,9 +1,11 @@
 """Suite-wide fixtures: the in-process app behind an httpx client (`app_client`), and the
-shared test Redis left as it was found."""
+shared test Redis left as it was found. And a socket left open is named with the test
+that opened it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from asyncio import selector_events
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +56,31 @@ def clean_test_redis() -> Iterator[None]:
         client.close()
     except redis.RedisError:  # the tests that needed it have failed loudly already
         pass
+
+
+# A socket a test leaves open is found by the garbage collector later, in whichever test
+# happens to be running then: its "unclosed transport" ResourceWarning (an error here) fails
+# that test, not the one that leaked it. Each asyncio transport remembers the test that made
+# it and says so in its repr, which is what the warning prints.
+_running = ["(no test)"]
+_transport_init = selector_events._SelectorTransport.__init__
+_transport_repr = selector_events._SelectorTransport.__repr__
+
+
+def _init_noting_the_test(self: Any, *args: Any, **kwargs: Any) -> None:
+    _transport_init(self, *args, **kwargs)
+    self._opened_in = _running[0]
+
+
+def _repr_naming_the_test(self: Any) -> str:
+    return f"{_transport_repr(self)[:-1]} opened in {getattr(self, '_opened_in', '?')}>"
+
+
+selector_events._SelectorTransport.__init__ = _init_noting_the_test  # type: ignore[method-assign]
+selector_events._SelectorTransport.__repr__ = _repr_naming_the_test  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    _running[0] = item.nodeid
+    yield

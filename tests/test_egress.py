@@ -499,6 +499,7 @@ class ConnectProxy:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
+        up_writer: asyncio.StreamWriter | None = None
         try:
             seen = await read_head(reader)
             if seen is None:
@@ -524,6 +525,8 @@ class ConnectProxy:
         finally:
             self.tasks.discard(task)
             writer.close()
+            if up_writer is not None:  # the pipes close it too, unless cancelled before they began
+                up_writer.close()
 
     async def _answer(self, writer: asyncio.StreamWriter, status: str, extra: str = "") -> None:
         body = b"no entry"
