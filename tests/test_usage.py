@@ -305,7 +305,8 @@ def test_milliseconds_never_show_more_than_three_decimals(seconds: float) -> Non
 _USAGE_OBJECT_SPEC = re.compile(rb'"usage"\s*:\s*\{')  # what "a usage object" means, as a pattern
 _usage_fragments = st.lists(st.sampled_from(
     [b'"usage"', b"usage", b'"', b":", b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c", b"{", b"}", b"null", b"x",
-     b'"usage":null', b'"usage": {', b"data: "]), max_size=12)
+     b'"usage":null', b'"usage": {', b'"usage":{', b'"usage"usage":null', b'"usage"usage":{', b"data: "]),
+    max_size=12)
 
 
 @settings(max_examples=2000, deadline=None)
@@ -325,6 +326,13 @@ def test_a_usage_object_is_found_where_its_pattern_first_matches(fragments: list
     (b'"usage":', -1),
     (b'"usage"', -1),
     (b'"usage":[{', -1),
+    (b'"usage":null"usage":null', -1),
+    (b'"usage"usage":null', -1),
+    (b'"usage"usage":null"usage":{', 18),
+    (b'"usage"usage":{"usage":null', 6),
+    (b'"usage":null"usage": {"usage":{', 12),
+    (b'"usage"usage"usage":{', 12),  # three keys, each from the closing quote of the one before
+    (b'"usage":{"usage": {', 0),
 ])
 def test_usage_object_table(events: bytes, expected: int) -> None:
     assert _first_usage(events, 0) == expected
