@@ -60,6 +60,24 @@ def header_value(text: str, limit: int = 512) -> bytes:
     return text[:limit].encode("latin-1", "replace")
 
 
+def header_list(names: list[str], limit: int = 512) -> bytes:
+    """Names as one comma-separated header value (`x-switchyard-dropped-fields`): each made
+    safe as `header_value` makes text, whole names only up to `limit` bytes, then `+N more`
+    for the names left out. The names may be a client's own field names, any text at all."""
+    shown: list[bytes] = []
+    size = 0
+    for i, name in enumerate(names):
+        safe = header_value(name, limit)
+        if not safe:
+            continue  # nothing of it can go in a header
+        if size + len(safe) > limit:
+            shown.append(b"+%d more" % (len(names) - i))
+            break
+        shown.append(safe)
+        size += len(safe) + 2
+    return b", ".join(shown)
+
+
 class BytesResponse:
     """A complete response body with the given status and headers."""
 

@@ -369,6 +369,37 @@ def test_header_values_are_made_safe(text, sent):
     assert header_value(text) == sent
 
 
+@pytest.mark.parametrize(
+    ("names", "sent"),
+    [(["seed"], b"seed"), (["response_format", "seed"], b"response_format, seed"),
+     (["a\r\nx-evil: 1", "b\x01c", "ok"], b"ax-evil: 1, bc, ok"), (["\x00", "ok"], b"ok"),
+     (["modèl", "模型"], b"mod\xe8l, ??"), (["x" * 600], b"x" * 512),
+     ([f"field_{n:03d}" for n in range(100)], b", ".join(b"field_%03d" % n for n in range(46)) + b", +54 more")],
+)
+def test_a_header_listing_names_is_made_safe_and_bounded(names, sent):
+    from proxy.relay import header_list
+
+    assert header_list(names) == sent
+
+
+def test_field_names_a_client_made_up_are_named_safely_in_the_answer(server):
+    """A Responses request's unknown fields are dropped on the way to a chat upstream and
+    named in a header: control characters in those names, or a thousand of them, must not
+    cost the client its answer (the head would be refused, the answer lost after the
+    upstream was paid)."""
+    made_up = {"a\r\nx-evil: 1": 1, "b\u0001c": 2, **{f"field_{n}": n + 1 for n in range(1000)}}
+    for stream in (False, True):
+        r = httpx.post(server.base_url + "/v1/responses", headers=AUTH, timeout=10,
+                       json={"model": "fast", "input": "hi", "stream": stream, **made_up})
+        assert r.status_code == 200, r.text
+        dropped = r.headers["x-switchyard-dropped-fields"]
+        assert dropped.startswith("ax-evil: 1, bc, field_0, field_1,") and dropped.endswith(" more")
+        assert len(dropped) <= 512 + len(", +1000 more")
+        assert "x-evil" not in r.headers
+        assert ("response.completed" in r.text) if stream else (r.json()["status"] == "completed")
+    still_serving(server)
+
+
 # ---------------------------------------------------------------- 6. state clients can name is bounded
 
 

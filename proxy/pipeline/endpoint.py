@@ -45,6 +45,7 @@ from proxy.relay import (
     Scope,
     Send,
     StreamRelay,
+    header_list,
     header_value,
     iterate,
     upstream_failure,
@@ -368,7 +369,7 @@ class ProxyEndpoint:
         target_name = target.name
         dropped = call.translator.dropped(call.body) if call.translator is not None else None
         if dropped:
-            call.out.append((b"x-switchyard-dropped-fields", ", ".join(dropped).encode()))
+            call.out.append((b"x-switchyard-dropped-fields", header_list(dropped)))
         # an answer from a fallback is not what the primary would have said: store only the primary's
         storable = call.policy.store and call.active.cache is not None and target == decision.target
         latency = record.attempts[-1].duration_s if record.attempts else 0.0
