@@ -62,8 +62,9 @@ def header_value(text: str, limit: int = 512) -> bytes:
 
 def header_list(names: list[str], limit: int = 512) -> bytes:
     """Names as one comma-separated header value (`x-switchyard-dropped-fields`): each made
-    safe as `header_value` makes text, whole names only up to `limit` bytes, then `+N more`
-    for the names left out. The names may be a client's own field names, any text at all."""
+    safe as `header_value` makes text (one name longer than `limit` is cut to it), whole
+    names up to `limit` bytes, then `+N more` for the names left out. The names may be a
+    client's own field names, any text at all."""
     shown: list[bytes] = []
     size = 0
     for i, name in enumerate(names):
