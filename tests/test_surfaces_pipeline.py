@@ -91,6 +91,38 @@ async def test_each_surface_is_cached_and_replayed_as_its_own_stream(app_client,
     assert kinds[-1] == final and len(kinds) > 4
 
 
+@pytest.mark.parametrize("path, body, headers, named", [
+    ("/v1/responses", {**RESPONSES, "input": "dropped", "reasoning": {"effort": "low"}}, AUTH, "reasoning"),
+    ("/v1/messages", {**MESSAGES, "top_k": 5}, ANTHROPIC_AUTH, "top_k"),
+    ("/v1/chat/completions", {**chat_body("claude", "dropped"), "seed": 7}, AUTH, "seed"),
+    ("/v1/responses", {**RESPONSES, "model": "claude", "reasoning": {"effort": "low"}}, AUTH, "reasoning"),
+])
+async def test_a_cache_hit_names_the_fields_its_translation_dropped(app_client, upstream, tmp_path, path, body,
+                                                                    headers, named):
+    upstream.at("POST", "/v1/messages").respond(json=json.loads((DATA / "anthropic/message.json").read_text()))
+    client = await app_client(config(upstream.base_url, tmp_path / "ledger.db"))
+    first = await client.post(path, json=body, headers=headers)
+    assert first.status_code == 200 and first.headers["x-switchyard-cache"] == "miss"
+    assert named in first.headers["x-switchyard-dropped-fields"].split(", ")
+    await drain()
+    again = await client.post(path, json=body, headers=headers)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.headers["x-switchyard-dropped-fields"] == first.headers["x-switchyard-dropped-fields"]
+    streamed = await client.post(path, json={**body, "stream": True}, headers=headers)
+    assert streamed.headers["x-switchyard-cache"] == "hit"
+    assert streamed.headers["x-switchyard-dropped-fields"] == first.headers["x-switchyard-dropped-fields"]
+
+
+async def test_a_cache_hit_on_a_surface_its_provider_serves_names_nothing(app_client, upstream, tmp_path):
+    client = await app_client(config(upstream.base_url, tmp_path / "ledger.db"))
+    body = {**chat_body("fast", "same wire"), "seed": 7}
+    first = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    await drain()
+    again = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert "x-switchyard-dropped-fields" not in first.headers and "x-switchyard-dropped-fields" not in again.headers
+
+
 async def test_every_surface_lands_in_the_ledger_priced_and_attributed(app_client, upstream, tmp_path, caplog):
     upstream.at("POST", "/v1/messages").respond(json=json.loads((DATA / "anthropic/message.json").read_text()))
     client = await app_client(config(upstream.base_url, tmp_path / "ledger.db"))

@@ -57,7 +57,7 @@ from proxy.routing import Decision, RouteRequest, Target, classify_level, decide
 from proxy.snapshot import Snapshot, Team
 from proxy.tasks import spawn
 from proxy.telemetry import TRACE_HEADERS, Telemetry
-from proxy.translate import Translator, translator_for
+from proxy.translate import Translator, dropped_fields, translator_for
 from proxy.validation import check_name, parse_json_object
 
 log = logging.getLogger("switchyard.proxy")
@@ -287,6 +287,10 @@ class ProxyEndpoint:
         """Answer from a stored entry: the body as stored, or replayed as a stream."""
         out, record = call.out, call.record
         out += [(b"x-switchyard-cache", b"hit"), (b"x-switchyard-cache-age", str(int(entry.age())).encode())]
+        assert call.decision is not None
+        apis = call.active.adapters[call.decision.target.provider].spec.apis  # the entry's target's provider
+        if self.dialect.endpoint not in apis:  # its answer came through a translation
+            _name_dropped(out, dropped_fields(self.dialect.endpoint, apis, call.body))
         saved = call.snapshot.prices.cost(entry.target, entry.usage)
         record.saved_usd = saved
         record.cost_usd = 0.0
@@ -367,9 +371,8 @@ class ProxyEndpoint:
         record, snapshot, decision = call.record, call.snapshot, call.decision
         assert decision is not None
         target_name = target.name
-        dropped = call.translator.dropped(call.body) if call.translator is not None else None
-        if dropped:
-            call.out.append((b"x-switchyard-dropped-fields", header_list(dropped)))
+        if call.translator is not None and not call.translator.passthrough:
+            _name_dropped(call.out, call.translator.dropped(call.body))
         # an answer from a fallback is not what the primary would have said: store only the primary's
         storable = call.policy.store and call.active.cache is not None and target == decision.target
         latency = record.attempts[-1].duration_s if record.attempts else 0.0
@@ -512,6 +515,12 @@ def _name_target(out: Headers, record: RequestRecord, target: Target, snapshot: 
             out[i] = (name, target.provider.encode())
         elif name == b"x-switchyard-model":
             out[i] = (name, header_value(target.model))
+
+
+def _name_dropped(out: Headers, dropped: list[str]) -> None:
+    """`x-switchyard-dropped-fields`: the request fields the provider's format had no place for."""
+    if dropped:
+        out.append((b"x-switchyard-dropped-fields", header_list(dropped)))
 
 
 def _releasing(response: UpstreamResponse, adapter: Adapter) -> UpstreamResponse:

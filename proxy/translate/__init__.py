@@ -11,6 +11,7 @@ all (legacy completions or embeddings on Anthropic) is a 400 that names the prov
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from proxy.errors import InvalidRequest
 from proxy.translate.base import Chain, Translator
@@ -40,6 +41,16 @@ def _translator(endpoint: str, apis: frozenset[str]) -> Translator | None:
     return None
 
 
+def dropped_fields(endpoint: str, apis: frozenset[str], body: dict[str, Any]) -> list[str]:
+    """The request fields a translation to a provider serving `apis` leaves out: what a
+    cache hit names, as the request that stored its answer did (none when the provider
+    serves the surface itself, or can no longer be reached from it)."""
+    if endpoint in apis:
+        return []
+    translator = _translator(endpoint, apis)
+    return translator.dropped(body) if translator is not None else []
+
+
 def _to_chat(endpoint: str) -> Translator | None:
     if endpoint == "responses":
         from proxy.translate.responses_chat import ResponsesToChat
@@ -61,4 +72,4 @@ def _refuse(endpoint: str, provider: str) -> Translator:
                          "a provider that can (an OpenAI-compatible one)", param="model")
 
 
-__all__ = ["Chain", "Translator", "translator_for"]
+__all__ = ["Chain", "Translator", "dropped_fields", "translator_for"]
