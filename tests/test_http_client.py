@@ -292,6 +292,44 @@ async def test_a_burst_keeps_what_max_keepalive_allows(max_keepalive: int | None
         await pool.aclose()
 
 
+async def test_requests_sent_while_others_are_under_way_each_get_their_answer() -> None:
+    """With other requests under way on the pool, a request is written at the end of the
+    loop's turn (with the others sent in it); one whose connection dies before then fails
+    as a closed connection, never as an error on the event loop."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+
+    async def every_third_dropped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        if server.connections % 3 == 0:
+            writer.transport.abort()  # before the request was even written
+            return
+        await serving(answer(), delay_s=0.01)(reader, writer, server)
+
+    try:
+        async with Server(every_third_dropped) as server:
+            pool = HttpPool(server.url(), max_connections=12)
+            results = await asyncio.gather(*(get(pool) for _ in range(12)), return_exceptions=True)
+            answered = [r for r in results if not isinstance(r, BaseException)]
+            assert answered and all(r == (200, b'{"ok":true}') for r in answered)
+            assert all(isinstance(r, ConnectionClosed) for r in results if isinstance(r, BaseException))
+            # cancelled in the turn it was sent in: its connection closes before the write was due
+            busy = asyncio.ensure_future(get(pool))
+            await asyncio.sleep(0)
+            dropped = asyncio.ensure_future(get(pool))
+            for _ in range(3):  # into the request: past the pool's checkout
+                await asyncio.sleep(0)
+            dropped.cancel()
+            assert await busy == (200, b'{"ok":true}')
+            with pytest.raises(asyncio.CancelledError):
+                await dropped
+            assert [await get(pool) for _ in range(3)] == [(200, b'{"ok":true}')] * 3  # and it goes on serving
+            await pool.aclose()
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
 async def test_idle_connections_expire() -> None:
     async with Server(serving(answer())) as server:
         pool = HttpPool(server.url(), keepalive_s=0.05)

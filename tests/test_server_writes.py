@@ -74,13 +74,14 @@ def test_other_attributes_are_the_transports():
     assert JoinedWrites(transport).get_extra_info("peername") == ("127.0.0.1", 5555)  # type: ignore[arg-type]
 
 
-def connected(app, state: ServerState | None = None) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
+def connected(app, state: ServerState | None = None,
+              transport: RecordingTransport | None = None) -> tuple[GuardedHttpToolsProtocol, RecordingTransport]:
     """The server's protocol for `app`, with a connection made to it."""
     config = Config(app=app, log_level="warning", access_log=False, proxy_headers=False)
     config.load()
     protocol = GuardedHttpToolsProtocol(config=config, server_state=state or ServerState(), app_state={},
                                         _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
+    transport = transport or RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
 
@@ -305,6 +306,81 @@ async def test_a_streams_head_written_by_the_protocol_is_what_uvicorns_start_wou
     assert len(ours.writes) == 1  # head, events and last chunk: all there at once, so one write
     assert ours.closed == theirs.closed
     assert ours.written_before_close in (None, 1)  # a connection that closes does so after the write
+
+
+async def test_the_responses_of_one_turn_leave_at_its_end_together():
+    """Every connection answered in a turn of the loop writes at its end: one wake-up of a
+    client process for them all, not one per response."""
+    order = []
+
+    class Watched(RecordingTransport):
+        def write(self, data: bytes) -> None:
+            order.append("write")
+            super().write(data)
+
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+        order.append("answered")
+
+    state = ServerState()
+    pairs = [connected(app, state, Watched()) for _ in range(3)]
+    for protocol, _ in pairs:
+        protocol.data_received(REQUEST)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["answered"] * 3 + ["write"] * 3
+    for protocol, _ in pairs:
+        protocol.connection_lost(None)
+
+
+async def test_with_no_other_request_under_way_a_response_leaves_before_its_accounting():
+    """Nothing could join the write of the only request being answered: it leaves at once,
+    not after the work the request does once answered."""
+    seen = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, b"{}", [])(scope, receive, send)
+        seen.append(len(transport.writes))  # the accounting's moment
+
+    protocol, transport = connected(app)
+    protocol.data_received(REQUEST)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert seen == [1]
+    protocol.connection_lost(None)
+
+
+@pytest.mark.parametrize("after", ["refused head", "shutdown"])
+async def test_what_the_protocol_writes_or_closes_after_a_held_response_comes_after_it(after):
+    """A response waits for the end of its turn; a refusal of the next (pipelined) request's
+    head, or a shutdown, in that turn goes out after it, never instead of it or before."""
+    protocol: GuardedHttpToolsProtocol | None = None
+
+    async def app(scope, receive, send):
+        await receive()
+        await BytesResponse(200, b'{"first":1}', [])(scope, receive, send)
+        assert protocol is not None
+        if after == "shutdown":
+            protocol.shutdown()
+        else:  # the next request's head, far past the 64 KiB limit
+            protocol.data_received(b"POST /v1/chat/completions HTTP/1.1\r\nx-big: " + b"a" * 70_000 + b"\r\n")
+
+    state = ServerState()
+    other = asyncio.get_running_loop().create_future()
+    state.tasks.add(asyncio.ensure_future(other))  # another request under way: writes wait for the turn's end
+    protocol, transport = connected(app, state)
+    protocol.data_received(REQUEST)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    other.cancel()
+    answer = b"".join(transport.writes)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b'{"first":1}' in answer
+    if after == "refused head":
+        assert answer.index(b'{"first":1}') < answer.index(b"HTTP/1.1 431")
+    assert transport.closed and transport.written_before_close == len(transport.writes)
+    protocol.connection_lost(None)
 
 
 def two_event_stream(more: asyncio.Event, outcomes: list[str]):

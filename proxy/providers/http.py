@@ -184,7 +184,9 @@ class HttpPool:
         while True:
             connection, reused = await self._acquire(deadline)
             try:
-                return await connection.exchange(payload, self.read_timeout_s, deadline)
+                # with other requests under way on this pool, the write waits for the turn's end
+                busy = self._open - len(self._idle) > 1
+                return await connection.exchange(payload, self.read_timeout_s, deadline, busy)
             except _StaleConnection:
                 self._discard(connection)
                 if not reused:  # a fresh connection closed on us: that is the server's answer
@@ -499,14 +501,18 @@ class _Connection(asyncio.Protocol):
 
     # --- used by the pool and the response
 
-    async def exchange(self, payload: bytes, read_timeout_s: float, deadline: float | None = None) -> HttpResponse:
+    async def exchange(self, payload: bytes, read_timeout_s: float, deadline: float | None = None,
+                       batched: bool = False) -> HttpResponse:
         if self.lost or self.transport is None:
             raise self._tls_error or _StaleConnection()
         waiter: asyncio.Future[HttpResponse | Exception] = self.loop.create_future()
         self._head_waiter = waiter
         self._received_any = False
         self._written_at = time.monotonic()
-        self.transport.write(payload)
+        if batched:  # at the turn's end, with the other requests sent in it: one wake-up of
+            self.loop.call_soon(self._send, payload)  # the upstream's process (server.py's JoinedWrites)
+        else:
+            self.transport.write(payload)
         wait_s, deadline_binds = _bounded(read_timeout_s, deadline)
         self.watch(waiter, wait_s, "waiting for the answer", deadline_binds)
         try:
@@ -532,6 +538,10 @@ class _Connection(asyncio.Protocol):
             self.pool._release(self)
         else:
             self.pool._discard(self)
+
+    def _send(self, payload: bytes) -> None:
+        if not self.lost and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(payload)
 
     def _deliver(self) -> None:
         """The body pieces parsed from one read (callers check there are some), to the
